@@ -1,0 +1,3 @@
+from bincache.cli.main import main
+
+raise SystemExit(main())

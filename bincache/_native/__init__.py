@@ -1,0 +1,46 @@
+"""The native core, behind one import.
+
+``BINCACHE_NATIVE=auto`` (default) uses the compiled C core when it is built and falls back to
+the pure-Python twin; ``cffi`` insists on the C core; ``python`` forces the twin (tests use it to
+compare the two). Both expose the same names:
+
+    TarWriter(out, *, prefixes, level, threads)   .add_dir/.add_symlink/.add_hardlink/
+                                                  .add_file/.add_bytes -> FileScan, .finish -> TarResult
+    scan_buffer(data, prefixes) -> [(prefix_index, offset)]
+    relocate_buffer(bytearray, [(old, new)]) -> count
+    apply_patches(path, [(offset, old, new)])
+    BACKEND, DEFAULT_LEVEL, FileScan, TarResult
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import NativeError
+
+_policy = os.environ.get("BINCACHE_NATIVE", "auto")
+if _policy not in ("auto", "cffi", "python"):
+    raise NativeError(f"BINCACHE_NATIVE={_policy!r}: use auto, cffi or python")
+
+_impl = None
+if _policy in ("auto", "cffi"):
+    try:
+        from . import _cffi as _impl  # type: ignore[no-redef]
+    except ImportError as e:
+        if _policy == "cffi":
+            raise NativeError(
+                f"the C core is not built ({e}); run `pip install -e .` to build it"
+            ) from None
+if _impl is None:
+    from . import _pure as _impl  # type: ignore[no-redef]
+
+TarWriter = _impl.TarWriter
+FileScan = _impl.FileScan
+TarResult = _impl.TarResult
+scan_buffer = _impl.scan_buffer
+relocate_buffer = _impl.relocate_buffer
+apply_patches = _impl.apply_patches
+BACKEND: str = _impl.BACKEND
+DEFAULT_LEVEL: int = _impl.DEFAULT_LEVEL
+KIND_TEXT, KIND_BINARY, KIND_ELF = "text", "binary", "elf"
+IS_NATIVE = _impl.__name__.endswith("_cffi")

@@ -1,0 +1,253 @@
+"""Pure-Python twin of the C core: same signatures, same bytes out, slower.
+
+Used when the compiled module is missing or ``BINCACHE_NATIVE=python``, and as the reference the
+property tests compare the C code with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import struct
+import zlib
+from dataclasses import dataclass, field
+
+from ..errors import CannotGrowString, NativeError
+
+KIND_TEXT = "text"
+KIND_BINARY = "binary"
+KIND_ELF = "elf"
+
+BACKEND = "python-zlib"
+DEFAULT_LEVEL = 6
+BLOCK = 512
+
+
+@dataclass
+class FileScan:
+    """What the packer learned about one member while writing it."""
+
+    kind: str  # "text", "binary" or "elf"
+    size: int
+    hits: list = field(default_factory=list)  # [(prefix_index, offset)], ascending offsets
+
+
+@dataclass
+class TarResult:
+    diff_id: str  # sha256 hex of the uncompressed tar stream
+    digest: str  # sha256 hex of the gzip stream
+    compressed_size: int
+    uncompressed_size: int
+
+
+def classify(data: bytes) -> str:
+    if data[:4] == b"\x7fELF":
+        return KIND_ELF
+    if b"\0" in data:
+        return KIND_BINARY
+    return KIND_TEXT
+
+
+def _prefix_regex(prefixes):
+    # Leftmost match, and at one position the longest prefix: alternation tried longest first.
+    order = sorted(range(len(prefixes)), key=lambda i: (-len(prefixes[i]), i))
+    pattern = b"|".join(b"(" + re.escape(prefixes[i]) + b")" for i in order)
+    return re.compile(pattern), order
+
+
+def scan_buffer(data: bytes, prefixes: list[bytes]) -> list[tuple[int, int]]:
+    """Every non-overlapping occurrence of any prefix: leftmost first, longest at a position."""
+    prefixes = [p for p in prefixes]
+    if not prefixes or not data:
+        return []
+    regex, order = _prefix_regex(prefixes)
+    hits = []
+    for m in regex.finditer(data):
+        group = m.lastindex - 1
+        hits.append((order[group], m.start()))
+    return hits
+
+
+def relocate_buffer(data: bytearray, pairs: list[tuple[bytes, bytes]]) -> int:
+    """Rewrite old prefixes to new ones in place, keeping the length (Spack's rule).
+
+    At each occurrence of ``old`` write ``b"/" * (len(old) - len(new)) + new``. A new prefix
+    longer than the old one cannot fit: :class:`CannotGrowString`. Returns the number of
+    replacements.
+    """
+    olds = [old for old, _ in pairs]
+    hits = scan_buffer(bytes(data), olds)
+    for idx, _ in hits:
+        old, new = pairs[idx]
+        if len(new) > len(old):
+            raise CannotGrowString(
+                f"cannot grow a string from {len(old)} to {len(new)} bytes ({old!r} -> {new!r})"
+            )
+    for idx, off in hits:
+        old, new = pairs[idx]
+        data[off : off + len(old)] = b"/" * (len(old) - len(new)) + new
+    return len(hits)
+
+
+def apply_patches(path: str, patches: list[tuple[int, bytes, bytes]]) -> None:
+    """Apply (offset, old, new) patches to a file in place; check every one before writing."""
+    with open(path, "r+b") as f:
+        data = bytearray(f.read())
+        for off, old, new in patches:
+            if len(new) > len(old):
+                raise CannotGrowString(
+                    f"{path}: cannot grow a string from {len(old)} to {len(new)} bytes"
+                )
+            if data[off : off + len(old)] != old:
+                raise NativeError(f"{path}: offset {off} does not hold {old.decode(errors='replace')}")
+        for off, old, new in patches:
+            data[off : off + len(old)] = b"/" * (len(old) - len(new)) + new
+        f.seek(0)
+        f.write(data)
+
+
+def _octal(value: int, width: int) -> bytes:
+    return (b"%0*o" % (width - 1, value)) + b"\0"
+
+
+def _pax_record(key: str, value: bytes) -> bytes:
+    body = f" {key}=".encode() + value + b"\n"
+    n = len(body) + 1
+    while len(str(n)) + len(body) != n:
+        n = len(str(n)) + len(body)
+    return str(n).encode() + body
+
+
+def tar_header(name: str, typeflag: bytes, mode: int, size: int = 0, linkname: str = "") -> bytes:
+    """A ustar header (with a PAX header before it when a field does not fit)."""
+    bname = name.encode("utf-8", "surrogateescape")
+    blink = linkname.encode("utf-8", "surrogateescape")
+    pax = b""
+    prefix = b""
+    field_name = bname
+    if len(bname) > 100:
+        # ustar can split at a '/' into a 155-byte prefix and a 100-byte name.
+        split = None
+        for i in range(len(bname) - 1, 0, -1):
+            if bname[i : i + 1] == b"/" and i <= 155 and len(bname) - i - 1 <= 100 and i > 0:
+                split = i
+                break
+        if split is not None and len(bname) - split - 1 > 0:
+            prefix, field_name = bname[:split], bname[split + 1 :]
+        else:
+            pax += _pax_record("path", bname)
+            field_name = bname[:100]
+    if len(blink) > 100:
+        pax += _pax_record("linkpath", blink)
+        blink = blink[:100]
+    if size >= 8**11:
+        pax += _pax_record("size", str(size).encode())
+        size_field = _octal(0, 12)
+    else:
+        size_field = _octal(size, 12)
+    out = b""
+    if pax:
+        out += _raw_header(b"././@PaxHeader", b"x", 0o644, _octal(len(pax), 12), b"", b"")
+        out += pax + b"\0" * (-len(pax) % BLOCK)
+    out += _raw_header(field_name, typeflag, mode, size_field, blink, prefix)
+    return out
+
+
+def _raw_header(name: bytes, typeflag: bytes, mode: int, size_field: bytes, linkname: bytes, prefix: bytes) -> bytes:
+    h = bytearray(BLOCK)
+    h[0:100] = name.ljust(100, b"\0")
+    h[100:108] = _octal(mode & 0o7777, 8)
+    h[108:116] = _octal(0, 8)
+    h[116:124] = _octal(0, 8)
+    h[124:136] = size_field
+    h[136:148] = _octal(0, 12)
+    h[148:156] = b" " * 8
+    h[156:157] = typeflag
+    h[157:257] = linkname.ljust(100, b"\0")
+    h[257:263] = b"ustar\0"
+    h[263:265] = b"00"
+    # uname/gname empty, devmajor/devminor zero
+    h[329:337] = _octal(0, 8)
+    h[337:345] = _octal(0, 8)
+    h[345:500] = prefix.ljust(155, b"\0")
+    chk = sum(h)
+    h[148:156] = b"%06o\0 " % chk
+    return bytes(h)
+
+
+class TarWriter:
+    """Streaming deterministic tar -> gzip writer, hashing and scanning in the same pass.
+
+    ``out`` is a binary file object (or a file descriptor). Prefixes are the old prefixes to
+    look for in every file; hits come back as ``(prefix_index, offset)`` per file.
+    """
+
+    def __init__(self, out, *, prefixes: list[bytes], level: int = DEFAULT_LEVEL, threads: int = 0):
+        if isinstance(out, int):
+            out = os.fdopen(os.dup(out), "wb")
+            self._own = True
+        else:
+            self._own = False
+        self._out = out
+        self._prefixes = list(prefixes)
+        self._raw = hashlib.sha256()
+        self._gz = hashlib.sha256()
+        self._usize = 0
+        self._csize = 0
+        self._crc = 0
+        self._comp = zlib.compressobj(level if level > 0 else 6, zlib.DEFLATED, -15, 9)
+        self._finished = False
+        header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+        self._emit(header)
+
+    def _emit(self, data: bytes) -> None:
+        if data:
+            self._out.write(data)
+            self._gz.update(data)
+            self._csize += len(data)
+
+    def _feed(self, data: bytes) -> None:
+        self._raw.update(data)
+        self._usize += len(data)
+        self._crc = zlib.crc32(data, self._crc)
+        self._emit(self._comp.compress(data))
+
+    def add_dir(self, name: str, mode: int = 0o755) -> None:
+        if not name.endswith("/"):
+            name += "/"
+        self._feed(tar_header(name, b"5", mode))
+
+    def add_symlink(self, name: str, target: str) -> None:
+        self._feed(tar_header(name, b"2", 0o777, 0, target))
+
+    def add_hardlink(self, name: str, target: str, mode: int = 0o644) -> None:
+        self._feed(tar_header(name, b"1", mode, 0, target))
+
+    def add_bytes(self, name: str, data: bytes, mode: int = 0o644) -> FileScan:
+        self._feed(tar_header(name, b"0", mode, len(data)))
+        self._feed(data)
+        pad = -len(data) % BLOCK
+        if pad:
+            self._feed(b"\0" * pad)
+        return FileScan(classify(data), len(data), scan_buffer(data, self._prefixes))
+
+    def add_file(self, name: str, path: str, mode: int) -> FileScan:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise NativeError(f"cannot read {path}: {e.strerror}") from None
+        return self.add_bytes(name, data, mode)
+
+    def finish(self) -> TarResult:
+        if self._finished:
+            raise NativeError("tar writer already finished")
+        self._feed(b"\0" * (2 * BLOCK))
+        self._emit(self._comp.flush())
+        self._emit(struct.pack("<II", self._crc & 0xFFFFFFFF, self._usize & 0xFFFFFFFF))
+        self._out.flush()
+        if self._own:
+            self._out.close()
+        self._finished = True
+        return TarResult(self._raw.hexdigest(), self._gz.hexdigest(), self._csize, self._usize)

@@ -1,0 +1,128 @@
+"""The Python API build systems import: register, push, update_index, list, install.
+
+Everything the CLI does goes through here; nothing here prints.
+"""
+
+from __future__ import annotations
+
+import os
+
+from . import create as _create
+from . import index as _index
+from .errors import SpecError, UsageError
+from .mirror import MirrorRef, open_cache, resolve
+from .spec import InstalledSpec, InstallTree, register_prefix
+
+
+def resolve_root(root: str | None = None) -> str:
+    """The install tree: the argument, else ``BINCACHE_ROOT``, else config ``install_tree:root``."""
+    if root:
+        return os.path.abspath(os.path.expanduser(root))
+    env = os.environ.get("BINCACHE_ROOT")
+    if env:
+        return os.path.abspath(os.path.expanduser(env))
+    try:
+        from . import config
+
+        value = config.get_value("install_tree:root")
+    except (ImportError, AttributeError):
+        value = None
+    if value:
+        return os.path.abspath(os.path.expanduser(os.path.expandvars(str(value))))
+    raise UsageError("no install tree given: use --root ROOT, set BINCACHE_ROOT, or set install_tree:root in config")
+
+
+def _mirror(mirror: str | MirrorRef, direction: str) -> MirrorRef:
+    return mirror if isinstance(mirror, MirrorRef) else resolve(mirror, direction)
+
+
+def register(prefix: str, name: str, version: str, deps: list[str] = (), arch: dict | None = None,
+             root: str | None = None, parameters: dict | None = None) -> InstalledSpec:
+    """Write ``<prefix>/.spack/spec.json`` (Spack's format and hash) and record it in the tree."""
+    try:
+        tree_root = resolve_root(root)
+    except UsageError:
+        tree_root = None
+    if tree_root and not os.path.abspath(prefix).startswith(tree_root.rstrip("/") + "/"):
+        tree_root = None if root is None else tree_root
+    return register_prefix(prefix, name, version, deps, arch=arch, parameters=parameters, root=tree_root)
+
+
+def push(mirror: str | MirrorRef, specs: list[str] = (), *, root: str | None = None,
+         include_deps: bool = True, include_roots: bool = True, force: bool = False,
+         jobs: int = 1, level: int | None = None, signed: bool | None = None,
+         key: str | None = None, update_index: bool = False, progress=None,
+         **backend_options) -> _create.PushResult:
+    """Push installed specs (all when ``specs`` is empty) and their dependencies to a mirror."""
+    ref = _mirror(mirror, "push")
+    tree = InstallTree(resolve_root(root))
+    selected = _create.select_specs(tree, list(specs))
+    cache = open_cache(ref)
+    for k, v in backend_options.items():
+        setattr(cache, k, v)
+    signer = _create.resolve_signer(ref, signed, key)
+    result = _create.push(tree, selected, cache, include_deps=include_deps,
+                          include_roots=include_roots, force=force, jobs=jobs, level=level,
+                          signer=signer, progress=progress)
+    if update_index:
+        _index.update_index(cache)
+        result.index_updated = True
+    return result
+
+
+def push_prefix(mirror: str | MirrorRef, prefix: str, *, include_deps: bool = False,
+                signed: bool | None = None, key: str | None = None, root: str | None = None) -> _create.PushResult:
+    """Push the package installed at ``prefix`` (used by autopush after each build)."""
+    from .spec import read_prefix_specfile
+
+    nodes = read_prefix_specfile(prefix)
+    try:
+        tree = InstallTree(resolve_root(root))
+        inst = tree.get(nodes[0].hash)
+    except (UsageError, SpecError):
+        tree, inst = None, None
+    if tree is None or inst is None:
+        # A prefix outside any tree: its parent directory stands in for the store root.
+        tree = InstallTree(os.path.dirname(os.path.abspath(prefix)))
+        inst = InstalledSpec(nodes[0], os.path.abspath(prefix), tuple(nodes))
+        tree._specs = {inst.hash: inst}
+    ref = _mirror(mirror, "push")
+    cache = open_cache(ref)
+    signer = _create.resolve_signer(ref, signed, key)
+    return _create.push(tree, [inst], cache, include_deps=include_deps, signer=signer)
+
+
+def update_index(mirror: str | MirrorRef, jobs: int = 8, warn=None) -> tuple[_index.Index, int]:
+    """Rebuild the mirror's index from its manifests (only new ones are read)."""
+    return _index.update_index(open_cache(_mirror(mirror, "push")), jobs=jobs, warn=warn)
+
+
+def list_mirror(mirror: str | MirrorRef) -> tuple[list[_index.IndexEntry], bool]:
+    """What a mirror holds, from its index; (entries, from_index). Without an index, manifests."""
+    cache = open_cache(_mirror(mirror, "fetch"))
+    idx = _index.read_index(cache)
+    if idx is not None:
+        return idx.packages(), True
+    from .spec import Spec
+
+    entries = [
+        _index.IndexEntry(Spec(r.name, r.version, r.hash, {"name": r.name, "version": r.version, "hash": r.hash}))
+        for r in cache.list_package_refs()
+    ]
+    entries.sort(key=lambda e: (e.spec.name, e.spec.version, e.spec.hash))
+    return entries, False
+
+
+def install(specs: list[str], *, mirrors: list[str | MirrorRef] = (), root: str | None = None, **options):
+    """Install specs from mirrors into an install tree (see :mod:`bincache.install`)."""
+    from . import install as _install
+
+    refs = [_mirror(m, "fetch") for m in mirrors]
+    return _install.install(specs, mirrors=refs, root=resolve_root(root), **options)
+
+
+def on_build_finished(prefix: str, **options) -> None:
+    """Autopush hook: push a freshly built prefix to every autopush mirror; never raises."""
+    from .autopush import on_build_finished as _hook
+
+    _hook(prefix, **options)

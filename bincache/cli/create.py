@@ -1,0 +1,197 @@
+"""Verbs that write build caches: create/push, update-index, list, register."""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+
+from .. import api
+from ..errors import UsageError
+from .output import Progress, human_size, print_json, table
+
+
+def register(sub) -> None:
+    for name, aliases in (("create", ["push"]),):
+        p = sub.add_parser(name, aliases=aliases, help="create binary packages and push them to a mirror",
+                           description="Pack installed specs (all when none are given) and their "
+                           "dependencies, and push them to MIRROR (a name, path or URL).")
+        p.add_argument("mirror", nargs="?", help="mirror name, path or URL")
+        p.add_argument("specs", nargs="*", help="specs to push: name, name@version, /hash")
+        p.add_argument("--only", choices=["package", "dependencies"], help="push only the package or only its dependencies")
+        p.add_argument("-f", "--force", action="store_true", help="overwrite packages already in the mirror")
+        p.add_argument("-j", "--jobs", type=int, default=1, metavar="N", help="packages packed and uploaded at once")
+        p.add_argument("--compression-level", type=int, default=None, metavar="N",
+                       help="deflate level 0-9 (default: the native core's fast level)")
+        sign = p.add_mutually_exclusive_group()
+        sign.add_argument("--unsigned", dest="signed", action="store_false", default=None, help="do not sign")
+        sign.add_argument("--signed", dest="signed", action="store_true", help="sign even if the mirror says signed: false")
+        p.add_argument("-k", "--key", help="GnuPG key to sign with")
+        p.add_argument("--rebuild-index", "--update-index", dest="rebuild_index", action="store_true",
+                       help="update the mirror's index after pushing")
+        p.add_argument("--base-image", metavar="IMAGE", help="OCI: put the packages on this base image")
+        p.add_argument("--tag", metavar="TAG", help="OCI: also tag all pushed specs as one image")
+        p.add_argument("--json", action="store_true", help="print a JSON summary")
+        p.add_argument("-d", "--directory", help=argparse.SUPPRESS)
+        p.add_argument("--mirror-url", help=argparse.SUPPRESS)
+        p.add_argument("--mirror-name", help=argparse.SUPPRESS)
+        p.set_defaults(func=cmd_create)
+
+    p = sub.add_parser("update-index", aliases=["rebuild-index"], help="update the index of a mirror")
+    p.add_argument("mirror", help="mirror name, path or URL")
+    p.add_argument("-j", "--jobs", type=int, default=8, metavar="N", help="manifests fetched at once")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_update_index)
+
+    p = sub.add_parser("list", help="list the packages a mirror holds")
+    p.add_argument("mirror", nargs="?", help="mirror name, path or URL (default: every configured mirror)")
+    p.add_argument("specs", nargs="*", help="only specs matching these")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("register", help="record a prefix built by another build system",
+                       description="Write PREFIX/.spack/spec.json (Spack's format and hash) so the "
+                       "prefix can be pushed; pushes it to autopush mirrors.")
+    p.add_argument("prefix")
+    p.add_argument("--name", required=True)
+    p.add_argument("--version", required=True)
+    p.add_argument("--dep", action="append", default=[], metavar="PREFIX", help="a registered dependency prefix")
+    p.add_argument("--arch", metavar="PLATFORM-OS-TARGET", help="e.g. linux-debian12-x86_64")
+    p.add_argument("--no-autopush", action="store_true", help="do not push to autopush mirrors")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_register)
+
+
+def _legacy_mirror(args) -> str | None:
+    given = [(flag, v) for flag, v in (("--directory", args.directory), ("--mirror-url", args.mirror_url),
+                                         ("--mirror-name", args.mirror_name)) if v]
+    if not given:
+        return None
+    flag, value = given[0]
+    warnings.warn(f"{flag} is deprecated: give the mirror as the first argument (bincache create MIRROR ...)",
+                  DeprecationWarning, stacklevel=2)
+    if flag == "--directory" and "/" not in value:
+        value = "./" + value
+    return value
+
+
+def cmd_create(args) -> int:
+    legacy = _legacy_mirror(args)
+    if legacy is not None:
+        if args.mirror:
+            args.specs.insert(0, args.mirror)
+        args.mirror = legacy
+    if not args.mirror:
+        raise UsageError("give a mirror: bincache create MIRROR [SPECS...]")
+    include_deps = args.only != "package"
+    include_roots = args.only != "dependencies"
+    progress = Progress(0, "pushed")
+
+    def on_packed(p):
+        progress.step(p.spec.short())
+
+    extra = {}
+    if args.base_image:
+        extra["base_image"] = args.base_image
+    if args.tag:
+        extra["tag"] = args.tag
+    result = api.push(args.mirror, args.specs, root=args.root, include_deps=include_deps,
+                      include_roots=include_roots, force=args.force, jobs=args.jobs,
+                      level=args.compression_level, signed=args.signed, key=args.key,
+                      update_index=args.rebuild_index, progress=on_packed, **extra)
+    progress.close()
+    if args.json:
+        print_json({
+            "pushed": [{"name": p.spec.name, "version": p.spec.version, "hash": p.spec.hash,
+                        "size": p.result.compressed_size, "input_bytes": p.bytes_in,
+                        "checksum": p.result.digest} for p in result.pushed],
+            "skipped": [{"name": s.name, "version": s.version, "hash": s.hash} for s in result.skipped],
+            "seconds": round(result.seconds, 3),
+            "index_updated": result.index_updated,
+        })
+        return 0
+    for p in result.pushed:
+        print(f"pushed   {p.spec.short():40s} {human_size(p.result.compressed_size):>10s}")
+    for s in result.skipped:
+        print(f"skipped  {s.short():40s} (already in the mirror; --force to overwrite)")
+    if result.pushed:
+        mbs = result.bytes_in / 1e6 / max(result.seconds, 1e-9)
+        print(f"{len(result.pushed)} pushed, {len(result.skipped)} skipped: "
+              f"{human_size(result.bytes_in)} -> {human_size(result.bytes_out)} in {result.seconds:.2f}s ({mbs:.0f} MB/s)")
+    else:
+        print(f"nothing to push: {len(result.skipped)} already in the mirror")
+    if result.index_updated:
+        print("index updated")
+    return 0
+
+
+def cmd_update_index(args) -> int:
+    idx, fetched = api.update_index(args.mirror, jobs=args.jobs,
+                                    warn=lambda m: warnings.warn(m, stacklevel=2))
+    n = len(idx.packages())
+    if args.json:
+        print_json({"packages": n, "fetched": fetched})
+    else:
+        print(f"index updated: {n} packages ({fetched} new)")
+    return 0
+
+
+def cmd_list(args) -> int:
+    mirrors = [args.mirror] if args.mirror else _configured_fetch_mirrors()
+    rows, data = [], []
+    for m in mirrors:
+        entries, from_index = api.list_mirror(m)
+        if not from_index:
+            warnings.warn(f"{m} has no index; listing its manifests (run bincache update-index {m})", stacklevel=2)
+        for e in entries:
+            if args.specs and not any(_match(e, s) for s in args.specs):
+                continue
+            data.append({"name": e.spec.name, "version": e.spec.version, "hash": e.spec.hash,
+                         "size": e.size, "arch": f"{e.spec.platform}-{e.spec.target}",
+                         "mirror": str(m)})
+            rows.append([e.spec.name, e.spec.version, e.spec.hash[:7], human_size(e.size) if e.size else "-"])
+    if args.json:
+        print_json(data)
+    elif rows:
+        table(rows, ["NAME", "VERSION", "HASH", "SIZE"])
+        print(f"{len(rows)} packages")
+    else:
+        print("no packages")
+    return 0
+
+
+def _match(entry, selector: str) -> bool:
+    from ..spec import _matches
+
+    return _matches(entry.spec, selector)
+
+
+def _configured_fetch_mirrors() -> list:
+    try:
+        from ..mirror.config import configured_mirrors
+    except ImportError:
+        configured_mirrors = None
+    mirrors = configured_mirrors("fetch") if configured_mirrors else []
+    if not mirrors:
+        raise UsageError("no mirror given and none configured: bincache list MIRROR")
+    return mirrors
+
+
+def cmd_register(args) -> int:
+    arch = None
+    if args.arch:
+        parts = args.arch.split("-")
+        if len(parts) != 3:
+            raise UsageError("--arch takes PLATFORM-OS-TARGET, e.g. linux-debian12-x86_64")
+        arch = {"platform": parts[0], "platform_os": parts[1], "target": parts[2]}
+    inst = api.register(args.prefix, args.name, args.version, deps=args.dep, arch=arch, root=args.root)
+    if args.json:
+        print_json({"name": inst.spec.name, "version": inst.spec.version, "hash": inst.hash, "prefix": inst.prefix})
+    else:
+        print(f"registered {inst.spec.short()} at {inst.prefix}")
+    if not args.no_autopush:
+        try:
+            from ..autopush import on_build_finished
+        except ImportError:
+            return 0
+        on_build_finished(inst.prefix, root=args.root)
+    return 0

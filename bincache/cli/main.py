@@ -1,0 +1,92 @@
+"""`bincache` entry point: global options, verb dispatch, and the one way errors are printed."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+import warnings
+
+from .. import __version__
+from ..errors import BincacheError, UsageError
+
+# Each module defines register(subparsers); its parsers set `func(args) -> int`.
+VERB_MODULES = [
+    "bincache.cli.create",
+    "bincache.cli.install",
+    "bincache.cli.keys",
+    "bincache.cli.mirror",
+    "bincache.cli.config_cmd",
+    "bincache.cli.demo",
+]
+
+log = logging.getLogger("bincache")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # usage errors: one line, exit 2
+        self.print_usage(sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="bincache",
+        description="Build once, install everywhere: relocatable, signed binary packages for "
+        "installed prefixes, in directories, s3 and OCI registries.",
+    )
+    parser.add_argument("--version", action="version", version=f"bincache {__version__}")
+    parser.add_argument("--root", metavar="ROOT", help="install tree (default: $BINCACHE_ROOT or config)")
+    parser.add_argument("-C", "--config-scope", metavar="DIR", action="append", default=[],
+                        help="extra configuration scope directory (highest precedence)")
+    parser.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
+    sub = parser.add_subparsers(dest="verb", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name in VERB_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as e:
+            if f"No module named '{name}'" in str(e):
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="%(levelname)s: %(message)s")
+    warnings.simplefilter("default")
+    warnings.showwarning = _show_warning
+    if args.config_scope:
+        os.environ["BINCACHE_CONFIG_SCOPES"] = os.pathsep.join(os.path.abspath(p) for p in args.config_scope)
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except BincacheError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {message}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

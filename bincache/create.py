@@ -1,0 +1,192 @@
+"""Create binary packages from installed prefixes and push them to a mirror.
+
+Per package: pack the prefix (native one-pass writer) into a staging file next to the mirror,
+then the mirror's cache writes blobs first and the manifest last. Dependencies go first.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from . import _native
+from .errors import BincacheError, MirrorError, NativeError, NoSpaceError, SpecError
+from .spec import InstalledSpec, InstallTree, Spec, specfile_bytes
+from .tar.pack import buildinfo, pack_prefix, write_buildinfo
+
+
+@dataclass
+class PackedPackage:
+    """A package tarball ready to upload."""
+
+    spec: Spec
+    nodes: tuple[Spec, ...]
+    prefix: str
+    specfile: bytes  # the DAG spec file JSON (uncompressed)
+    tarball: str  # path of the gzip tarball
+    result: _native.TarResult
+    buildinfo: dict
+    files: int = 0
+    bytes_in: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class PushResult:
+    pushed: list[PackedPackage] = field(default_factory=list)
+    skipped: list[Spec] = field(default_factory=list)
+    seconds: float = 0.0
+    index_updated: bool = False
+
+    @property
+    def bytes_in(self) -> int:
+        return sum(p.bytes_in for p in self.pushed)
+
+    @property
+    def bytes_out(self) -> int:
+        return sum(p.result.compressed_size for p in self.pushed)
+
+
+def old_prefixes(inst: InstalledSpec, tree: InstallTree) -> tuple[list[str], dict[str, str]]:
+    """The prefixes to look for in a package: its own, each dependency's, then the store root."""
+    hash_to_prefix = {inst.hash: inst.prefix}
+    for node in inst.nodes[1:] or ():
+        dep = tree.get(node.hash)
+        if dep is not None:
+            hash_to_prefix[node.hash] = dep.prefix
+    for d in inst.spec.deps:
+        dep = tree.get(d.hash)
+        if dep is not None:
+            hash_to_prefix.setdefault(d.hash, dep.prefix)
+    prefixes = sorted(set(hash_to_prefix.values()), key=lambda p: (-len(p), p))
+    root = tree.root
+    if root not in prefixes:
+        prefixes.append(root)
+    return prefixes, hash_to_prefix
+
+
+def pack(inst: InstalledSpec, tree: InstallTree, out_path: str, level: int | None = None,
+         threads: int = 0) -> PackedPackage:
+    """Write the tarball of one installed prefix to ``out_path``."""
+    t0 = time.perf_counter()
+    prefixes, hash_to_prefix = old_prefixes(inst, tree)
+    level = _native.DEFAULT_LEVEL if level is None else level
+    try:
+        with open(out_path, "wb") as out:
+            writer = _native.TarWriter(out, prefixes=[p.encode() for p in prefixes], level=level,
+                                       threads=threads)
+            report = pack_prefix(writer, inst.prefix, prefixes)
+            info = buildinfo(report, inst.prefix, tree.root, prefixes, hash_to_prefix)
+            write_buildinfo(writer, inst.prefix, info)
+            result = writer.finish()
+    except OSError as e:
+        if e.errno == 28:
+            raise NoSpaceError(f"no space left while writing {out_path}; free some space and run again") from None
+        raise MirrorError(f"cannot write {out_path}: {e.strerror}") from None
+    except NativeError as e:
+        if "No space left" in str(e):
+            raise NoSpaceError(f"no space left while writing {out_path}; free some space and run again") from None
+        raise
+    nodes = inst.nodes or (inst.spec,)
+    return PackedPackage(
+        spec=inst.spec, nodes=tuple(nodes), prefix=inst.prefix,
+        specfile=_buildcache_specfile(nodes, result.digest), tarball=out_path, result=result,
+        buildinfo=info, files=report.files, bytes_in=report.bytes_in,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _buildcache_specfile(nodes, tarball_digest: str) -> bytes:
+    import json
+
+    doc = json.loads(specfile_bytes(nodes))
+    # Spack keeps these keys in spec files of build caches (layout v3 still writes 2 here).
+    doc["buildcache_layout_version"] = 2
+    doc["binary_cache_checksum"] = {"hash_algorithm": "sha256", "hash": tarball_digest}
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def resolve_signer(ref, signed: bool | None, key: str | None):
+    """Tri-state: a flag given wins, else the mirror's ``signed``, else signed."""
+    if signed is None:
+        signed = ref.signed if getattr(ref, "signed", None) is not None else True
+    if not signed:
+        return None
+    try:
+        from .sign import Signer
+    except ImportError:
+        raise BincacheError("signing is not available in this build; push with --unsigned") from None
+    return Signer(key)
+
+
+def push(tree: InstallTree, specs: list[InstalledSpec], cache, *, include_deps: bool = True,
+         include_roots: bool = True, force: bool = False, jobs: int = 1, level: int | None = None,
+         signer=None, progress=None) -> PushResult:
+    """Pack and upload ``specs`` (and their dependencies) to ``cache``; skip what is there."""
+    t0 = time.perf_counter()
+    todo = tree.closure(specs, include_deps=include_deps, include_roots=include_roots)
+    result = PushResult()
+    pending = []
+    for inst in todo:
+        if not force and cache.has_package(inst.spec):
+            result.skipped.append(inst.spec)
+        else:
+            pending.append(inst)
+    if not pending:
+        result.seconds = time.perf_counter() - t0
+        return result
+    staging = cache.staging_dir()
+    lock = threading.Lock()
+    jobs = max(1, jobs)
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
+
+    def one(inst: InstalledSpec) -> PackedPackage:
+        path = os.path.join(staging, f"{inst.spec.dag_name}.tar.gz")
+        try:
+            packed = pack(inst, tree, path, level=level, threads=threads)
+            cache.push_package(packed, signer)
+        finally:
+            if os.path.exists(path):
+                os.unlink(path)
+        with lock:
+            result.pushed.append(packed)
+            if progress:
+                progress(packed)
+        return packed
+
+    try:
+        if jobs == 1:
+            for inst in pending:
+                one(inst)
+        else:
+            with ThreadPoolExecutor(max_workers=jobs) as pool:
+                for f in [pool.submit(one, inst) for inst in pending]:
+                    f.result()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        _rmdir_quiet(os.path.dirname(staging))
+    order = {inst.hash: i for i, inst in enumerate(pending)}
+    result.pushed.sort(key=lambda p: order[p.spec.hash])
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _rmdir_quiet(path: str) -> None:
+    if os.path.basename(path) == ".bincache-staging":
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass
+
+
+def select_specs(tree: InstallTree, selectors: list[str]) -> list[InstalledSpec]:
+    if selectors:
+        return tree.select(selectors)
+    specs = list(tree.specs().values())
+    if not specs:
+        raise SpecError(f"no installed packages in {tree.root}")
+    return sorted(specs, key=lambda s: (s.name, s.spec.version, s.hash))

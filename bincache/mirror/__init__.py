@@ -1,0 +1,12 @@
+"""Mirrors: resolution of names and URLs, and the build caches behind them."""
+
+from .config import MirrorRef, resolve
+
+__all__ = ["MirrorRef", "resolve", "open_cache"]
+
+
+def open_cache(ref: MirrorRef):
+    """The build cache a mirror reference points at (layout v3 over a byte backend, or OCI)."""
+    from .backends import open_cache as _open
+
+    return _open(ref)

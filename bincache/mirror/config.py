@@ -1,0 +1,601 @@
+"""Mirrors: what a CLI argument or a configured name resolves to, and editing ``mirrors.yaml``.
+
+A mirror argument that contains ``/`` or ``\\`` is a path or URL (an anonymous mirror);
+anything else names a mirror of the configuration, which must exist. A configured mirror
+has a ``url``, or ``fetch:``/``push:`` subsections with their own url and credentials::
+
+    mirrors:
+      local: {url: ./cache, autopush: true}          # relative to this file's directory
+      ghcr:
+        url: oci://ghcr.io/org/cache
+        push: {access_pair: [alice, {variable: GHCR_TOKEN}]}
+        signed: false
+
+Values are kept in the file as written (relative paths, ``$VARIABLES``, ``{variable: NAME}``)
+and expanded only when a :class:`MirrorRef` is made for use: paths against the directory of
+the scope that wrote them, variables from the environment of that moment.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+from .. import config as _config
+from ..errors import ConfigError, MirrorError, MirrorNotFound, UsageError
+
+log = logging.getLogger(__name__)
+
+FETCH = "fetch"
+PUSH = "push"
+DIRECTIONS = (FETCH, PUSH)
+
+#: URL schemes a mirror may use; a string without a scheme is a local path.
+SCHEMES = ("file", "http", "https", "s3", "oci", "oci+http")
+
+
+@dataclass(frozen=True)
+class MirrorRef:
+    """One mirror as a command uses it: a URL for the direction asked, and its settings."""
+
+    url: str  # absolute: file:///..., http(s)://..., s3://..., oci://..., oci+http://...
+    name: str | None = None  # None for an anonymous mirror given as a path or URL
+    signed: bool | None = None  # None: not configured (signing defaults to on)
+    autopush: bool = False
+    insecure: bool = False
+    username: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+
+    @property
+    def display(self) -> str:
+        return self.name or _config.mask_url(self.url)
+
+
+# --------------------------------------------------------------------------------------------
+# Paths, URLs and variables
+
+
+_VAR = re.compile(r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)\}|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))")
+
+
+def expand_variables(text: str, what: str = "value") -> str:
+    """``$NAME``/``${NAME}`` from the environment and a leading ``~``; unset is an error."""
+
+    def sub(m: re.Match) -> str:
+        name = m.group("braced") or m.group("plain")
+        value = os.environ.get(name)
+        if value is None:
+            raise ConfigError(f"{what} {text!r} uses ${name}, which is not set in the environment")
+        return value
+
+    text = _VAR.sub(sub, text)
+    if text.startswith("~"):
+        text = os.path.expanduser(text)
+    return text
+
+
+def _has_scheme(text: str) -> bool:
+    parsed = urlparse(text)
+    return bool(parsed.scheme) and len(parsed.scheme) > 1 and "://" in text
+
+
+def path_to_url(path: str, base_dir: str | None = None) -> str:
+    """A local path or URL as an absolute URL; a relative path is taken against ``base_dir``
+    (default: the current directory)."""
+    if _has_scheme(path):
+        return path
+    path = os.path.expanduser(path)
+    if not os.path.isabs(path):
+        path = os.path.join(base_dir or os.getcwd(), path)
+    return "file://" + os.path.normpath(path)
+
+
+def check_url(url: str) -> None:
+    """Refuse a URL whose scheme no backend serves (a path without a scheme is fine)."""
+    if not _has_scheme(url):
+        return
+    scheme = urlparse(url).scheme.lower()
+    if scheme not in SCHEMES:
+        raise UsageError(
+            f'unsupported mirror URL scheme "{scheme}" in {_config.mask_url(url)}; '
+            f"use a path or one of {', '.join(s + '://' for s in SCHEMES)}"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Configured mirrors
+
+
+@dataclass(frozen=True)
+class Credential:
+    """One element of an ``access_pair``: a literal, or an environment variable read at use."""
+
+    literal: str | None = None
+    variable: str | None = None
+
+    @classmethod
+    def from_yaml(cls, value: Any) -> Credential | None:
+        if value is None:
+            return None
+        if isinstance(value, dict):
+            return cls(variable=value["variable"])
+        return cls(literal=str(value))
+
+    def to_yaml(self) -> Any:
+        return {"variable": self.variable} if self.variable else self.literal
+
+    def value(self, what: str) -> str:
+        if self.variable is None:
+            return self.literal or ""
+        value = os.environ.get(self.variable)
+        if value is None:
+            raise ConfigError(f"{what} comes from ${self.variable}, which is not set")
+        return value
+
+    def show(self, secret: bool) -> str:
+        if self.variable is not None:
+            return f"${self.variable}"
+        return _config.MASK if secret else str(self.literal)
+
+
+@dataclass(frozen=True)
+class Connection:
+    """The URL and credentials of one direction of a configured mirror, as written."""
+
+    url: str  # as written: maybe relative, maybe with $VARIABLES
+    base_dir: str  # the directory of the scope that wrote the url
+    username: Credential | None = None
+    password: Credential | None = None
+
+    def absolute_url(self, what: str) -> str:
+        url = expand_variables(self.url, what)
+        return path_to_url(url, self.base_dir)
+
+
+@dataclass(frozen=True)
+class MirrorConfig:
+    """A configured mirror: both directions, its flags, and the scope that holds it."""
+
+    name: str
+    fetch: Connection | None
+    push: Connection | None
+    signed: bool | None = None
+    autopush: bool = False
+    insecure: bool = False
+    binary: bool = True
+    scope: str = ""  # the highest-precedence scope that defines it
+
+    def connection(self, direction: str) -> Connection | None:
+        return self.fetch if direction == FETCH else self.push
+
+    def ref(self, direction: str, *, strict: bool = True) -> MirrorRef:
+        """The mirror for use in one direction: absolute URL, credentials from the environment.
+
+        ``strict=False``: a credential variable that is unset is a warning, and the mirror is
+        used without credentials (an install can still read a public cache).
+        """
+        conn = self.connection(direction)
+        if conn is None:
+            other = PUSH if direction == FETCH else FETCH
+            raise MirrorError(
+                f'mirror "{self.name}" has no {direction} URL (only a {other} URL); add one with: '
+                f"bincache mirror set-url --{direction} {self.name} URL"
+            )
+        url = conn.absolute_url(f'mirror "{self.name}": url')
+        username = password = None
+        try:
+            if conn.username is not None:
+                username = conn.username.value(f'mirror "{self.name}": the {direction} user name')
+            if conn.password is not None:
+                password = conn.password.value(f'mirror "{self.name}": the {direction} password')
+        except ConfigError as e:
+            if strict:
+                raise
+            log.warning("%s; using the mirror without credentials", e)
+            username = password = None
+        log.debug(
+            "mirror %s (%s): %s %s, user %s, password %s, signed %s, autopush %s, insecure %s",
+            self.name,
+            self.scope,
+            direction,
+            _config.mask_url(url),
+            conn.username.show(False) if conn.username else "-",
+            conn.password.show(True) if conn.password else "-",
+            self.signed,
+            self.autopush,
+            self.insecure,
+        )
+        return MirrorRef(
+            url=url,
+            name=self.name,
+            signed=self.signed,
+            autopush=self.autopush,
+            insecure=self.insecure,
+            username=username,
+            password=password,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """Plain data for ``mirror list --json``: URLs expanded, secrets masked."""
+
+        def side(direction: str) -> dict[str, Any] | None:
+            conn = self.connection(direction)
+            if conn is None:
+                return None
+            try:
+                url = _config.mask_url(conn.absolute_url(f'mirror "{self.name}": url'))
+            except ConfigError:
+                url = None
+            return {
+                "url": url,
+                "configured_url": _config.mask_url(conn.url),
+                "username": conn.username.show(False) if conn.username else None,
+                "password": conn.password.show(True) if conn.password else None,
+            }
+
+        return {
+            "name": self.name,
+            "fetch": side(FETCH),
+            "push": side(PUSH),
+            "signed": self.signed,
+            "autopush": self.autopush,
+            "insecure": self.insecure,
+            "scope": self.scope,
+        }
+
+
+def _pair(value: Any) -> tuple[Credential | None, Credential | None]:
+    if value is None:
+        return None, None
+    if isinstance(value, dict):  # Spack's {id|id_variable, secret_variable}
+        user = (
+            Credential(variable=value["id_variable"])
+            if "id_variable" in value
+            else Credential.from_yaml(value.get("id"))
+        )
+        secret = value.get("secret_variable")
+        return user, Credential(variable=secret) if secret else None
+    return Credential.from_yaml(value[0]), Credential.from_yaml(value[1])
+
+
+def _base_dir(origin: _config.Origin | None) -> str:
+    if origin is not None and origin.scope.directory is not None:
+        return origin.scope.directory
+    return os.getcwd()
+
+
+def _mirror_config(section: _config.Section, name: str) -> MirrorConfig:
+    entry = section.data[name]
+    top_origin = section.origin(name)
+    scope = top_origin.scope.name if top_origin else ""
+    if isinstance(entry, str):
+        conn = Connection(entry, _base_dir(top_origin))
+        return MirrorConfig(name, conn, conn, scope=scope)
+
+    top_pair = _pair(entry.get("access_pair"))
+
+    def conn(direction: str) -> Connection | None:
+        sub = entry.get(direction)
+        if isinstance(sub, str):
+            return Connection(sub, _base_dir(section.origin(name, direction)), *top_pair)
+        sub = sub or {}
+        if "url" in sub:
+            url, origin = sub["url"], section.origin(name, direction, "url")
+        elif "url" in entry:
+            url, origin = entry["url"], section.origin(name, "url")
+        else:
+            return None
+        pair = _pair(sub["access_pair"]) if "access_pair" in sub else top_pair
+        return Connection(url, _base_dir(origin), *pair)
+
+    return MirrorConfig(
+        name,
+        conn(FETCH),
+        conn(PUSH),
+        signed=entry.get("signed"),
+        autopush=bool(entry.get("autopush", False)),
+        insecure=bool(entry.get("insecure", False)),
+        binary=bool(entry.get("binary", True)),
+        scope=scope,
+    )
+
+
+def mirror_configs(cfg: _config.Config | None = None) -> list[MirrorConfig]:
+    """Every configured mirror, in precedence order (higher scopes first, then file order)."""
+    section = (cfg or _config.current()).section("mirrors")
+    return [_mirror_config(section, name) for name in section.data]
+
+
+def get_mirror(name: str, cfg: _config.Config | None = None) -> MirrorConfig:
+    """A configured mirror by name; MirrorNotFound (with suggestions) if there is none."""
+    cfg = cfg or _config.current()
+    section = cfg.section("mirrors")
+    if name not in section.data:
+        raise MirrorNotFound(_not_found_message(name, list(section.data)))
+    return _mirror_config(section, name)
+
+
+def _not_found_message(name: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    if close:
+        options = " or ".join(f'"{c}"' for c in close)
+        return (
+            f'no mirror named "{name}". Did you mean {options}? '
+            f"(for a directory, write ./{name})"
+        )
+    return f'no mirror named "{name}". Did you mean ./{name}?'
+
+
+# --------------------------------------------------------------------------------------------
+# What other modules call
+
+
+def resolve(arg: str, direction: str = "push") -> MirrorRef:
+    """A mirror argument: contains ``/`` or ``\\`` -> a path or URL; otherwise a configured name.
+
+    Raises MirrorNotFound (with "Did you mean" suggestions) for an unknown name, MirrorError
+    for a mirror without a URL in that direction, ConfigError for an unset variable.
+    """
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be fetch or push, not {direction!r}")
+    if "/" in arg or "\\" in arg:
+        check_url(arg)
+        ref = MirrorRef(url=path_to_url(expand_variables(arg, "mirror")))
+        log.debug("mirror %s: %s", _config.mask_url(arg), _config.mask_url(ref.url))
+        return ref
+    return get_mirror(arg).ref(direction)
+
+
+def configured_mirrors(direction: str) -> list[MirrorRef]:
+    """Every configured binary mirror with a URL in ``direction``, in config order (what
+    ``install``/``list`` use with no ``--mirror``: the first that has a package wins)."""
+    refs = []
+    for m in mirror_configs():
+        if m.binary and m.connection(direction) is not None:
+            refs.append(m.ref(direction, strict=False))
+    return refs
+
+
+def autopush_mirrors() -> list[MirrorRef]:
+    """The mirrors with ``autopush: true`` and a push URL, in config order."""
+    refs = []
+    for m in mirror_configs():
+        if m.autopush and m.binary and m.push is not None:
+            refs.append(m.ref(PUSH, strict=False))
+    return refs
+
+
+_LEGACY_HINT = {
+    "directory": "--directory is deprecated; give the directory as the first argument",
+    "mirror_url": "--mirror-url is deprecated; give the URL as the first argument",
+    "mirror_name": "--mirror-name is deprecated; give the mirror name as the first argument",
+}
+
+
+def resolve_legacy(
+    directory: str | None = None,
+    mirror_url: str | None = None,
+    mirror_name: str | None = None,
+    direction: str = "push",
+) -> MirrorRef | None:
+    """The old ``create --directory D | --mirror-url U | --mirror-name N`` spellings.
+
+    Returns None when none is given; logs a deprecation warning (logger ``bincache.mirror``)
+    and resolves the one given; more than one is a UsageError.
+    """
+    given = {k: v for k, v in (("directory", directory), ("mirror_url", mirror_url),
+                               ("mirror_name", mirror_name)) if v is not None}
+    if not given:
+        return None
+    if len(given) > 1:
+        flags = " and ".join("--" + k.replace("_", "-") for k in given)
+        raise UsageError(f"{flags} cannot be used together; give one mirror")
+    (kind, value), = given.items()
+    shown = _config.mask_url(value)
+    log.warning("%s: bincache create %s ...", _LEGACY_HINT[kind], shown)
+    if kind == "mirror_name":
+        return get_mirror(value).ref(direction)
+    check_url(value)
+    # --directory and --mirror-url always meant a location, even without a slash.
+    return MirrorRef(url=path_to_url(expand_variables(value, "mirror")))
+
+
+# --------------------------------------------------------------------------------------------
+# Editing mirrors.yaml (``bincache mirror add/set/set-url/remove``)
+
+
+@dataclass(frozen=True)
+class MirrorChanges:
+    """What ``mirror add``/``mirror set`` change; None leaves a setting as it is."""
+
+    url: str | None = None
+    username: Credential | None = None
+    password: Credential | None = None
+    signed: bool | None = None
+    autopush: bool | None = None
+    insecure: bool | None = None
+
+    @property
+    def connection_changed(self) -> bool:
+        return self.url is not None or self.username is not None or self.password is not None
+
+
+@dataclass
+class EditResult:
+    """Which files an edit wrote, and warnings for the user (plain-text passwords)."""
+
+    files: list[str]
+    warnings: list[str] = field(default_factory=list)
+
+
+def _check_name(name: str) -> None:
+    if not re.fullmatch(_config.MIRROR_NAME, name):
+        raise UsageError(
+            f'"{name}" is not a mirror name: use letters, digits, "_", "." and "-" '
+            "(a name with a slash would read as a path)"
+        )
+
+
+def _plaintext_warning(name: str, path: str) -> str:
+    return (
+        f'the password of mirror "{name}" is stored in plain text in {path}; '
+        "prefer --oci-password-variable VAR, read from the environment when used"
+    )
+
+
+def _set_pair(container: dict, changes: MirrorChanges) -> None:
+    if changes.username is None and changes.password is None:
+        return
+    user, password = _pair(container.get("access_pair"))
+    if changes.username is not None:
+        user = changes.username
+    if changes.password is not None:
+        password = changes.password
+    container["access_pair"] = [
+        user.to_yaml() if user else None,
+        password.to_yaml() if password else None,
+    ]
+
+
+def _apply_flags(entry: dict, changes: MirrorChanges) -> None:
+    for key in ("signed", "autopush", "insecure"):
+        value = getattr(changes, key)
+        if value is not None:
+            entry[key] = value
+
+
+def _has_literal_password(entry: Any) -> bool:
+    if not isinstance(entry, dict):
+        return False
+    pairs = [entry.get("access_pair")] + [
+        entry[d].get("access_pair") for d in DIRECTIONS if isinstance(entry.get(d), dict)
+    ]
+    return any(isinstance(p, list) and isinstance(p[1], str) for p in pairs)
+
+
+def add_mirror(
+    name: str, url: str, changes: MirrorChanges = MirrorChanges(), scope: str | None = None
+) -> EditResult:
+    """Add a mirror to a scope's ``mirrors.yaml`` (default: the highest writable scope).
+
+    The URL is written as given (a relative path stays relative); credentials given as
+    variables are written as ``{variable: NAME}``, never as their values.
+    """
+    _check_name(name)
+    check_url(url)
+    cfg = _config.current()
+    target = cfg.write_scope(scope)
+    existing = cfg.read(target, "mirrors").data or {}
+    if name in existing:
+        raise MirrorError(
+            f'mirror "{name}" already exists in {target.file("mirrors")}; change it with '
+            f"bincache mirror set, or remove it first"
+        )
+    entry: dict[str, Any] = {"url": url}
+    _set_pair(entry, changes)
+    _apply_flags(entry, changes)
+    path = _config.write_entry(target, "mirrors", name, entry)
+    result = EditResult([path])
+    if changes.password is not None and changes.password.literal is not None:
+        result.warnings.append(_plaintext_warning(name, path))
+    return result
+
+
+def _defining_scopes(cfg: _config.Config, name: str) -> list[_config.Scope]:
+    """The writable scopes whose mirrors.yaml defines ``name``, highest precedence first."""
+    found = []
+    for scope in reversed(cfg.scopes):
+        if scope.writable and name in (cfg.read(scope, "mirrors").data or {}):
+            found.append(scope)
+    return found
+
+
+def set_mirror(
+    name: str,
+    changes: MirrorChanges,
+    direction: str | None = None,
+    scope: str | None = None,
+) -> EditResult:
+    """Change a configured mirror in place.
+
+    Without ``scope`` the change goes to the highest writable scope that defines the mirror;
+    with one, to that scope (a mirror defined lower down gets a partial entry there that
+    overrides just what changes). ``direction`` puts URL and credentials in the ``fetch:`` or
+    ``push:`` subsection; without it they apply to both directions.
+    """
+    if direction is not None and direction not in DIRECTIONS:
+        raise ValueError(f"direction must be fetch or push, not {direction!r}")
+    if changes.url is not None:
+        check_url(changes.url)
+    cfg = _config.current()
+    if scope is not None:
+        target = cfg.write_scope(scope)
+        get_mirror(name, cfg)  # must exist somewhere
+    else:
+        defining = _defining_scopes(cfg, name)
+        if not defining:
+            get_mirror(name, cfg)  # raises MirrorNotFound with suggestions
+            raise MirrorError(f'mirror "{name}" is not defined in a file; give --scope')
+        target = defining[0]
+
+    current = (cfg.read(target, "mirrors").data or {}).get(name)
+    entry: dict[str, Any] = {"url": current} if isinstance(current, str) else dict(current or {})
+    _apply_flags(entry, changes)
+
+    if changes.connection_changed:
+        if direction is None:
+            if changes.url is not None and ("url" in entry or not any(
+                d in entry for d in DIRECTIONS
+            )):
+                entry["url"] = changes.url
+            if "access_pair" in entry or not any(
+                isinstance(entry.get(d), dict) and "access_pair" in entry[d] for d in DIRECTIONS
+            ):
+                _set_pair(entry, changes)
+            targets = [d for d in DIRECTIONS if d in entry]
+        else:
+            targets = [direction]
+        for d in targets:
+            sub = entry.get(d)
+            sub = {"url": sub} if isinstance(sub, str) else dict(sub or {})
+            if changes.url is not None and (direction is not None or "url" in sub):
+                sub["url"] = changes.url
+            if direction is not None or "access_pair" in sub:
+                _set_pair(sub, changes)
+            if set(sub) == {"url"} and (
+                d not in entry or isinstance(entry.get(d), str)
+            ):
+                entry[d] = sub["url"] if isinstance(entry.get(d), str) else sub
+            else:
+                entry[d] = sub
+
+    path = _config.write_entry(target, "mirrors", name, entry)
+    result = EditResult([path])
+    if (
+        changes.password is not None
+        and changes.password.literal is not None
+        and _has_literal_password(entry)
+    ):
+        result.warnings.append(_plaintext_warning(name, path))
+    return result
+
+
+def remove_mirror(name: str, scope: str | None = None) -> EditResult:
+    """Remove a mirror from one scope, or without ``scope`` from every file that defines it."""
+    cfg = _config.current()
+    if scope is not None:
+        target = cfg.write_scope(scope)
+        if name not in (cfg.read(target, "mirrors").data or {}):
+            raise MirrorNotFound(f'no mirror named "{name}" in {target.file("mirrors")}')
+        targets = [target]
+    else:
+        targets = _defining_scopes(cfg, name)
+        if not targets:
+            get_mirror(name, cfg)
+            raise MirrorError(f'mirror "{name}" is not defined in a file')
+    return EditResult([_config.write_entry(t, "mirrors", name, None) for t in targets])

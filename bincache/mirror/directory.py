@@ -1,0 +1,131 @@
+"""A mirror in a local directory (a plain path or ``file://``)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+
+from ..errors import BlobNotFound, MirrorError, NoSpaceError
+
+
+def _os_error(action: str, path: str, e: OSError) -> MirrorError:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpaceError(f"no space left on the device while writing {path}; free some space and run again")
+    return MirrorError(f"cannot {action} {path}: {e.strerror or e}")
+
+
+class DirectoryBackend:
+    """Bytes stored under a root directory; every write is atomic (temp file + rename)."""
+
+    def __init__(self, root: str):
+        self.root = os.path.abspath(root)
+        self.url = "file://" + self.root
+
+    def _path(self, rel: str) -> str:
+        return os.path.join(self.root, *rel.split("/"))
+
+    def check_writable(self) -> None:
+        if os.path.exists(self.root) and not os.path.isdir(self.root):
+            raise MirrorError(f"mirror path {self.root} is a file, not a directory")
+        try:
+            os.makedirs(self.root, exist_ok=True)
+        except OSError as e:
+            raise _os_error("create the mirror directory", self.root, e) from None
+
+    def exists(self, rel: str) -> bool:
+        return os.path.exists(self._path(rel))
+
+    def read(self, rel: str) -> bytes:
+        path = self._path(rel)
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise BlobNotFound(f"{path} does not exist") from None
+        except OSError as e:
+            raise _os_error("read", path, e) from None
+
+    def get_file(self, rel: str, dest: str) -> None:
+        path = self._path(rel)
+        try:
+            shutil.copyfile(path, dest)
+        except FileNotFoundError:
+            raise BlobNotFound(f"{path} does not exist") from None
+        except OSError as e:
+            raise _os_error("read", path, e) from None
+
+    def local_path(self, rel: str) -> str | None:
+        """The file itself, so readers can stream it without a copy."""
+        path = self._path(rel)
+        return path if os.path.isfile(path) else None
+
+    def _atomic(self, rel: str, writer) -> None:
+        path = self._path(rel)
+        d = os.path.dirname(path)
+        try:
+            os.makedirs(d, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
+        except OSError as e:
+            raise _os_error("write", path, e) from None
+        try:
+            with os.fdopen(fd, "wb") as f:
+                writer(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except OSError as e:
+            _unlink(tmp)
+            raise _os_error("write", path, e) from None
+        except BaseException:
+            _unlink(tmp)
+            raise
+
+    def write(self, rel: str, data: bytes) -> None:
+        self._atomic(rel, lambda f: f.write(data))
+
+    def put_file(self, rel: str, src: str) -> None:
+        path = self._path(rel)
+        d = os.path.dirname(path)
+        try:
+            os.makedirs(d, exist_ok=True)
+            # Same file system: a hard link is an atomic, copy-free publish.
+            tmp = os.path.join(d, f".tmp-{os.getpid()}-{os.path.basename(path)}")
+            _unlink(tmp)
+            os.link(src, tmp)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+            return
+        except OSError:
+            _unlink(tmp)
+
+        def copy(f):
+            with open(src, "rb") as s:
+                shutil.copyfileobj(s, f, 1 << 20)
+
+        self._atomic(rel, copy)
+
+    def list(self, rel_dir: str) -> list[str]:
+        """Relative paths of the files below a directory (recursively), sorted."""
+        base = self._path(rel_dir)
+        out = []
+        for dirpath, dirnames, files in os.walk(base):
+            dirnames.sort()
+            for name in sorted(files):
+                if name.startswith(".tmp-"):
+                    continue
+                full = os.path.join(dirpath, name)
+                out.append(os.path.relpath(full, self.root).replace(os.sep, "/"))
+        return out
+
+    def delete(self, rel: str) -> None:
+        _unlink(self._path(rel))
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

@@ -1,0 +1,65 @@
+"""A read-only mirror served over http(s) (a build cache published by any web server)."""
+
+from __future__ import annotations
+
+
+import requests
+
+from ..errors import BlobNotFound, MirrorError
+
+
+class HttpBackend:
+    """Fetches files of a mirror below a base URL. Writing is not possible over plain http."""
+
+    def __init__(self, url: str, auth: tuple[str, str] | None = None, timeout: float = 60.0):
+        self.url = url.rstrip("/")
+        self._session = requests.Session()
+        self._auth = auth
+        self._timeout = timeout
+
+    def _get(self, rel: str, stream: bool = False) -> requests.Response:
+        url = f"{self.url}/{rel}"
+        try:
+            r = self._session.get(url, auth=self._auth, timeout=self._timeout, stream=stream)
+        except requests.RequestException as e:
+            raise MirrorError(f"cannot reach {self.url}: {e.__class__.__name__}") from None
+        if r.status_code == 404:
+            raise BlobNotFound(f"{url} does not exist")
+        if r.status_code in (401, 403):
+            raise MirrorError(f"{self.url} refused access ({r.status_code}); check the mirror's credentials")
+        if r.status_code >= 400:
+            raise MirrorError(f"{url}: the server answered {r.status_code}")
+        return r
+
+    def check_writable(self) -> None:
+        raise MirrorError(f"{self.url}: http(s) mirrors are read-only; push to a directory, s3:// or oci:// mirror")
+
+    def exists(self, rel: str) -> bool:
+        try:
+            r = self._session.head(f"{self.url}/{rel}", auth=self._auth, timeout=self._timeout)
+        except requests.RequestException as e:
+            raise MirrorError(f"cannot reach {self.url}: {e.__class__.__name__}") from None
+        return r.status_code == 200
+
+    def read(self, rel: str) -> bytes:
+        return self._get(rel).content
+
+    def get_file(self, rel: str, dest: str) -> None:
+        r = self._get(rel, stream=True)
+        with open(dest, "wb") as f:
+            for chunk in r.iter_content(1 << 20):
+                f.write(chunk)
+
+    def local_path(self, rel: str) -> None:
+        return None
+
+    def write(self, rel: str, data: bytes) -> None:
+        self.check_writable()
+
+    def put_file(self, rel: str, src: str) -> None:
+        self.check_writable()
+
+    def list(self, rel_dir: str) -> list[str]:
+        raise MirrorError(f"{self.url}: an http mirror cannot be listed; it needs an index (bincache update-index)")
+
+

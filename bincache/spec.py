@@ -1,0 +1,381 @@
+"""Specs (Spack spec files, DAG hashes) and install trees (prefixes and their database).
+
+A spec file lives at ``<prefix>/.spack/spec.json``; its first node is the package, the others
+its dependencies (transitively). A build system that is not Spack registers a prefix with
+:func:`register_prefix`, which writes that file with the hash computed as Spack computes it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import platform
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from .errors import SpecError
+
+SPECFILE_VERSION = 5  # Spack 1.0-1.2 read v5; v6 (1.3) readers also accept it
+DB_VERSION = "8"
+SPEC_DIR = ".spack"
+SPEC_JSON = "spec.json"
+DB_DIR = ".spack-db"
+DEFAULT_PROJECTION = "{platform}-{target}/{name}-{version}-{hash}"
+_HASH_RE = re.compile(r"^[a-z2-7]{32}$")
+
+
+def dag_hash(node: dict) -> str:
+    """Spack's DAG hash: SHA-1 of the node as compact JSON without its ``hash`` key, base32."""
+    content = {k: v for k, v in node.items() if k != "hash"}
+    text = json.dumps(content, separators=(",", ":"))
+    digest = hashlib.sha1(text.encode("utf-8")).digest()
+    return base64.b32encode(digest).decode().lower()[:32]
+
+
+@dataclass(frozen=True)
+class DepRef:
+    name: str
+    hash: str
+    deptypes: tuple[str, ...] = ("build", "link")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One concrete build: a node of a spec file."""
+
+    name: str
+    version: str
+    hash: str
+    node: dict = field(compare=False, repr=False, hash=False)
+    deps: tuple[DepRef, ...] = field(default=(), compare=False, repr=False, hash=False)
+
+    @classmethod
+    def from_node(cls, node: dict) -> Spec:
+        try:
+            name = node["name"]
+            version = str(node.get("version", ""))
+            h = node.get("hash") or dag_hash(node)
+        except (KeyError, TypeError) as e:
+            raise SpecError(f"spec node without {e}: not a Spack spec file") from None
+        deps = []
+        for d in node.get("dependencies", []) or []:
+            params = d.get("parameters") or {}
+            types = params.get("deptypes") or d.get("type") or ("build", "link")
+            deps.append(DepRef(d["name"], d.get("hash") or d.get("dag_hash", ""), tuple(types)))
+        return cls(name, version, h, node, tuple(deps))
+
+    @property
+    def arch(self) -> dict:
+        a = self.node.get("arch") or {}
+        return a if isinstance(a, dict) else {}
+
+    @property
+    def platform(self) -> str:
+        return self.arch.get("platform", "linux")
+
+    @property
+    def target(self) -> str:
+        t = self.arch.get("target", platform.machine())
+        return t.get("name", "x86_64") if isinstance(t, dict) else str(t)
+
+    @property
+    def dag_name(self) -> str:
+        """``name-version-hash``: the file name Spack's layout v3 uses for this spec."""
+        return f"{self.name}-{self.version}-{self.hash}"
+
+    def short(self) -> str:
+        return f"{self.name}@{self.version}/{self.hash[:7]}"
+
+    def link_run_deps(self) -> tuple[DepRef, ...]:
+        """Dependencies a binary package needs at run time (build-only ones are not shipped)."""
+        return tuple(d for d in self.deps if set(d.deptypes) & {"link", "run"})
+
+    def projection(self, template: str = DEFAULT_PROJECTION) -> str:
+        return template.format(
+            platform=self.platform, target=self.target, name=self.name,
+            version=self.version, hash=self.hash,
+        )
+
+
+def parse_specfile(data: bytes | str | dict, origin: str = "spec file") -> list[Spec]:
+    """The nodes of a Spack spec file (formats v4, v5 and v6; v2/v3 JSON too), root first."""
+    if not isinstance(data, dict):
+        try:
+            data = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise SpecError(f"{origin}: not valid JSON ({e})") from None
+    try:
+        spec = data["spec"]
+        nodes = spec["nodes"] if isinstance(spec, dict) else spec
+    except (KeyError, TypeError):
+        raise SpecError(f"{origin}: no 'spec.nodes': not a Spack spec file") from None
+    out = []
+    for node in nodes:
+        if isinstance(node, dict) and "name" not in node and len(node) == 1:
+            # v1 spec files: {name: {...}}
+            (name, body), = node.items()
+            node = dict(body, name=name)
+        out.append(Spec.from_node(node))
+    if not out:
+        raise SpecError(f"{origin}: spec file has no nodes")
+    return out
+
+
+def specfile_dict(nodes: Iterable[Spec], version: int = SPECFILE_VERSION) -> dict:
+    return {"spec": {"_meta": {"version": version}, "nodes": [n.node for n in nodes]}}
+
+
+def specfile_bytes(nodes: Iterable[Spec], version: int = SPECFILE_VERSION) -> bytes:
+    return json.dumps(specfile_dict(nodes, version), separators=(",", ":")).encode()
+
+
+def read_prefix_specfile(prefix: str) -> list[Spec]:
+    path = os.path.join(prefix, SPEC_DIR, SPEC_JSON)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise SpecError(f"{prefix}: no {SPEC_DIR}/{SPEC_JSON}; register it first with `bincache register`") from None
+    except OSError as e:
+        raise SpecError(f"cannot read {path}: {e.strerror}") from None
+    return parse_specfile(data, path)
+
+
+def host_arch() -> dict:
+    os_name = "linux"
+    try:
+        with open("/etc/os-release") as f:
+            info = dict(line.rstrip("\n").split("=", 1) for line in f if "=" in line)
+        os_name = (info.get("ID", "linux") + info.get("VERSION_ID", "").split(".")[0]).replace('"', "")
+    except OSError:
+        pass
+    return {"platform": platform.system().lower() or "linux", "platform_os": os_name,
+            "target": platform.machine() or "x86_64"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Install trees
+
+
+@dataclass(frozen=True)
+class InstalledSpec:
+    spec: Spec
+    prefix: str
+    nodes: tuple[Spec, ...] = field(default=(), compare=False, repr=False)  # spec file, root first
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def hash(self) -> str:
+        return self.spec.hash
+
+
+class InstallTree:
+    """The prefixes under a root: from ``<root>/.spack-db/index.json`` when present, else a scan."""
+
+    def __init__(self, root: str):
+        self.root = os.path.abspath(root)
+        self._specs: dict[str, InstalledSpec] | None = None
+
+    @property
+    def db_path(self) -> str:
+        return os.path.join(self.root, DB_DIR, "index.json")
+
+    def specs(self) -> dict[str, InstalledSpec]:
+        if self._specs is None:
+            if not os.path.isdir(self.root):
+                raise SpecError(f"install tree {self.root} does not exist; give one with --root or BINCACHE_ROOT")
+            self._specs = self._from_db() if os.path.exists(self.db_path) else self._scan()
+        return self._specs
+
+    def _from_db(self) -> dict[str, InstalledSpec]:
+        try:
+            with open(self.db_path, "rb") as f:
+                db = json.load(f)["database"]
+            installs = db["installs"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise SpecError(f"{self.db_path}: not a readable Spack database ({e})") from None
+        found: dict[str, InstalledSpec] = {}
+        for h, rec in installs.items():
+            path = rec.get("path")
+            if not path or not rec.get("installed", True) or not os.path.isdir(path):
+                continue
+            try:
+                nodes = read_prefix_specfile(path)
+            except SpecError:
+                nodes = [Spec.from_node(dict(rec["spec"], hash=h))]
+            found[nodes[0].hash] = InstalledSpec(nodes[0], path, tuple(nodes))
+        # Prefixes registered after the database was written are found by a scan too.
+        for h, inst in self._scan().items():
+            found.setdefault(h, inst)
+        return found
+
+    def _scan(self) -> dict[str, InstalledSpec]:
+        found: dict[str, InstalledSpec] = {}
+        for dirpath, dirnames, _files in os.walk(self.root):
+            depth = dirpath[len(self.root):].count(os.sep)
+            if os.path.isfile(os.path.join(dirpath, SPEC_DIR, SPEC_JSON)) and dirpath != self.root:
+                nodes = read_prefix_specfile(dirpath)
+                found[nodes[0].hash] = InstalledSpec(nodes[0], dirpath, tuple(nodes))
+                dirnames[:] = []
+                continue
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if depth < 4 else []
+        return found
+
+    def get(self, h: str) -> InstalledSpec | None:
+        return self.specs().get(h)
+
+    def select(self, selectors: Iterable[str]) -> list[InstalledSpec]:
+        """Installed specs matching ``name``, ``name@version``, ``/hashprefix`` (or combinations)."""
+        specs = list(self.specs().values())
+        chosen: list[InstalledSpec] = []
+        for sel in selectors:
+            matches = [s for s in specs if _matches(s.spec, sel)]
+            if not matches:
+                names = sorted({s.name for s in specs})
+                hint = f" Installed: {', '.join(names[:20])}" if names else " The install tree is empty."
+                raise SpecError(f'no installed spec matches "{sel}" in {self.root}.{hint}')
+            if len(matches) > 1:
+                listing = ", ".join(sorted(m.spec.short() for m in matches))
+                raise SpecError(f'"{sel}" matches {len(matches)} specs: {listing}. Add @version or /hash.')
+            if matches[0] not in chosen:
+                chosen.append(matches[0])
+        return chosen
+
+    def closure(self, roots: Iterable[InstalledSpec], include_deps: bool = True,
+                include_roots: bool = True) -> list[InstalledSpec]:
+        """Roots and their link/run dependencies, dependencies first (each once)."""
+        ordered: list[InstalledSpec] = []
+        seen: set[str] = set()
+
+        def visit(inst: InstalledSpec, is_root: bool) -> None:
+            if inst.hash in seen:
+                return
+            seen.add(inst.hash)
+            if include_deps:
+                for dep in inst.spec.link_run_deps():
+                    dep_inst = self.get(dep.hash)
+                    if dep_inst is None:
+                        raise SpecError(
+                            f"{inst.spec.short()} depends on {dep.name}/{dep.hash[:7]}, "
+                            f"which is not installed in {self.root}"
+                        )
+                    visit(dep_inst, False)
+            if include_roots or not is_root:
+                ordered.append(inst)
+
+        for r in roots:
+            visit(r, True)
+        return ordered
+
+    def record(self, inst: InstalledSpec, explicit: bool = True) -> None:
+        """Add a prefix to ``<root>/.spack-db/index.json`` (atomically)."""
+        db = {"database": {"version": DB_VERSION, "installs": {}}}
+        if os.path.exists(self.db_path):
+            try:
+                with open(self.db_path, "rb") as f:
+                    db = json.load(f)
+            except (OSError, ValueError) as e:
+                raise SpecError(f"{self.db_path}: cannot read the database ({e})") from None
+        installs = db.setdefault("database", {}).setdefault("installs", {})
+        ref_counts = {h: 0 for h in installs}
+        installs[inst.hash] = {
+            "spec": {k: v for k, v in inst.spec.node.items() if k != "hash"},
+            "path": inst.prefix,
+            "installed": True,
+            "ref_count": installs.get(inst.hash, {}).get("ref_count", 0),
+            "explicit": explicit,
+            "installation_time": time.time(),
+        }
+        for dep in inst.spec.deps:
+            if dep.hash in ref_counts:
+                installs[dep.hash]["ref_count"] = installs[dep.hash].get("ref_count", 0) + 1
+        os.makedirs(os.path.dirname(self.db_path), exist_ok=True)
+        tmp = f"{self.db_path}.tmp.{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(db, f, separators=(",", ":"))
+        os.replace(tmp, self.db_path)
+        if self._specs is not None:
+            self._specs[inst.hash] = inst
+
+
+def _matches(spec: Spec, selector: str) -> bool:
+    sel = selector.strip()
+    h = None
+    if "/" in sel:
+        sel, _, h = sel.partition("/")
+    name, _, version = sel.partition("@")
+    if name and spec.name != name:
+        return False
+    if version and spec.version != version:
+        return False
+    if h and not spec.hash.startswith(h.lower()):
+        return False
+    return bool(name or h)
+
+
+# ---------------------------------------------------------------------------------------------
+# Registering prefixes built by other build systems
+
+
+def make_node(name: str, version: str, deps: list[Spec], arch: dict | None = None,
+              parameters: dict | None = None) -> dict:
+    """A Spack v5 spec node (with its hash), in the key order Spack writes."""
+    node: dict = {
+        "name": name,
+        "version": version,
+        "arch": arch or host_arch(),
+        "namespace": "bincache",
+        "parameters": dict(parameters or {}),
+    }
+    if deps:
+        node["dependencies"] = [
+            {"name": d.name, "hash": d.hash, "parameters": {"deptypes": ["build", "link"], "virtuals": []}}
+            for d in sorted(deps, key=lambda d: (d.name, d.hash))
+        ]
+    node["annotations"] = {"original_specfile_version": SPECFILE_VERSION}
+    node["hash"] = dag_hash(node)
+    return node
+
+
+def register_prefix(prefix: str, name: str, version: str, deps: Iterable[str] = (),
+                    arch: dict | None = None, parameters: dict | None = None,
+                    root: str | None = None) -> InstalledSpec:
+    """Write ``<prefix>/.spack/spec.json`` for a prefix another build system installed.
+
+    ``deps`` are prefixes already registered. When ``root`` is given (or the prefix is under a
+    tree with a database), the prefix is recorded in that tree's database too.
+    """
+    prefix = os.path.abspath(prefix)
+    if not os.path.isdir(prefix):
+        raise SpecError(f"{prefix} is not a directory")
+    if not re.fullmatch(r"[A-Za-z0-9_.+-]+", name or ""):
+        raise SpecError(f'invalid package name "{name}": use letters, digits, "-", "_", "." and "+"')
+    dep_nodes: list[Spec] = []
+    direct: list[Spec] = []
+    for dep_prefix in deps:
+        nodes = read_prefix_specfile(os.path.abspath(dep_prefix))
+        direct.append(nodes[0])
+        for n in nodes:
+            if n.hash not in {d.hash for d in dep_nodes}:
+                dep_nodes.append(n)
+    node = make_node(name, str(version), direct, arch, parameters)
+    spec = Spec.from_node(node)
+    # The dependencies' prefixes travel in the buildinfo; remember them here for `create`.
+    nodes = [spec] + dep_nodes
+    spec_dir = os.path.join(prefix, SPEC_DIR)
+    os.makedirs(spec_dir, exist_ok=True)
+    tmp = os.path.join(spec_dir, f".{SPEC_JSON}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(json.dumps(specfile_dict(nodes), indent=2).encode())
+    os.replace(tmp, os.path.join(spec_dir, SPEC_JSON))
+    inst = InstalledSpec(spec, prefix, tuple(nodes))
+    if root is not None:
+        InstallTree(root).record(inst)
+    return inst

@@ -1,0 +1,1 @@
+"""Archives: packing a prefix (driving the native writer) and safe extraction."""

@@ -1,0 +1,159 @@
+"""Packing one installed prefix into a deterministic, scanned, compressed tarball.
+
+The walk is Spack's: a directory, then its non-directory entries sorted by name, then its
+subdirectories. The native writer does the bytes (read, tar framing, both SHA-256s, the prefix
+scan, deflate) in one pass; this module decides what goes in and records what the scan found.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, field
+
+import yaml
+
+from .. import _native
+from ..errors import NativeError, PrefixError
+
+BUILDINFO = ".spack/binary_distribution"
+
+
+@dataclass
+class PackReport:
+    """What the walk and the scan found, as relative paths inside the prefix."""
+
+    textfiles: list[str] = field(default_factory=list)
+    binaries: list[str] = field(default_factory=list)
+    links: list[str] = field(default_factory=list)
+    offsets: dict[str, list[list[int]]] = field(default_factory=dict)
+    kinds: dict[str, str] = field(default_factory=dict)
+    hardlinks: dict[str, str] = field(default_factory=dict)
+    files: int = 0
+    bytes_in: int = 0
+
+
+def _member(path: str) -> str:
+    return path.lstrip("/")
+
+
+def _parents(prefix: str) -> list[str]:
+    parts = prefix.strip("/").split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def pack_prefix(writer, prefix: str, prefixes: list[str]) -> PackReport:
+    """Add the parent directories, then the prefix, to ``writer``; return what the scan found.
+
+    ``prefixes`` are the old prefixes (the writer was created with them, same order): a symlink
+    whose target contains one of them is listed for relocation.
+    """
+    prefix = os.path.abspath(prefix)
+    report = PackReport()
+    for parent in _parents(prefix):
+        writer.add_dir(parent, 0o755)
+    if not os.path.isdir(prefix):
+        raise PrefixError(f"prefix {prefix} does not exist or is not a directory")
+    inodes: dict[tuple[int, int], str] = {}
+    _walk(writer, prefix, prefix, prefixes, report, inodes)
+    return report
+
+
+def _walk(writer, prefix: str, directory: str, prefixes: list[str], report: PackReport,
+          inodes: dict[tuple[int, int], str]) -> None:
+    try:
+        st = os.lstat(directory)
+        entries = sorted(os.scandir(directory), key=lambda e: os.fsencode(e.name))
+    except OSError as e:
+        raise PrefixError(f"cannot read directory {directory}: {e.strerror}") from None
+    writer.add_dir(_member(directory), stat.S_IMODE(st.st_mode) & 0o777)
+    subdirs = []
+    for entry in entries:
+        path = entry.path
+        rel = os.path.relpath(path, prefix)
+        if rel == BUILDINFO:
+            continue  # written anew, last
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError as e:
+            raise PrefixError(f"cannot stat {path}: {e.strerror}") from None
+        mode = st.st_mode
+        if stat.S_ISDIR(mode):
+            subdirs.append(path)
+        elif stat.S_ISLNK(mode):
+            target = os.readlink(path)
+            writer.add_symlink(_member(path), target)
+            if any(p in target for p in prefixes):
+                report.links.append(rel)
+        elif stat.S_ISREG(mode):
+            key = (st.st_dev, st.st_ino)
+            if st.st_nlink > 1 and key in inodes:
+                writer.add_hardlink(_member(path), _member(inodes[key]), stat.S_IMODE(mode) & 0o777)
+                report.hardlinks[rel] = os.path.relpath(inodes[key], prefix)
+                continue
+            if st.st_nlink > 1:
+                inodes[key] = path
+            try:
+                scan = writer.add_file(_member(path), path, stat.S_IMODE(mode) & 0o777)
+            except NativeError as e:
+                raise PrefixError(str(e)) from None
+            report.files += 1
+            report.bytes_in += scan.size
+            _record(report, rel, scan)
+        else:
+            kind = ("fifo" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode)
+                    else "device file")
+            raise PrefixError(f"{path} is a {kind}; a binary package cannot hold one. Remove it from the prefix")
+    for sub in subdirs:
+        _walk(writer, prefix, sub, prefixes, report, inodes)
+
+
+def _record(report: PackReport, rel: str, scan) -> None:
+    if scan.kind == "elf":
+        report.binaries.append(rel)
+        report.kinds[rel] = "elf"
+        if scan.hits:
+            report.offsets[rel] = [[i, off] for i, off in scan.hits]
+    elif scan.hits:
+        report.kinds[rel] = scan.kind
+        if scan.kind == "text":
+            report.textfiles.append(rel)
+        else:
+            report.binaries.append(rel)
+            report.offsets[rel] = [[i, off] for i, off in scan.hits]
+
+
+def buildinfo(report: PackReport, prefix: str, store_root: str, prefixes: list[str],
+              hash_to_prefix: dict[str, str]) -> dict:
+    """The ``.spack/binary_distribution`` document: Spack's keys, then bincache's."""
+    rel_prefix = os.path.relpath(prefix, store_root) if store_root else prefix
+    return {
+        "relocate_textfiles": report.textfiles,
+        "relocate_binaries": report.binaries,
+        "relocate_links": report.links,
+        "hardlinks_deduped": True,
+        "buildpath": store_root,
+        "sbang_install_path": os.path.join(store_root, "bin", "sbang"),
+        "spackprefix": store_root,
+        "relative_prefix": rel_prefix,
+        "relative_rpaths": False,
+        "hash_to_prefix": dict(hash_to_prefix),
+        "bincache": {
+            "version": 1,
+            "prefix": prefix,
+            "store_root": store_root,
+            "prefixes": list(prefixes),
+            "offsets": report.offsets,
+            "kinds": report.kinds,
+            "hardlinks": report.hardlinks,
+        },
+    }
+
+
+def buildinfo_bytes(info: dict) -> bytes:
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    return yaml.dump(info, Dumper=dumper, default_flow_style=None, sort_keys=False, width=1 << 20).encode()
+
+
+def write_buildinfo(writer, prefix: str, info: dict):
+    return writer.add_bytes(_member(os.path.join(prefix, BUILDINFO)), buildinfo_bytes(info), 0o644)

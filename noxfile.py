@@ -1,0 +1,40 @@
+"""Developer sessions: `nox -s tests`, `nox -s tests-python`, `nox -s lint`, `nox -s bench`, `nox -s build`.
+
+System packages (gcc, gpg, docker-registry, skopeo, umoci...) come from ./scripts/setup.
+Posargs go to pytest.
+"""
+
+import nox
+
+nox.options.sessions = ["tests", "lint"]
+
+
+@nox.session
+def tests(session):
+    session.install("-e", ".[test]")
+    session.run("pytest", "-q", *session.posargs)
+
+
+@nox.session(name="tests-python")
+def tests_python(session):
+    """The same suite on the pure-Python twin of the C core."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-q", *session.posargs, env={"BINCACHE_NATIVE": "python"})
+
+
+@nox.session
+def lint(session):
+    session.install("ruff")
+    session.run("ruff", "check", "bincache", "tests", "benchmarks")
+
+
+@nox.session
+def bench(session):
+    session.install("-e", ".")
+    session.run("python", "benchmarks/run_all.py", *session.posargs)
+
+
+@nox.session
+def build(session):
+    session.install("build")
+    session.run("python", "-m", "build")
