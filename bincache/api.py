@@ -38,13 +38,15 @@ def _mirror(mirror: str | MirrorRef, direction: str) -> MirrorRef:
 
 def register(prefix: str, name: str, version: str, deps: list[str] = (), arch: dict | None = None,
              root: str | None = None, parameters: dict | None = None) -> InstalledSpec:
-    """Write ``<prefix>/.spack/spec.json`` (Spack's format and hash) and record it in the tree."""
+    """Write ``<prefix>/.spack/spec.json`` (Spack's format and hash) and record it in the tree.
+
+    The prefix is recorded in the install tree's database when a tree is known (``root``,
+    ``BINCACHE_ROOT`` or config), so that ``create`` finds it and its dependencies.
+    """
     try:
         tree_root = resolve_root(root)
     except UsageError:
         tree_root = None
-    if tree_root and not os.path.abspath(prefix).startswith(tree_root.rstrip("/") + "/"):
-        tree_root = None if root is None else tree_root
     return register_prefix(prefix, name, version, deps, arch=arch, parameters=parameters, root=tree_root)
 
 
