@@ -123,8 +123,11 @@ def install(specs: list[str], *, mirrors: list[str | MirrorRef] = (), root: str 
     return _install.install(specs, mirrors=refs, root=resolve_root(root), **options)
 
 
-def on_build_finished(prefix: str, **options) -> None:
-    """Autopush hook: push a freshly built prefix to every autopush mirror; never raises."""
+def on_build_finished(prefix: str, **options):
+    """Autopush hook: push a freshly built prefix to every autopush mirror; never raises.
+
+    Returns one :class:`bincache.autopush.AutopushResult` per autopush mirror.
+    """
     from .autopush import on_build_finished as _hook
 
-    _hook(prefix, **options)
+    return _hook(prefix, **options)

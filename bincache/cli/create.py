@@ -193,5 +193,7 @@ def cmd_register(args) -> int:
             from ..autopush import on_build_finished
         except ImportError:
             return 0
-        on_build_finished(inst.prefix, root=args.root)
+        for r in on_build_finished(inst.prefix, root=args.root):
+            if r.ok and r.pushed:
+                print(f"pushed to {r.mirror}")
     return 0

@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.config_scope:
         os.environ["BINCACHE_CONFIG_SCOPES"] = os.pathsep.join(os.path.abspath(p) for p in args.config_scope)
     try:
+        from .. import config
+
+        config.configure(root=args.root, scope_dirs=args.config_scope)
         return int(args.func(args) or 0)
     except UsageError as e:
         if args.debug:

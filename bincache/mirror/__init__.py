@@ -1,8 +1,8 @@
 """Mirrors: resolution of names and URLs, and the build caches behind them."""
 
-from .config import MirrorRef, resolve
+from .config import MirrorRef, autopush_mirrors, configured_mirrors, resolve, resolve_legacy
 
-__all__ = ["MirrorRef", "resolve", "open_cache"]
+__all__ = ["MirrorRef", "resolve", "resolve_legacy", "configured_mirrors", "autopush_mirrors", "open_cache"]
 
 
 def open_cache(ref: MirrorRef):

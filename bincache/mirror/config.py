@@ -22,6 +22,7 @@ import difflib
 import logging
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
@@ -53,7 +54,11 @@ class MirrorRef:
 
     @property
     def display(self) -> str:
+        """The name, else the URL with any password masked: what messages show."""
         return self.name or _config.mask_url(self.url)
+
+    def __str__(self) -> str:
+        return self.display
 
 
 # --------------------------------------------------------------------------------------------
@@ -70,7 +75,8 @@ def expand_variables(text: str, what: str = "value") -> str:
         name = m.group("braced") or m.group("plain")
         value = os.environ.get(name)
         if value is None:
-            raise ConfigError(f"{what} {text!r} uses ${name}, which is not set in the environment")
+            shown = _config.mask_url(text)
+            raise ConfigError(f"{what} {shown!r} uses ${name}, which is not set in the environment")
         return value
 
     text = _VAR.sub(sub, text)
@@ -173,6 +179,16 @@ class MirrorConfig:
     def connection(self, direction: str) -> Connection | None:
         return self.fetch if direction == FETCH else self.push
 
+    @property
+    def fetch_url(self) -> str | None:
+        """The absolute fetch URL (paths and variables expanded now), None if fetch-less."""
+        return self.fetch.absolute_url(f'mirror "{self.name}": url') if self.fetch else None
+
+    @property
+    def push_url(self) -> str | None:
+        """The absolute push URL (paths and variables expanded now), None if push-less."""
+        return self.push.absolute_url(f'mirror "{self.name}": url') if self.push else None
+
     def ref(self, direction: str, *, strict: bool = True) -> MirrorRef:
         """The mirror for use in one direction: absolute URL, credentials from the environment.
 
@@ -196,8 +212,23 @@ class MirrorConfig:
         except ConfigError as e:
             if strict:
                 raise
-            log.warning("%s; using the mirror without credentials", e)
+            warnings.warn(f"{e}; using the mirror without credentials", UserWarning, stacklevel=3)
             username = password = None
+        self._log(direction, url)
+        return MirrorRef(
+            url=url,
+            name=self.name,
+            signed=self.signed,
+            autopush=self.autopush,
+            insecure=self.insecure,
+            username=username,
+            password=password,
+        )
+
+    def _log(self, direction: str, url: str) -> None:
+        conn = self.connection(direction)
+        assert conn is not None
+        # The password is never logged, only where it comes from ($VAR) or ****.
         log.debug(
             "mirror %s (%s): %s %s, user %s, password %s, signed %s, autopush %s, insecure %s",
             self.name,
@@ -209,15 +240,6 @@ class MirrorConfig:
             self.signed,
             self.autopush,
             self.insecure,
-        )
-        return MirrorRef(
-            url=url,
-            name=self.name,
-            signed=self.signed,
-            autopush=self.autopush,
-            insecure=self.insecure,
-            username=username,
-            password=password,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -231,6 +253,7 @@ class MirrorConfig:
                 url = _config.mask_url(conn.absolute_url(f'mirror "{self.name}": url'))
             except ConfigError:
                 url = None
+            self._log(direction, url or conn.url)
             return {
                 "url": url,
                 "configured_url": _config.mask_url(conn.url),
@@ -343,7 +366,7 @@ def resolve(arg: str, direction: str = "push") -> MirrorRef:
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be fetch or push, not {direction!r}")
-    if "/" in arg or "\\" in arg:
+    if "/" in arg or "\\" in arg or arg in (".", ".."):
         check_url(arg)
         ref = MirrorRef(url=path_to_url(expand_variables(arg, "mirror")))
         log.debug("mirror %s: %s", _config.mask_url(arg), _config.mask_url(ref.url))
@@ -351,23 +374,35 @@ def resolve(arg: str, direction: str = "push") -> MirrorRef:
     return get_mirror(arg).ref(direction)
 
 
+def _usable(configs: list[MirrorConfig], direction: str) -> list[MirrorRef]:
+    refs = []
+    for m in configs:
+        try:
+            refs.append(m.ref(direction, strict=False))
+        except ConfigError as e:
+            # One mirror whose URL needs an unset variable must not stop the others.
+            warnings.warn(f"{e}; skipping that mirror", UserWarning, stacklevel=3)
+    return refs
+
+
 def configured_mirrors(direction: str) -> list[MirrorRef]:
     """Every configured binary mirror with a URL in ``direction``, in config order (what
-    ``install``/``list`` use with no ``--mirror``: the first that has a package wins)."""
-    refs = []
-    for m in mirror_configs():
-        if m.binary and m.connection(direction) is not None:
-            refs.append(m.ref(direction, strict=False))
-    return refs
+    ``install``/``list`` use with no ``--mirror``: the first that has a package wins).
+
+    A mirror whose credential variable is unset is used without credentials, one whose URL
+    needs an unset variable is skipped; both with a warning.
+    """
+    return _usable(
+        [m for m in mirror_configs() if m.binary and m.connection(direction) is not None],
+        direction,
+    )
 
 
 def autopush_mirrors() -> list[MirrorRef]:
     """The mirrors with ``autopush: true`` and a push URL, in config order."""
-    refs = []
-    for m in mirror_configs():
-        if m.autopush and m.binary and m.push is not None:
-            refs.append(m.ref(PUSH, strict=False))
-    return refs
+    return _usable(
+        [m for m in mirror_configs() if m.autopush and m.binary and m.push is not None], PUSH
+    )
 
 
 _LEGACY_HINT = {
@@ -385,8 +420,8 @@ def resolve_legacy(
 ) -> MirrorRef | None:
     """The old ``create --directory D | --mirror-url U | --mirror-name N`` spellings.
 
-    Returns None when none is given; logs a deprecation warning (logger ``bincache.mirror``)
-    and resolves the one given; more than one is a UsageError.
+    Returns None when none is given; warns (``FutureWarning``, which the CLI prints as
+    ``warning: ...``) and resolves the one given; more than one is a UsageError.
     """
     given = {k: v for k, v in (("directory", directory), ("mirror_url", mirror_url),
                                ("mirror_name", mirror_name)) if v is not None}
@@ -397,7 +432,8 @@ def resolve_legacy(
         raise UsageError(f"{flags} cannot be used together; give one mirror")
     (kind, value), = given.items()
     shown = _config.mask_url(value)
-    log.warning("%s: bincache create %s ...", _LEGACY_HINT[kind], shown)
+    # FutureWarning: shown to users by default, also outside the CLI (DeprecationWarning is not).
+    warnings.warn(f"{_LEGACY_HINT[kind]}: bincache create {shown} ...", FutureWarning, stacklevel=2)
     if kind == "mirror_name":
         return get_mirror(value).ref(direction)
     check_url(value)
@@ -448,10 +484,13 @@ def _plaintext_warning(name: str, path: str) -> str:
     )
 
 
-def _set_pair(container: dict, changes: MirrorChanges) -> None:
+def _set_pair(container: dict, changes: MirrorChanges, inherited: Any = None) -> None:
+    """Change one or both elements of ``container``'s access_pair; a subsection without its
+    own pair starts from the mirror's (``inherited``), so setting only a push token keeps
+    the user name."""
     if changes.username is None and changes.password is None:
         return
-    user, password = _pair(container.get("access_pair"))
+    user, password = _pair(container.get("access_pair", inherited))
     if changes.username is not None:
         user = changes.username
     if changes.password is not None:
@@ -478,6 +517,15 @@ def _has_literal_password(entry: Any) -> bool:
     return any(isinstance(p, list) and isinstance(p[1], str) for p in pairs)
 
 
+def _url_warnings(name: str, url: str | None, path: str) -> list[str]:
+    if url is not None and _config.mask_url(url) != url:
+        return [
+            f'the URL of mirror "{name}" holds a password, stored in plain text in {path}; '
+            "prefer --oci-username/--oci-password-variable"
+        ]
+    return []
+
+
 def add_mirror(
     name: str, url: str, changes: MirrorChanges = MirrorChanges(), scope: str | None = None
 ) -> EditResult:
@@ -488,19 +536,21 @@ def add_mirror(
     """
     _check_name(name)
     check_url(url)
-    cfg = _config.current()
-    target = cfg.write_scope(scope)
-    existing = cfg.read(target, "mirrors").data or {}
-    if name in existing:
-        raise MirrorError(
-            f'mirror "{name}" already exists in {target.file("mirrors")}; change it with '
-            f"bincache mirror set, or remove it first"
-        )
+    target = _config.current().write_scope(scope)
     entry: dict[str, Any] = {"url": url}
     _set_pair(entry, changes)
     _apply_flags(entry, changes)
-    path = _config.write_entry(target, "mirrors", name, entry)
-    result = EditResult([path])
+
+    def add(current: Any) -> Any:
+        if current is not None:
+            raise MirrorError(
+                f'mirror "{name}" already exists in {target.file("mirrors")}; change it with '
+                f"bincache mirror set, or remove it first"
+            )
+        return entry
+
+    path = _config.update_entry(target, "mirrors", name, add)
+    result = EditResult([path], _url_warnings(name, url, path))
     if changes.password is not None and changes.password.literal is not None:
         result.warnings.append(_plaintext_warning(name, path))
     return result
@@ -513,6 +563,33 @@ def _defining_scopes(cfg: _config.Config, name: str) -> list[_config.Scope]:
         if scope.writable and name in (cfg.read(scope, "mirrors").data or {}):
             found.append(scope)
     return found
+
+
+def _changed_entry(current: Any, changes: MirrorChanges, direction: str | None) -> Any:
+    """A mirror's entry (as one scope's file holds it, None if absent) with ``changes``."""
+    entry: Any = {"url": current} if isinstance(current, str) else dict(current or {})
+    _apply_flags(entry, changes)
+    if changes.connection_changed:
+        subsections = [d for d in DIRECTIONS if d in entry]
+        if direction is None:
+            # Both directions: the top level, and every subsection that would shadow it.
+            if changes.url is not None and ("url" in entry or not subsections):
+                entry["url"] = changes.url
+            if "access_pair" in entry or not any(
+                isinstance(entry[d], dict) and "access_pair" in entry[d] for d in subsections
+            ):
+                _set_pair(entry, changes)
+        for d in [direction] if direction is not None else subsections:
+            was_string = isinstance(entry.get(d), str)
+            sub = {"url": entry[d]} if was_string else dict(entry.get(d) or {})
+            if changes.url is not None and (direction is not None or "url" in sub):
+                sub["url"] = changes.url
+            if direction is not None or "access_pair" in sub:
+                _set_pair(sub, changes, inherited=entry.get("access_pair"))
+            entry[d] = sub["url"] if was_string and set(sub) == {"url"} else sub
+    if isinstance(current, str) and set(entry) == {"url"}:
+        entry = entry["url"]  # a mirror written as a bare URL stays one
+    return entry
 
 
 def set_mirror(
@@ -543,43 +620,18 @@ def set_mirror(
             raise MirrorError(f'mirror "{name}" is not defined in a file; give --scope')
         target = defining[0]
 
-    current = (cfg.read(target, "mirrors").data or {}).get(name)
-    entry: dict[str, Any] = {"url": current} if isinstance(current, str) else dict(current or {})
-    _apply_flags(entry, changes)
+    written: list[Any] = []
 
-    if changes.connection_changed:
-        if direction is None:
-            if changes.url is not None and ("url" in entry or not any(
-                d in entry for d in DIRECTIONS
-            )):
-                entry["url"] = changes.url
-            if "access_pair" in entry or not any(
-                isinstance(entry.get(d), dict) and "access_pair" in entry[d] for d in DIRECTIONS
-            ):
-                _set_pair(entry, changes)
-            targets = [d for d in DIRECTIONS if d in entry]
-        else:
-            targets = [direction]
-        for d in targets:
-            sub = entry.get(d)
-            sub = {"url": sub} if isinstance(sub, str) else dict(sub or {})
-            if changes.url is not None and (direction is not None or "url" in sub):
-                sub["url"] = changes.url
-            if direction is not None or "access_pair" in sub:
-                _set_pair(sub, changes)
-            if set(sub) == {"url"} and (
-                d not in entry or isinstance(entry.get(d), str)
-            ):
-                entry[d] = sub["url"] if isinstance(entry.get(d), str) else sub
-            else:
-                entry[d] = sub
+    def change(current: Any) -> Any:
+        written.append(_changed_entry(current, changes, direction))
+        return written[-1]
 
-    path = _config.write_entry(target, "mirrors", name, entry)
-    result = EditResult([path])
+    path = _config.update_entry(target, "mirrors", name, change)
+    result = EditResult([path], _url_warnings(name, changes.url, path))
     if (
         changes.password is not None
         and changes.password.literal is not None
-        and _has_literal_password(entry)
+        and _has_literal_password(written[-1])
     ):
         result.warnings.append(_plaintext_warning(name, path))
     return result
@@ -589,13 +641,20 @@ def remove_mirror(name: str, scope: str | None = None) -> EditResult:
     """Remove a mirror from one scope, or without ``scope`` from every file that defines it."""
     cfg = _config.current()
     if scope is not None:
-        target = cfg.write_scope(scope)
-        if name not in (cfg.read(target, "mirrors").data or {}):
-            raise MirrorNotFound(f'no mirror named "{name}" in {target.file("mirrors")}')
-        targets = [target]
+        targets = [cfg.write_scope(scope)]
     else:
         targets = _defining_scopes(cfg, name)
         if not targets:
             get_mirror(name, cfg)
             raise MirrorError(f'mirror "{name}" is not defined in a file')
-    return EditResult([_config.write_entry(t, "mirrors", name, None) for t in targets])
+
+    files = []
+    for target in targets:
+
+        def remove(current: Any, target: _config.Scope = target) -> None:
+            if current is None:
+                raise MirrorNotFound(f'no mirror named "{name}" in {target.file("mirrors")}')
+            return None
+
+        files.append(_config.update_entry(target, "mirrors", name, remove))
+    return EditResult(files)
