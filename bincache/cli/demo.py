@@ -78,5 +78,10 @@ def _demo_install(work: str, mirror: str, stack, build_root: str) -> int:
         api.install(["hello"], mirrors=[mirror], root=long_root, unsigned=True)
         print(f"5. a longer root ({len(long_root)} characters) also worked")
     except BincacheError as e:
-        print(f"5. a longer root ({len(long_root)} characters) is refused: {e}")
+        problems = [line for line in str(e).splitlines() if line.strip()]
+        first = problems[0].replace(long_root, "<longer root>").replace(build_root, "<build root>")
+        print(f"5. a longer root ({len(long_root)} characters) is refused before anything is written "
+              f"({len(problems)} problem{'s' if len(problems) != 1 else ''}), e.g. {first[:160]}...")
+        if os.path.exists(long_root) and os.listdir(long_root):
+            raise BincacheError(f"the refused install left files in {long_root}") from None
     return 0
