@@ -66,6 +66,8 @@ def push(mirror: str | MirrorRef, specs: list[str] = (), *, root: str | None = N
     result = _create.push(tree, selected, cache, include_deps=include_deps,
                           include_roots=include_roots, force=force, jobs=jobs, level=level,
                           signer=signer, progress=progress)
+    if hasattr(cache, "finish_push"):
+        cache.finish_push(result)  # OCI: --tag covers every selected package, pushed or present
     if update_index:
         _index.update_index(cache)
         result.index_updated = True

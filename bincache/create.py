@@ -149,6 +149,10 @@ def push(tree: InstallTree, specs: list[InstalledSpec], cache, *, include_deps: 
         try:
             packed = pack(inst, tree, path, level=level, threads=threads)
             cache.push_package(packed, signer)
+        except BaseException:
+            if hasattr(cache, "push_failed"):
+                cache.push_failed(inst.spec)  # OCI: dependents stop waiting for this layer
+            raise
         finally:
             if os.path.exists(path):
                 os.unlink(path)
