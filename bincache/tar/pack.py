@@ -68,9 +68,10 @@ def _walk(writer, prefix: str, directory: str, prefixes: list[str], report: Pack
         raise PrefixError(f"cannot read directory {directory}: {e.strerror}") from None
     writer.add_dir(_member(directory), stat.S_IMODE(st.st_mode) & 0o777)
     subdirs = []
+    cut = len(prefix) + 1  # entry paths are prefix + "/" + rel: cheaper than os.path.relpath
     for entry in entries:
         path = entry.path
-        rel = os.path.relpath(path, prefix)
+        rel = path[cut:]
         if rel == BUILDINFO:
             continue  # written anew, last
         try:
@@ -89,7 +90,7 @@ def _walk(writer, prefix: str, directory: str, prefixes: list[str], report: Pack
             key = (st.st_dev, st.st_ino)
             if st.st_nlink > 1 and key in inodes:
                 writer.add_hardlink(_member(path), _member(inodes[key]), stat.S_IMODE(mode) & 0o777)
-                report.hardlinks[rel] = os.path.relpath(inodes[key], prefix)
+                report.hardlinks[rel] = inodes[key][cut:]
                 continue
             if st.st_nlink > 1:
                 inodes[key] = path
