@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import _native
-from .errors import BincacheError, MirrorError, NativeError, NoSpaceError, SpecError
+from .errors import BincacheError, MirrorError, NoSpaceError, SpecError
 from .spec import InstalledSpec, InstallTree, Spec, specfile_bytes
 from .tar.pack import buildinfo, pack_prefix, write_buildinfo
 
@@ -77,8 +77,9 @@ def pack(inst: InstalledSpec, tree: InstallTree, out_path: str, level: int | Non
     level = _native.DEFAULT_LEVEL if level is None else level
     try:
         with open(out_path, "wb") as out:
-            writer = _native.TarWriter(out, prefixes=[p.encode() for p in prefixes], level=level,
-                                       threads=threads)
+            # The core writes to the descriptor itself: no Python buffer on the hot path.
+            writer = _native.TarWriter(out.fileno(), prefixes=[p.encode() for p in prefixes],
+                                       level=level, threads=threads)
             report = pack_prefix(writer, inst.prefix, prefixes)
             info = buildinfo(report, inst.prefix, tree.root, prefixes, hash_to_prefix)
             write_buildinfo(writer, inst.prefix, info)
@@ -87,10 +88,8 @@ def pack(inst: InstalledSpec, tree: InstallTree, out_path: str, level: int | Non
         if e.errno == 28:
             raise NoSpaceError(f"no space left while writing {out_path}; free some space and run again") from None
         raise MirrorError(f"cannot write {out_path}: {e.strerror}") from None
-    except NativeError as e:
-        if "No space left" in str(e):
-            raise NoSpaceError(f"no space left while writing {out_path}; free some space and run again") from None
-        raise
+    except NoSpaceError:
+        raise NoSpaceError(f"no space left while writing {out_path}; free some space and run again") from None
     nodes = inst.nodes or (inst.spec,)
     return PackedPackage(
         spec=inst.spec, nodes=tuple(nodes), prefix=inst.prefix,

@@ -9,6 +9,7 @@ compare the two). Both expose the same names:
     scan_buffer(data, prefixes) -> [(prefix_index, offset)]
     relocate_buffer(bytearray, [(old, new)]) -> count
     apply_patches(path, [(offset, old, new)])
+    compress_buffer(data, level, threads) -> bytes   # one gzip member (the raw deflate ceiling)
     BACKEND, DEFAULT_LEVEL, FileScan, TarResult
 """
 
@@ -40,6 +41,7 @@ TarResult = _impl.TarResult
 scan_buffer = _impl.scan_buffer
 relocate_buffer = _impl.relocate_buffer
 apply_patches = _impl.apply_patches
+compress_buffer = _impl.compress_buffer
 BACKEND: str = _impl.BACKEND
 DEFAULT_LEVEL: int = _impl.DEFAULT_LEVEL
 KIND_TEXT, KIND_BINARY, KIND_ELF = "text", "binary", "elf"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -58,10 +59,12 @@ def _prefix_regex(prefixes):
 
 def scan_buffer(data: bytes, prefixes: list[bytes]) -> list[tuple[int, int]]:
     """Every non-overlapping occurrence of any prefix: leftmost first, longest at a position."""
-    prefixes = [p for p in prefixes]
-    if not prefixes or not data:
+    # An empty prefix would match everywhere: it never matches (as in the C core).
+    live = [i for i, p in enumerate(prefixes) if p]
+    if not live or not data:
         return []
-    regex, order = _prefix_regex(prefixes)
+    regex, order = _prefix_regex([prefixes[i] for i in live])
+    order = [live[i] for i in order]
     hits = []
     for m in regex.finditer(data):
         group = m.lastindex - 1
@@ -92,7 +95,11 @@ def relocate_buffer(data: bytearray, pairs: list[tuple[bytes, bytes]]) -> int:
 
 def apply_patches(path: str, patches: list[tuple[int, bytes, bytes]]) -> None:
     """Apply (offset, old, new) patches to a file in place; check every one before writing."""
-    with open(path, "r+b") as f:
+    try:
+        f = open(path, "r+b")
+    except OSError as e:
+        raise NativeError(f"cannot open {os.fsdecode(path)}: {e.strerror}") from None
+    with f:
         data = bytearray(f.read())
         for off, old, new in patches:
             if len(new) > len(old):
@@ -100,11 +107,19 @@ def apply_patches(path: str, patches: list[tuple[int, bytes, bytes]]) -> None:
                     f"{path}: cannot grow a string from {len(old)} to {len(new)} bytes"
                 )
             if data[off : off + len(old)] != old:
-                raise NativeError(f"{path}: offset {off} does not hold {old.decode(errors='replace')}")
+                raise NativeError(
+                    f"{path}: offset {off} does not hold {old.decode(errors='replace')}"
+                )
         for off, old, new in patches:
             data[off : off + len(old)] = b"/" * (len(old) - len(new)) + new
         f.seek(0)
         f.write(data)
+
+
+def compress_buffer(data: bytes, level: int = DEFAULT_LEVEL, threads: int = 0) -> bytes:
+    """One whole gzip member of ``data`` (zlib, single-threaded; ``threads`` is ignored)."""
+    comp = zlib.compressobj(level, zlib.DEFLATED, 31, 9)
+    return comp.compress(data) + comp.flush()
 
 
 def _octal(value: int, width: int) -> bytes:
@@ -121,8 +136,14 @@ def _pax_record(key: str, value: bytes) -> bytes:
 
 def tar_header(name: str, typeflag: bytes, mode: int, size: int = 0, linkname: str = "") -> bytes:
     """A ustar header (with a PAX header before it when a field does not fit)."""
-    bname = name.encode("utf-8", "surrogateescape")
-    blink = linkname.encode("utf-8", "surrogateescape")
+    bname = name.encode("utf-8", "surrogateescape") if isinstance(name, str) else bytes(name)
+    blink = (
+        linkname.encode("utf-8", "surrogateescape")
+        if isinstance(linkname, str)
+        else bytes(linkname)
+    )
+    if b"\0" in bname or b"\0" in blink:
+        raise NativeError("a member name or link target holds a NUL byte")
     pax = b""
     prefix = b""
     field_name = bname
@@ -130,10 +151,11 @@ def tar_header(name: str, typeflag: bytes, mode: int, size: int = 0, linkname: s
         # ustar can split at a '/' into a 155-byte prefix and a 100-byte name.
         split = None
         for i in range(len(bname) - 1, 0, -1):
-            if bname[i : i + 1] == b"/" and i <= 155 and len(bname) - i - 1 <= 100 and i > 0:
+            # The name part must not be empty (a directory's trailing "/" is no split point).
+            if bname[i : i + 1] == b"/" and i <= 155 and 0 < len(bname) - i - 1 <= 100:
                 split = i
                 break
-        if split is not None and len(bname) - split - 1 > 0:
+        if split is not None:
             prefix, field_name = bname[:split], bname[split + 1 :]
         else:
             pax += _pax_record("path", bname)
@@ -154,7 +176,9 @@ def tar_header(name: str, typeflag: bytes, mode: int, size: int = 0, linkname: s
     return out
 
 
-def _raw_header(name: bytes, typeflag: bytes, mode: int, size_field: bytes, linkname: bytes, prefix: bytes) -> bytes:
+def _raw_header(
+    name: bytes, typeflag: bytes, mode: int, size_field: bytes, linkname: bytes, prefix: bytes
+) -> bytes:
     h = bytearray(BLOCK)
     h[0:100] = name.ljust(100, b"\0")
     h[100:108] = _octal(mode & 0o7777, 8)
@@ -196,7 +220,9 @@ class TarWriter:
         self._usize = 0
         self._csize = 0
         self._crc = 0
-        self._comp = zlib.compressobj(level if level > 0 else 6, zlib.DEFLATED, -15, 9)
+        if not 0 <= level <= 9:
+            raise NativeError(f"compression level must be 0-9, not {level}")
+        self._comp = zlib.compressobj(level, zlib.DEFLATED, -15, 9)
         self._finished = False
         header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
         self._emit(header)
@@ -208,12 +234,16 @@ class TarWriter:
             self._csize += len(data)
 
     def _feed(self, data: bytes) -> None:
+        if self._finished:
+            raise NativeError("tar writer already finished")
         self._raw.update(data)
         self._usize += len(data)
         self._crc = zlib.crc32(data, self._crc)
         self._emit(self._comp.compress(data))
 
     def add_dir(self, name: str, mode: int = 0o755) -> None:
+        if isinstance(name, bytes):
+            name = name.decode("utf-8", "surrogateescape")
         if not name.endswith("/"):
             name += "/"
         self._feed(tar_header(name, b"5", mode))
@@ -234,15 +264,23 @@ class TarWriter:
 
     def add_file(self, name: str, path: str, mode: int) -> FileScan:
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            # O_NONBLOCK: opening a fifo must not hang; it is refused below (as in the C core).
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as e:
-            raise NativeError(f"cannot read {path}: {e.strerror}") from None
+            raise NativeError(f"cannot read {os.fsdecode(path)}: {e.strerror}") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            why = "Is a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise NativeError(f"cannot read {os.fsdecode(path)}: {why}")
+        with open(fd, "rb") as f:
+            try:
+                data = f.read()
+            except OSError as e:
+                raise NativeError(f"cannot read {os.fsdecode(path)}: {e.strerror}") from None
         return self.add_bytes(name, data, mode)
 
     def finish(self) -> TarResult:
-        if self._finished:
-            raise NativeError("tar writer already finished")
         self._feed(b"\0" * (2 * BLOCK))
         self._emit(self._comp.flush())
         self._emit(struct.pack("<II", self._crc & 0xFFFFFFFF, self._usize & 0xFFFFFFFF))

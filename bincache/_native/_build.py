@@ -1,0 +1,115 @@
+"""cffi build script of the C core (out-of-line API mode), named in setup.py's cffi_modules.
+
+The optional fast libraries are detected by compiling and linking a tiny program:
+ISA-L (igzip deflate, ``libisal-dev``) and OpenSSL's libcrypto (SHA-256, ``libssl-dev``).
+Without them the core falls back to zlib deflate and a portable SHA-256.
+``BINCACHE_NO_ISAL=1`` / ``BINCACHE_NO_OPENSSL=1`` turn detection off (to test the fallbacks).
+zlib is required; Debian's python3-dev already depends on zlib1g-dev.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sysconfig
+import tempfile
+from pathlib import Path
+
+from cffi import FFI
+
+ROOT = Path(__file__).resolve().parents[2]
+CSRC = ROOT / "csrc"
+
+_PROBES = {
+    "isal": (
+        "#include <isa-l.h>\n"
+        "int main(void) { struct isal_zstream s; isal_deflate_init(&s);"
+        ' return (int)crc32_gzip_refl(0, (const unsigned char *)"", 0); }\n',
+        ["isal"],
+    ),
+    "openssl": (
+        "#include <openssl/evp.h>\n"
+        "int main(void) { EVP_MD_CTX *c = EVP_MD_CTX_new();"
+        " EVP_DigestInit_ex(c, EVP_sha256(), NULL); EVP_MD_CTX_free(c); return 0; }\n",
+        ["crypto"],
+    ),
+    "zlib": (
+        "#include <zlib.h>\nint main(void) { return (int)crc32(0L, Z_NULL, 0); }\n",
+        ["z"],
+    ),
+}
+
+
+def _compiler() -> list[str]:
+    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+    return shlex.split(cc)
+
+
+def _probe(name: str) -> bool:
+    """True when a program using the library compiles and links here."""
+    source, libs = _PROBES[name]
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / f"probe_{name}.c"
+        src.write_text(source)
+        cmd = [*_compiler(), str(src), "-o", str(Path(tmp) / "probe")]
+        cmd += [f"-l{lib}" for lib in libs]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return proc.returncode == 0
+
+
+def _enabled(name: str) -> bool:
+    return os.environ.get(f"BINCACHE_NO_{name.upper()}", "") in ("", "0")
+
+
+def _cdef() -> str:
+    text = (CSRC / "bincache.h").read_text()
+    body = text.split("/* BC_CDEF_BEGIN */", 1)[1].split("/* BC_CDEF_END */", 1)[0]
+    # Constants are filled in by the compiler.
+    return re.sub(r"=\s*-?\d+", "= ...", body)
+
+
+def _configure() -> tuple[list[tuple[str, None]], list[str]]:
+    if not _probe("zlib"):
+        raise SystemExit(
+            "bincache: zlib headers not found; install zlib1g-dev (Debian) or zlib-devel"
+        )
+    macros: list[tuple[str, None]] = []
+    libs = ["z"]
+    if _enabled("isal") and _probe("isal"):
+        macros.append(("BC_HAVE_ISAL", None))
+        libs.append("isal")
+    if _enabled("openssl") and _probe("openssl"):
+        macros.append(("BC_HAVE_OPENSSL", None))
+        libs.append("crypto")
+    return macros, libs
+
+
+def _path(p: Path) -> str:
+    # setuptools wants paths relative to setup.py; absolute when built from elsewhere.
+    return str(p.relative_to(ROOT)) if Path.cwd().resolve() == ROOT else str(p)
+
+
+_macros, _libs = _configure()
+
+ffibuilder = FFI()
+ffibuilder.cdef(_cdef())
+ffibuilder.set_source(
+    "bincache._native._lib",
+    '#include "bincache.h"',
+    sources=[_path(p) for p in sorted(CSRC.glob("*.c"))],
+    include_dirs=[_path(CSRC)],
+    # Listed so that a header change rebuilds (the sdist carries them through MANIFEST.in).
+    depends=[_path(p) for p in sorted(CSRC.glob("*.h"))],
+    define_macros=_macros,
+    libraries=[*_libs, "pthread"],
+    extra_compile_args=["-std=gnu99", "-O2", "-pthread", "-fvisibility=hidden"],
+    extra_link_args=["-pthread"],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

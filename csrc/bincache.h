@@ -1,0 +1,124 @@
+/* bincache native core: the public C API.
+ *
+ * Conventions: every function returns an int (0 = ok, negative BC_E* code on failure; the two
+ * exceptions are bc_abi_version, which returns the version, and bc_strerror, which returns a
+ * static string). Results come back through pointers. Functions that can fail with a message
+ * either keep it in their handle (bc_writer_error) or write it into a caller's buffer
+ * (err, errlen). Nothing here keeps global state, so handles can be used from several threads
+ * (one thread per handle at a time).
+ *
+ * This header is also the cffi cdef (bincache/_native/_build.py reads the part between the
+ * BC_CDEF_BEGIN and BC_CDEF_END markers), so keep that part free of preprocessor lines.
+ */
+#ifndef BINCACHE_H
+#define BINCACHE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define BC_ABI_VERSION 1
+
+/* BC_CDEF_BEGIN */
+enum {
+    BC_OK = 0,
+    BC_ENOMEM = -1,      /* out of memory */
+    BC_EIO = -2,         /* a file could not be read or written (sys errno in the message) */
+    BC_EINVAL = -3,      /* a bad argument (level out of range, NUL in a name, ...) */
+    BC_ESTATE = -4,      /* the writer is finished, or unusable after an earlier error */
+    BC_ECANNOTGROW = -5, /* a new prefix is longer than the old one it replaces */
+    BC_EMISMATCH = -6,   /* a patch's offset does not hold the expected old bytes */
+    BC_EDEFLATE = -7,    /* the deflate library reported an error */
+    BC_ETHREAD = -8      /* a worker thread could not be started */
+};
+
+enum { BC_KIND_TEXT = 0, BC_KIND_BINARY = 1, BC_KIND_ELF = 2 };
+
+typedef struct bc_writer bc_writer;
+
+/* A byte string the caller owns. */
+typedef struct bc_buf {
+    const unsigned char *ptr;
+    size_t len;
+} bc_buf;
+
+/* One prefix occurrence: index into the prefix list, byte offset in the file/buffer. */
+typedef struct bc_hit {
+    uint64_t prefix;
+    uint64_t offset;
+} bc_hit;
+
+/* What the writer learned about one member. hits point into the writer and stay valid until
+ * the next call on it. */
+typedef struct bc_filescan {
+    int kind;
+    uint64_t size;
+    size_t nhits;
+    const bc_hit *hits;
+} bc_filescan;
+
+typedef struct bc_result {
+    char diff_id[65]; /* sha256 hex of the uncompressed tar stream */
+    char digest[65];  /* sha256 hex of the gzip stream */
+    uint64_t compressed_size;
+    uint64_t uncompressed_size;
+} bc_result;
+
+/* One in-place patch of apply_patches: at offset, old must be present; new must not be longer. */
+typedef struct bc_patch {
+    uint64_t offset;
+    bc_buf old_bytes;
+    bc_buf new_bytes;
+} bc_patch;
+
+int bc_abi_version(void);
+const char *bc_strerror(int rc);
+/* backend: "isal" or "zlib"; default_level: the fast level that keeps output within 1.2x of
+ * gzip -6; chunk_size: the fixed size of the independently compressed pieces. */
+int bc_info(const char **backend, int *default_level, size_t *chunk_size);
+
+/* A streaming tar -> gzip writer. fd >= 0: output is written to that descriptor; fd == -1: output
+ * is kept and handed out by bc_writer_take_output. threads == 0: one worker per online CPU;
+ * threads == 1: compress on the calling thread. Output bytes do not depend on threads.
+ * level: 0 = stored; 1..3 = ISA-L igzip 1..3 (zlib 1..3 when built without ISA-L); 4..9 = zlib.
+ * On failure *sys_errno is the errno behind it (ENOSPC...), or 0. */
+int bc_writer_new(bc_writer **out, int fd, const bc_buf *prefixes, size_t nprefixes, int level,
+                  int threads, char *err, size_t errlen, int *sys_errno);
+int bc_writer_free(bc_writer *w);
+int bc_writer_error(const bc_writer *w, const char **message, int *sys_errno);
+int bc_writer_add_dir(bc_writer *w, const char *name, size_t name_len, int mode);
+int bc_writer_add_symlink(bc_writer *w, const char *name, size_t name_len, const char *target,
+                          size_t target_len);
+int bc_writer_add_hardlink(bc_writer *w, const char *name, size_t name_len, const char *target,
+                           size_t target_len, int mode);
+int bc_writer_add_file(bc_writer *w, const char *name, size_t name_len, const char *path,
+                       int mode, bc_filescan *scan);
+int bc_writer_add_bytes(bc_writer *w, const char *name, size_t name_len,
+                        const unsigned char *data, size_t len, int mode, bc_filescan *scan);
+/* Output produced since the last call (fd == -1 only); valid until the next call on w. */
+int bc_writer_take_output(bc_writer *w, const unsigned char **data, size_t *len);
+int bc_writer_finish(bc_writer *w, bc_result *result);
+
+/* Every non-overlapping occurrence of any prefix, leftmost first, longest at a position.
+ * *hits is allocated (free it with bc_free). */
+int bc_scan_buffer(const unsigned char *data, size_t len, const bc_buf *prefixes,
+                   size_t nprefixes, bc_hit **hits, size_t *nhits, char *err, size_t errlen);
+/* The streaming scanner the writer uses, fed data in pieces cut at the given ascending offsets
+ * (for tests: a prefix split between two pieces must still be found). */
+int bc_scan_pieces(const unsigned char *data, size_t len, const bc_buf *prefixes,
+                   size_t nprefixes, const size_t *cuts, size_t ncuts, bc_hit **hits,
+                   size_t *nhits, char *err, size_t errlen);
+/* Spack's in-place rule: at each occurrence of olds[i] write "/" * (len(old) - len(new)) + new.
+ * Nothing is written when any occurrence would need to grow. */
+int bc_relocate_buffer(unsigned char *data, size_t len, const bc_buf *olds, const bc_buf *news,
+                       size_t npairs, size_t *count, char *err, size_t errlen);
+/* Check every patch against the file, then write them all; the file length never changes. */
+int bc_apply_patches(const char *path, const bc_patch *patches, size_t npatches, char *err,
+                     size_t errlen);
+/* One whole gzip member of data, compressed by the same chunked engine as the writer.
+ * *out is allocated (free it with bc_free). */
+int bc_compress_buffer(const unsigned char *data, size_t len, int level, int threads,
+                       unsigned char **out, size_t *out_len, char *err, size_t errlen);
+int bc_free(void *p);
+/* BC_CDEF_END */
+
+#endif

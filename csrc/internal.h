@@ -1,0 +1,187 @@
+/* Declarations shared between the C files of the core; not part of the public API.
+ * These symbols are hidden from the shared object (bc__ prefix, hidden visibility). */
+#ifndef BINCACHE_INTERNAL_H
+#define BINCACHE_INTERNAL_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "bincache.h"
+
+#ifdef BC_HAVE_OPENSSL
+#include <openssl/evp.h>
+#endif
+#ifdef BC_HAVE_ISAL
+#include <isa-l.h>
+#endif
+#include <zlib.h>
+
+#if defined(__GNUC__)
+#define BC_HIDDEN __attribute__((visibility("hidden")))
+#define BC_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#else
+#define BC_HIDDEN
+#define BC_PRINTF(f, a)
+#endif
+
+/* Uncompressed bytes per independently compressed piece. Fixed, so that the output does not
+ * depend on the number of threads. */
+#define BC_CHUNK ((size_t)1 << 20)
+/* Each piece is compressed with the 32 KiB before it as its dictionary (as pigz does), which
+ * wins back most of the ratio lost by cutting the stream. */
+#define BC_DICT ((size_t)32768)
+
+typedef struct bc_err {
+    char msg[1024];
+    int sys_errno;
+} bc_err;
+
+BC_HIDDEN int bc__fail(bc_err *e, int rc, int sys_errno, const char *fmt, ...) BC_PRINTF(4, 5);
+BC_HIDDEN void bc__copy_err(const bc_err *e, char *buf, size_t len);
+
+/* SHA-256: OpenSSL's libcrypto (SHA-NI class) when built with it, else portable C. */
+typedef struct bc_sha256 {
+#ifdef BC_HAVE_OPENSSL
+    EVP_MD_CTX *ctx;
+#else
+    uint32_t h[8];
+    uint64_t total;
+    unsigned char block[64];
+    size_t fill;
+#endif
+} bc_sha256;
+
+BC_HIDDEN int bc__sha256_init(bc_sha256 *s);
+BC_HIDDEN int bc__sha256_update(bc_sha256 *s, const void *data, size_t len);
+BC_HIDDEN int bc__sha256_hex(bc_sha256 *s, char hex[65]);
+BC_HIDDEN void bc__sha256_free(bc_sha256 *s);
+
+/* Level -> implementation. Valid levels are 0..9. */
+BC_HIDDEN int bc__check_level(int level, bc_err *e);
+
+/* One deflate engine (reused for many chunks). */
+typedef struct bc_comp {
+    int level;
+    int use_isal;
+#ifdef BC_HAVE_ISAL
+    struct isal_zstream zs;
+    unsigned char *lvlbuf;
+    size_t lvlbuf_size;
+#endif
+    z_stream z;
+    int z_ready;
+} bc_comp;
+
+BC_HIDDEN int bc__comp_init(bc_comp *c, int level, bc_err *e);
+/* Raw deflate of in[0..n) with dict as history, ending on a byte boundary (sync flush), not
+ * final. *out grows as needed. */
+BC_HIDDEN int bc__comp_chunk(bc_comp *c, const unsigned char *dict, size_t dict_len,
+                             const unsigned char *in, size_t n, unsigned char **out,
+                             size_t *out_cap, size_t *out_len, bc_err *e);
+BC_HIDDEN void bc__comp_free(bc_comp *c);
+BC_HIDDEN uint32_t bc__crc32(uint32_t crc, const unsigned char *p, size_t n);
+
+/* The parallel gzip pipe: bytes in, one gzip member out, in order. */
+typedef struct bc_slot {
+    unsigned char *in;
+    size_t in_len;
+    unsigned char *dict;
+    size_t dict_len;
+    unsigned char *out;
+    size_t out_cap;
+    size_t out_len;
+    int state;
+    int rc;
+    bc_err err;
+} bc_slot;
+
+struct bc_gz;
+typedef struct bc_worker {
+    struct bc_gz *gz;
+    bc_comp comp;
+    int comp_ready;
+    pthread_t tid;
+} bc_worker;
+
+typedef struct bc_gz {
+    int level;
+    int nworkers; /* 0: compress on the calling thread */
+    size_t nslots;
+    bc_slot *slots;
+    uint64_t submitted; /* chunks handed to the workers */
+    uint64_t taken;     /* chunks a worker has started */
+    uint64_t written;   /* chunks written out */
+    int filling;        /* slots[submitted % nslots] is being filled */
+    pthread_mutex_t mu;
+    pthread_cond_t cv_work;
+    pthread_cond_t cv_done;
+    int sync_ready;
+    bc_worker *workers;
+    int nstarted;
+    int stop;
+    bc_comp inline_comp;
+    int inline_ready;
+    uint32_t crc;
+    uint64_t in_total;
+    uint64_t out_total;
+    int fd; /* -1: keep output in mem */
+    int header_pending;
+    unsigned char *mem;
+    size_t mem_len;
+    size_t mem_cap;
+    int hash_out;
+    bc_sha256 sha_out;
+    int sha_ready;
+    /* SHA-256 of the uncompressed stream, when wanted: updated once per piece (one call per
+     * MiB instead of one per header or small file; SHA-256 is compute-bound, so hashing a
+     * whole piece from L2/L3 costs no more). */
+    int hash_in;
+    bc_sha256 sha_in;
+    int sha_in_ready;
+} bc_gz;
+
+BC_HIDDEN int bc__gz_open(bc_gz *g, int level, int threads, int fd, int hash_out, int hash_in,
+                          bc_err *e);
+/* A place to put the next uncompressed bytes: *avail >= 1. */
+BC_HIDDEN int bc__gz_space(bc_gz *g, unsigned char **p, size_t *avail, bc_err *e);
+/* The first n bytes at the place given by bc__gz_space are now part of the stream. */
+BC_HIDDEN int bc__gz_commit(bc_gz *g, size_t n, bc_err *e);
+BC_HIDDEN int bc__gz_finish(bc_gz *g, bc_err *e);
+BC_HIDDEN void bc__gz_close(bc_gz *g);
+
+/* Streaming multi-prefix scanner: leftmost, longest at a position, non-overlapping; a match
+ * that straddles two fed pieces is found. */
+typedef struct bc_scanner {
+    size_t n;              /* number of prefixes (including empty ones, which never match) */
+    unsigned char **pat;   /* copies */
+    size_t *plen;
+    size_t *order;         /* non-empty prefixes: longest first, then lowest index */
+    size_t norder;
+    size_t maxlen;
+    size_t common;         /* bytes every non-empty prefix starts with */
+    /* Prefixes longer than common, grouped by their byte after the common part (each group in
+     * `order` order): bucket[bstart[b] .. bstart[b + 1]); then `shortp`, those that are just
+     * the common part. A candidate is compared only with its group. */
+    size_t *bucket;
+    size_t bstart[257];
+    size_t *shortp;
+    size_t nshort;
+    unsigned char first[256];
+    unsigned char *carry;  /* undecided tail of what was fed, capacity 2 * maxlen */
+    size_t carry_len;
+    uint64_t carry_off;
+    uint64_t fed;
+    uint64_t skip_until;   /* no match may start before this (non-overlap) */
+    bc_hit *hits;
+    size_t nhits;
+    size_t hits_cap;
+} bc_scanner;
+
+BC_HIDDEN int bc__scanner_init(bc_scanner *s, const bc_buf *prefixes, size_t n, bc_err *e);
+BC_HIDDEN void bc__scanner_reset(bc_scanner *s);
+BC_HIDDEN int bc__scanner_feed(bc_scanner *s, const unsigned char *data, size_t n, bc_err *e);
+BC_HIDDEN int bc__scanner_finish(bc_scanner *s, bc_err *e);
+BC_HIDDEN void bc__scanner_free(bc_scanner *s);
+
+#endif

@@ -1,0 +1,54 @@
+/* Error plumbing and the small informational entry points. */
+#define _GNU_SOURCE
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+int bc__fail(bc_err *e, int rc, int sys_errno, const char *fmt, ...)
+{
+    if (e != NULL) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+        va_end(ap);
+        e->sys_errno = sys_errno;
+    }
+    return rc;
+}
+
+void bc__copy_err(const bc_err *e, char *buf, size_t len)
+{
+    if (buf == NULL || len == 0)
+        return;
+    snprintf(buf, len, "%s", e->msg);
+}
+
+int bc_abi_version(void)
+{
+    return BC_ABI_VERSION;
+}
+
+const char *bc_strerror(int rc)
+{
+    switch (rc) {
+    case BC_OK: return "ok";
+    case BC_ENOMEM: return "out of memory";
+    case BC_EIO: return "input/output error";
+    case BC_EINVAL: return "invalid argument";
+    case BC_ESTATE: return "the writer cannot be used any more";
+    case BC_ECANNOTGROW: return "a new prefix is longer than the old one";
+    case BC_EMISMATCH: return "the file does not hold the expected bytes";
+    case BC_EDEFLATE: return "deflate error";
+    case BC_ETHREAD: return "cannot start a worker thread";
+    default: return "unknown error";
+    }
+}
+
+int bc_free(void *p)
+{
+    free(p);
+    return BC_OK;
+}

@@ -1,0 +1,184 @@
+"""Property tests: the C core against the pure-Python twin and against Python's tarfile."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import tarfile
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from bincache._native import _pure as pure
+from bincache.errors import CannotGrowString
+
+native = pytest.importorskip("bincache._native._cffi", reason="the C core is not built")
+
+CHUNK = native.CHUNK_SIZE
+READ_PIECE = 256 << 10
+
+# A tiny alphabet makes overlapping prefixes, prefixes of prefixes and near misses common.
+small_bytes = (
+    st.binary(min_size=0, max_size=300)
+    .map(lambda b: bytes(c % 4 for c in b))
+    .map(lambda b: b.translate(bytes.maketrans(b"\0\1\2\3", b"/ab\0")))
+)
+small_prefix = st.text(alphabet="/ab\0", min_size=1, max_size=8).map(str.encode)
+prefix_lists = st.lists(small_prefix, min_size=1, max_size=5)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=small_bytes, prefixes=prefix_lists)
+def test_scan_buffer_matches_the_pure_twin(data, prefixes):
+    assert native.scan_buffer(data, prefixes) == pure.scan_buffer(data, prefixes)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=small_bytes, prefixes=prefix_lists, cuts=st.lists(st.integers(0, 300), max_size=40))
+def test_streaming_scan_finds_matches_across_any_cut(data, prefixes, cuts):
+    cuts = sorted(cuts)
+    assert native._scan_pieces(data, prefixes, cuts) == pure.scan_buffer(data, prefixes)
+
+
+def _interesting_offsets(total: int) -> list[int]:
+    """Offsets near where the writer's reads and chunks end (the file data starts after a
+    512-byte header, so chunk ends fall 512 bytes early in file offsets)."""
+    out = []
+    for base in range(READ_PIECE, total, READ_PIECE):
+        out += [base, base - 512]
+    return out
+
+
+@st.composite
+def big_buffers(draw):
+    size = draw(st.integers(CHUNK - 4096, 2 * CHUNK + 4096))
+    prefixes = draw(
+        st.lists(
+            st.one_of(
+                st.binary(min_size=3, max_size=40),
+                st.builds(
+                    lambda n, t: b"/opt/spack/" + b"p" * n + t,
+                    st.integers(0, 700),
+                    st.binary(max_size=3),
+                ),
+            ),
+            min_size=1,
+            max_size=4,
+        )
+    )
+    # backgrounds: near misses of the long prefixes, or all byte values (NULs included)
+    background = draw(st.sampled_from([b"/opt/spack/", b"/opt/spack/ppp\0", bytes(range(256))]))
+    buf = bytearray(background * (size // len(background) + 1))[:size]
+    spots = _interesting_offsets(size)
+    for _ in range(draw(st.integers(1, 12))):
+        p = draw(st.sampled_from(prefixes))
+        at = draw(st.sampled_from(spots)) + draw(st.integers(-len(p) - 2, 2))
+        at = max(0, min(size - len(p), at))
+        buf[at : at + len(p)] = p
+    return bytes(buf), prefixes
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(case=big_buffers())
+def test_writer_scan_finds_prefixes_across_read_and_chunk_boundaries(case, tmp_path_factory):
+    data, prefixes = case
+    path = tmp_path_factory.mktemp("big") / "f"
+    path.write_bytes(data)
+    expected = pure.scan_buffer(data, prefixes)
+    w = native.TarWriter(io.BytesIO(), prefixes=prefixes, threads=1)
+    # a member before it shifts where the chunks end within the file
+    w.add_bytes("opt/first", b"x" * 1000, 0o644)
+    assert w.add_file("opt/f", str(path), 0o644).hits == expected
+    assert w.add_bytes("opt/g", data, 0o644).hits == expected
+    cuts = _interesting_offsets(len(data))
+    assert native._scan_pieces(data, prefixes, sorted(cuts)) == expected
+
+
+pairs_strategy = st.lists(
+    st.tuples(small_prefix, st.text(alphabet="/xyz", min_size=0, max_size=9).map(str.encode)),
+    min_size=1,
+    max_size=4,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=small_bytes, pairs=pairs_strategy)
+def test_relocate_buffer_matches_the_pure_twin_byte_for_byte(data, pairs):
+    a, b = bytearray(data), bytearray(data)
+    try:
+        expected = pure.relocate_buffer(a, pairs)
+    except CannotGrowString:
+        with pytest.raises(CannotGrowString):
+            native.relocate_buffer(b, pairs)
+        assert b == bytearray(data)  # nothing written
+        return
+    assert native.relocate_buffer(b, pairs) == expected
+    assert b == a
+    assert len(b) == len(data)
+
+
+name_part = st.text(alphabet="abcXYZ019._-\u00e9", min_size=1, max_size=40)
+member_names = st.lists(name_part, min_size=1, max_size=8).map("/".join)
+members = st.lists(
+    st.tuples(
+        st.sampled_from(["file", "dir", "symlink", "hardlink"]),
+        member_names,
+        st.binary(max_size=3000),
+        st.integers(0, 0o7777),
+        st.text(alphabet="ab/.", min_size=1, max_size=160),
+    ),
+    min_size=1,
+    max_size=12,
+    unique_by=lambda m: m[1],
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(members=members, level=st.sampled_from([0, 1, 3, 6]))
+def test_tar_writer_output_reads_back_with_tarfile(members, level):
+    buf = io.BytesIO()
+    w = native.TarWriter(buf, prefixes=[b"/ab"], level=level, threads=2)
+    pw = pure.TarWriter(io.BytesIO(), prefixes=[b"/ab"])
+    first_file = None
+    for kind, name, data, mode, target in members:
+        for writer in (w, pw):
+            if kind == "file":
+                scan = writer.add_bytes(name, data, mode)
+            elif kind == "dir":
+                writer.add_dir(name, mode)
+            elif kind == "symlink":
+                writer.add_symlink(name, target)
+            elif first_file is not None:
+                writer.add_hardlink(name, first_file, mode)
+            else:
+                writer.add_dir(name, mode)
+        if kind == "file":
+            assert scan.hits == pure.scan_buffer(data, [b"/ab"])
+            first_file = first_file or name
+    result = w.finish()
+    presult = pw.finish()
+    raw = gzip.decompress(buf.getvalue())
+    assert result.diff_id == presult.diff_id == hashlib.sha256(raw).hexdigest()
+    with tarfile.open(fileobj=io.BytesIO(buf.getvalue())) as tf:
+        got = {m.name: m for m in tf.getmembers()}
+        assume(len(got) == len(members))
+        first_file = None
+        for kind, name, data, mode, target in members:
+            m = got[name]
+            assert m.mtime == 0 and m.uid == 0 and m.uname == ""
+            if kind == "file":
+                assert m.isfile() and m.mode == mode
+                assert tf.extractfile(m).read() == data
+                first_file = first_file or name
+            elif kind == "symlink":
+                assert m.issym() and m.linkname == target
+            elif kind == "hardlink" and first_file is not None:
+                assert m.islnk() and m.linkname == first_file and m.mode == mode
+            else:
+                assert m.isdir() and m.mode == mode
