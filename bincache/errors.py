@@ -59,6 +59,18 @@ class ExtractError(BincacheError):
     """A tarball is unsafe or damaged (escaping paths, bad links, truncated data)."""
 
 
+class InstallError(BincacheError):
+    """An install plan cannot succeed; the message lists every problem found."""
+
+    def __init__(self, problems):
+        self.problems = list(problems)
+        if len(self.problems) == 1:
+            super().__init__(self.problems[0])
+        else:
+            lines = "\n".join(f"  {p}" for p in self.problems)
+            super().__init__(f"the install cannot proceed ({len(self.problems)} problems):\n{lines}")
+
+
 class RelocationError(BincacheError):
     """A package cannot be relocated to the requested prefix."""
 

@@ -45,9 +45,9 @@ class Index:
                       key=lambda e: (e.spec.name, e.spec.version, e.spec.hash))
 
     def find(self, selector: str) -> list[IndexEntry]:
-        from .spec import _matches
+        from .spec import matches
 
-        return [e for e in self.packages() if _matches(e.spec, selector)]
+        return [e for e in self.packages() if matches(e.spec, selector)]
 
     def to_bytes(self) -> bytes:
         installs = {}

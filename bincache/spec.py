@@ -236,16 +236,16 @@ class InstallTree:
         specs = list(self.specs().values())
         chosen: list[InstalledSpec] = []
         for sel in selectors:
-            matches = [s for s in specs if _matches(s.spec, sel)]
-            if not matches:
+            found = [s for s in specs if matches(s.spec, sel)]
+            if not found:
                 names = sorted({s.name for s in specs})
                 hint = f" Installed: {', '.join(names[:20])}" if names else " The install tree is empty."
                 raise SpecError(f'no installed spec matches "{sel}" in {self.root}.{hint}')
-            if len(matches) > 1:
-                listing = ", ".join(sorted(m.spec.short() for m in matches))
-                raise SpecError(f'"{sel}" matches {len(matches)} specs: {listing}. Add @version or /hash.')
-            if matches[0] not in chosen:
-                chosen.append(matches[0])
+            if len(found) > 1:
+                listing = ", ".join(sorted(m.spec.short() for m in found))
+                raise SpecError(f'"{sel}" matches {len(found)} specs: {listing}. Add @version or /hash.')
+            if found[0] not in chosen:
+                chosen.append(found[0])
         return chosen
 
     def closure(self, roots: Iterable[InstalledSpec], include_deps: bool = True,
@@ -305,7 +305,8 @@ class InstallTree:
             self._specs[inst.hash] = inst
 
 
-def _matches(spec: Spec, selector: str) -> bool:
+def matches(spec: Spec, selector: str) -> bool:
+    """Whether a spec matches ``name``, ``name@version``, ``/hashprefix`` or ``name@version/hash``."""
     sel = selector.strip()
     h = None
     if "/" in sel:

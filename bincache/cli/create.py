@@ -160,9 +160,9 @@ def cmd_list(args) -> int:
 
 
 def _match(entry, selector: str) -> bool:
-    from ..spec import _matches
+    from ..spec import matches
 
-    return _matches(entry.spec, selector)
+    return matches(entry.spec, selector)
 
 
 def _configured_fetch_mirrors() -> list:

@@ -1,0 +1,671 @@
+"""Install packages from build caches: plan, verify, extract, relocate, rename into place.
+
+The order of work (DESIGN.md, "Install and relocation"):
+
+1. resolve the requested specs against the mirrors' indexes (their manifests when a mirror has
+   no index) and close over link/run dependencies, skipping what the install tree already has;
+2. fetch every manifest and verify it (signature, unless unsigned) before any blob is fetched;
+3. fetch every blob and check its size and SHA-256;
+4. extract each tarball into a staging directory inside the install root (same file system, so
+   the final rename is atomic) and plan its relocation;
+5. only if every package of the plan can be installed: relocate, write ``.spack/spec.json``,
+   rename each prefix into place (dependencies first) and record it in the database.
+
+Steps 2-4 collect the problems of every package and report them together, so a user fixes them
+in one go; until step 5 nothing is visible in the install tree, and any failure removes the
+staging directory (and the root itself, when the install created it).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from . import index as _index
+from .errors import (
+    BincacheError,
+    CannotGrowString,
+    IntegrityError,
+    InstallError,
+    MirrorError,
+    RelocationError,
+    SpecError,
+)
+from .relocate import (
+    BuildInfo,
+    RelocationPlan,
+    RelocationReport,
+    Unrelocated,
+    apply_relocation,
+    cannot_grow_message,
+    plan_relocation,
+)
+from .spec import (
+    DEFAULT_PROJECTION,
+    SPEC_DIR,
+    SPEC_JSON,
+    InstalledSpec,
+    InstallTree,
+    Spec,
+    matches as _matches,
+    parse_specfile,
+    specfile_dict,
+)
+from .tar.extract import ExtractedPackage, extract_package
+
+log = logging.getLogger("bincache.install")
+
+STAGING_DIR = ".bincache-staging"
+
+
+def _fail(problems: Sequence[tuple[str, type]]) -> BincacheError:
+    """One error naming every problem: of the problems' own class when they share one (so a
+    caller can tell a signature failure from a damaged tarball), else :class:`InstallError`."""
+    messages = [m for m, _ in problems]
+    kinds = {k for _, k in problems}
+    if len(kinds) == 1:
+        kind = kinds.pop()
+        if issubclass(kind, BincacheError) and kind not in (BincacheError, InstallError):
+            err = InstallError(messages)
+            try:
+                typed = kind(str(err))
+            except TypeError:
+                return err
+            typed.problems = messages  # type: ignore[attr-defined]
+            return typed
+    return InstallError(messages)
+
+
+# -- the signing hook -------------------------------------------------------------------------
+def verify_manifest(raw: bytes, mirror_ref, allow_unsigned: bool, *, source: str = "manifest") -> bytes:
+    """The manifest text that may be trusted, from a fetched manifest.
+
+    Delegates to :func:`bincache.sign.verify_manifest_bytes`; without the signing module (a
+    build without GnuPG support) plain JSON manifests pass only when unsigned installs are
+    allowed and clearsigned ones are refused.
+    """
+    require = not allow_unsigned
+    try:
+        from .sign import verify_manifest_bytes
+    except ImportError:
+        verify_manifest_bytes = None
+    if verify_manifest_bytes is not None:
+        return verify_manifest_bytes(raw, require, source=source)
+    from .errors import SignatureError
+
+    if raw.lstrip().startswith(b"-----BEGIN PGP SIGNED MESSAGE-----"):
+        raise SignatureError(f"{source} is signed but signature checking is not available")
+    if require:
+        raise SignatureError(f"{source} is not signed: use --unsigned if you trust the mirror")
+    return raw
+
+
+# -- records ----------------------------------------------------------------------------------
+@dataclass
+class PackagePlan:
+    """One package of an install plan and what has been learned about it so far."""
+
+    spec: Spec
+    cache: object
+    manifest: object  # PackageManifest
+    prefix: str  # the new prefix
+    explicit: bool
+    nodes: list[Spec] = field(default_factory=list)
+    specfile: bytes = b""
+    tarball: str | None = None
+    staged: str | None = None
+    extracted: ExtractedPackage | None = None
+    buildinfo: BuildInfo | None = None
+    relocation: RelocationPlan | None = None
+    report: RelocationReport | None = None
+    replace: bool = False  # --force over an existing prefix
+    tarball_file: object = None  # an open, checked blob of a local mirror (not copied)
+
+    @property
+    def cache_url(self) -> str:
+        return str(getattr(self.cache, "url", self.cache))
+
+
+@dataclass
+class InstalledPackage:
+    spec: Spec
+    prefix: str
+    size: int  # compressed bytes fetched
+    files: int
+    report: RelocationReport
+
+
+@dataclass
+class InstallResult:
+    installed: list[InstalledPackage] = field(default_factory=list)
+    skipped: list[InstalledSpec] = field(default_factory=list)
+    unrelocated: list[tuple[str, Unrelocated]] = field(default_factory=list)  # prefix, string
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    bytes_fetched: int = 0
+    bytes_extracted: int = 0
+
+
+@dataclass
+class DownloadedPackage:
+    spec: Spec
+    tarball: str
+    specfile: str
+    size: int
+
+
+# -- resolution -------------------------------------------------------------------------------
+class _Catalog:
+    """What the mirrors hold, by hash: the first mirror that has a package wins."""
+
+    def __init__(self, refs: Sequence) -> None:
+        from .mirror import open_cache
+
+        if not refs:
+            raise SpecError("no mirror to install from: give --mirror, or configure one "
+                            "with `bincache mirror add NAME URL`")
+        self.entries: dict[str, tuple[object, object]] = {}  # hash -> (Spec|SpecRef, cache)
+        self.caches = []
+        errors = []
+        for ref in refs:
+            cache = open_cache(ref)
+            self.caches.append(cache)
+            try:
+                idx = _index.read_index(cache)
+            except BincacheError as e:
+                log.warning("%s: index unreadable (%s); reading its manifests", cache.url, e)
+                idx = None
+            try:
+                items = ([e.spec for e in idx.packages()] if idx is not None
+                         else cache.list_package_refs())
+            except BincacheError as e:
+                errors.append(str(e))
+                continue
+            for item in items:
+                self.entries.setdefault(item.hash, (item, cache))
+        if errors and not self.entries:
+            raise MirrorError("; ".join(errors))
+
+    def select(self, selector: str):
+        matches = [(item, cache) for item, cache in self.entries.values() if _matches(item, selector)]
+        if not matches:
+            names = sorted({item.name for item, _ in self.entries.values()})
+            hint = f" Available: {', '.join(names[:20])}" if names else " The mirrors are empty."
+            raise SpecError(f'no package matches "{selector}" in the mirrors.{hint}')
+        if len(matches) > 1:
+            listing = ", ".join(sorted(f"{i.name}@{i.version}/{i.hash[:7]}" for i, _ in matches))
+            raise SpecError(f'"{selector}" matches {len(matches)} packages: {listing}. '
+                            "Add @version or /hash.")
+        return matches[0]
+
+
+def _fetch_specfile(cache, manifest, dest_dir: str, label: str) -> tuple[bytes, list[Spec]]:
+    record = manifest.spec
+    fd, path = tempfile.mkstemp(dir=dest_dir, suffix=".spec")
+    os.close(fd)
+    try:
+        cache.fetch_blob(record, path)
+        with open(path, "rb") as f:
+            data = f.read()
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+    if record.compression == "gzip" or data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    return data, parse_specfile(data, f"{label} spec file")
+
+
+def _projection(template: str | None) -> str:
+    if template:
+        return template
+    try:
+        from . import config
+
+        value = config.get_value("install_tree:projections")
+    except (ImportError, AttributeError, BincacheError):
+        value = None
+    if isinstance(value, dict) and isinstance(value.get("all"), str):
+        return value["all"]
+    return DEFAULT_PROJECTION
+
+
+# -- the install ------------------------------------------------------------------------------
+class _Installer:
+    def __init__(self, root: str, *, force: bool, jobs: int, allow_unrelocated: bool,
+                 projection: str | None, progress: Callable | None):
+        self.root = os.path.abspath(root)
+        self.force = force
+        self.jobs = max(1, jobs)
+        self.allow_unrelocated = allow_unrelocated
+        self.template = _projection(projection)
+        self.progress = progress or (lambda *_: None)
+        self.tree = InstallTree(self.root)
+        self.created_dirs: list[str] = []  # deepest first
+        self.local_blobs = True  # extract local mirrors' blobs in place (download copies them)
+        self.staging_base: str | None = None
+        self.staging: str | None = None
+
+    # -- staging ---------------------------------------------------------------------------
+    def open_staging(self) -> str:
+        # Every directory made for the root is remembered, so a failed install removes them all.
+        path = self.root
+        while not os.path.exists(path):
+            self.created_dirs.append(path)
+            path = os.path.dirname(path)
+        if self.created_dirs:
+            os.makedirs(self.root)
+        self.staging_base = os.path.join(self.root, STAGING_DIR)
+        os.makedirs(self.staging_base, exist_ok=True)
+        self.staging = tempfile.mkdtemp(prefix="install-", dir=self.staging_base)
+        return self.staging
+
+    def close_staging(self) -> None:
+        if self.staging:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            _make_writable_and_remove(self.staging)
+        for d in [self.staging_base, *self.created_dirs]:
+            if d:
+                try:
+                    os.rmdir(d)
+                except OSError:
+                    break  # not empty: an install landed there
+
+    def installed(self) -> dict[str, InstalledSpec]:
+        return self.tree.specs() if os.path.isdir(self.root) else {}
+
+    # -- planning --------------------------------------------------------------------------
+    def resolve(self, selectors: Sequence[str], mirrors: Sequence, scratch: str,
+                allow_unsigned: bool | None) -> tuple[list[PackagePlan], list[InstalledSpec]]:
+        """The packages to install, dependencies first, each with its verified manifest and its
+        spec file (which names its dependencies); and the dependencies already installed."""
+        catalog = _Catalog(mirrors)
+        installed = self.installed()
+        roots = [catalog.select(s) for s in selectors]
+        explicit = {item.hash for item, _ in roots}
+        plans: dict[str, PackagePlan] = {}
+        skipped: dict[str, InstalledSpec] = {}
+        problems: list[tuple[str, type]] = []
+        order: list[str] = []
+        visiting: set[str] = set()
+
+        def visit(h: str, name: str, needed_by: str | None) -> None:
+            if h in plans or h in skipped or h in visiting:
+                return
+            inst = installed.get(h)
+            if inst is not None and not (self.force and h in explicit):
+                skipped[h] = inst
+                return
+            entry = catalog.entries.get(h)
+            if entry is None:
+                problems.append((f"{name}/{h[:7]} (needed by {needed_by}) is neither installed "
+                                 f"in {self.root} nor in any mirror", SpecError))
+                return
+            item, cache = entry
+            visiting.add(h)
+            try:
+                plan = self.plan_package(item, cache, h in explicit, scratch, allow_unsigned)
+            except BincacheError as e:
+                problems.append((f"{item.name}@{item.version}/{h[:7]}: {e}", type(e)))
+                return
+            finally:
+                visiting.discard(h)
+            plan.replace = inst is not None
+            for dep in plan.spec.link_run_deps():
+                visit(dep.hash, dep.name, plan.spec.short())
+            plans[h] = plan
+            order.append(h)
+
+        for item, _ in roots:
+            visit(item.hash, item.name, None)
+        if problems:
+            raise _fail(problems)
+        return [plans[h] for h in order], list(skipped.values())
+
+    def plan_package(self, item, cache, explicit: bool, scratch: str,
+                     allow_unsigned: bool | None) -> PackagePlan:
+        """Manifest (signature checked before any blob is fetched), then the spec file."""
+        manifest = cache.fetch_manifest(item)
+        label = f"{getattr(cache, 'url', cache)} {item.name}@{item.version}/{item.hash[:7]}"
+        mirror_ref = getattr(cache, "ref", None)
+        allow = allow_unsigned if allow_unsigned is not None else (
+            getattr(mirror_ref, "signed", None) is False)
+        verified = verify_manifest(manifest.raw, mirror_ref, allow, source=label)
+        if hasattr(cache, "backend"):
+            from .mirror.layout_v3 import parse_manifest
+
+            # Only what the signature covered is used: the records come from the verified text.
+            manifest = parse_manifest(verified, manifest.raw, label)
+        specfile, nodes = _fetch_specfile(cache, manifest, scratch, label)
+        if nodes[0].hash != item.hash:
+            raise SpecError(f"{label}: the spec file describes {nodes[0].short()}")
+        spec = nodes[0]
+        return PackagePlan(spec, cache, manifest, self.target(spec), explicit,
+                           nodes=nodes, specfile=specfile)
+
+    def target(self, spec: Spec) -> str:
+        return os.path.join(self.root, spec.projection(self.template))
+
+    def fetch(self, plan: PackagePlan) -> None:
+        """The tarball, size and SHA-256 checked (no partial file is left).
+
+        A blob of a mirror on the local file system is not copied: it is opened, checked
+        through that open file, and extracted from the same open file later.
+        """
+        assert self.staging is not None
+        work = tempfile.mkdtemp(prefix=f"{plan.spec.name}-", dir=self.staging)
+        plan.tarball = os.path.join(work, "package.tar.gz")
+        record = plan.manifest.tarball
+        local_path = getattr(getattr(plan.cache, "backend", None), "local_path", None)
+        path = local_path(record.path) if local_path is not None and self.local_blobs else None
+        if path is None:
+            plan.cache.fetch_blob(record, plan.tarball)
+            return
+        f = open(path, "rb")
+        try:
+            _check_blob(f, record, path)
+        except BaseException:
+            f.close()
+            raise
+        plan.tarball_file = f
+
+    def extract(self, plan: PackagePlan, new_prefixes: dict[str, str]) -> None:
+        assert plan.tarball is not None
+        plan.staged = os.path.join(os.path.dirname(plan.tarball), "prefix")
+        os.mkdir(plan.staged)
+
+        def dependency_prefixes(staged: str) -> list[str]:
+            plan.buildinfo = BuildInfo.load(staged)
+            return [p for h, p in plan.buildinfo.hash_to_prefix.items() if h != plan.spec.hash]
+
+        # The old prefix is learned from the last member (the buildinfo): see extract_package.
+        source = plan.tarball_file if plan.tarball_file is not None else plan.tarball
+        try:
+            plan.extracted = extract_package(source, None, plan.staged,
+                                             external_prefixes=dependency_prefixes)
+        finally:
+            if plan.tarball_file is not None:
+                plan.tarball_file.close()
+                plan.tarball_file = None
+            elif os.path.exists(plan.tarball):
+                os.unlink(plan.tarball)
+        info = plan.buildinfo
+        assert info is not None
+        if os.path.normpath(info.old_prefix) != plan.extracted.old_prefix:
+            raise RelocationError(f"the buildinfo says the prefix was {info.old_prefix} but the "
+                                  f"tarball holds {plan.extracted.old_prefix}")
+        old_to_new = {}
+        for h, old in info.hash_to_prefix.items():
+            new = new_prefixes.get(h)
+            if new is None:
+                node = next((n for n in plan.nodes if n.hash == h), None)
+                new = self.target(node) if node is not None else None
+            if new is not None:
+                old_to_new[old] = new
+        old_to_new[info.old_prefix] = plan.prefix
+        if info.store_root:
+            old_to_new.setdefault(info.store_root, self.root)
+        plan.relocation = plan_relocation(plan.extracted, info, old_to_new, display_root=plan.prefix)
+
+    def check_target(self, plan: PackagePlan) -> str | None:
+        if not os.path.lexists(plan.prefix):
+            return None
+        if plan.replace or self.force and plan.explicit:
+            plan.replace = True
+            return None
+        return (f"{plan.prefix} already exists and is not a recorded install of "
+                f"{plan.spec.short()}; remove it or use --force")
+
+    # -- writing ---------------------------------------------------------------------------
+    def finish(self, plan: PackagePlan) -> None:
+        assert plan.staged and plan.relocation is not None and plan.extracted is not None
+        plan.report = apply_relocation(plan.relocation, allow_unrelocated=self.allow_unrelocated)
+        spec_dir = os.path.join(plan.staged, SPEC_DIR)
+        os.makedirs(spec_dir, exist_ok=True)
+        spec_path = os.path.join(spec_dir, SPEC_JSON)
+        tmp = spec_path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(json.dumps(specfile_dict(plan.nodes), indent=2).encode())
+        os.replace(tmp, spec_path)
+        plan.extracted.apply_dir_modes()
+
+    def publish(self, plan: PackagePlan) -> None:
+        assert plan.staged is not None
+        parent = os.path.dirname(plan.prefix)
+        os.makedirs(parent, exist_ok=True)
+        old = None
+        if plan.replace and os.path.lexists(plan.prefix):
+            old = os.path.join(self.staging or parent, f"replaced-{plan.spec.hash}")
+            os.rename(plan.prefix, old)
+        try:
+            os.rename(plan.staged, plan.prefix)
+        except OSError:
+            if old is not None:
+                os.rename(old, plan.prefix)
+            raise
+        if old is not None:
+            _make_writable_and_remove(old)
+        self.tree.record(InstalledSpec(plan.spec, plan.prefix, tuple(plan.nodes)),
+                         explicit=plan.explicit)
+
+
+def _check_blob(f, record, where: str) -> None:
+    """Size and SHA-256 of an open blob against its manifest record."""
+    size = os.fstat(f.fileno()).st_size
+    if size != record.content_length:
+        raise IntegrityError(f"{where}: size {size} but the manifest says {record.content_length} "
+                             "(truncated or replaced blob)")
+    algorithm = getattr(record, "checksum_algorithm", "sha256")
+    h = hashlib.new(algorithm)
+    f.seek(0)
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+        h.update(chunk)
+    if h.hexdigest() != record.checksum:
+        raise IntegrityError(f"{where}: checksum mismatch ({algorithm} {h.hexdigest()[:12]}..., "
+                             f"expected {record.checksum[:12]}...): the blob is corrupt")
+
+
+def _make_writable_and_remove(path: str) -> None:
+    """rmtree that also gets through read-only directories (installed prefixes may have them)."""
+    if not os.path.lexists(path):
+        return
+
+    def onerror(func, p, _exc):
+        try:
+            os.chmod(os.path.dirname(p), 0o755)
+            if os.path.isdir(p) and not os.path.islink(p):
+                os.chmod(p, 0o755)
+            func(p)
+        except OSError:
+            pass
+
+    shutil.rmtree(path, onerror=onerror)
+
+
+def install(
+    specs: Sequence[str],
+    *,
+    mirrors: Sequence = (),
+    root: str,
+    unsigned: bool | None = None,
+    force: bool = False,
+    jobs: int = 1,
+    allow_unrelocated: bool = False,
+    projection: str | None = None,
+    progress: Callable[[str, PackagePlan], None] | None = None,
+) -> InstallResult:
+    """Install ``specs`` (selectors: ``name``, ``name@version``, ``/hash``) and their link/run
+    dependencies from ``mirrors`` into the install tree ``root``.
+
+    Args:
+        unsigned: True installs without checking signatures; None follows each mirror's
+            ``signed`` setting (signatures required unless it says ``signed: false``).
+        force: reinstall the requested specs even when the tree has them.
+        jobs: packages fetched and extracted at once.
+        allow_unrelocated: install even when a string embedding an old prefix cannot grow to
+            the new one; those strings are listed in the result.
+        projection: the layout of prefixes under ``root`` (default
+            ``{platform}-{target}/{name}-{version}-{hash}``, or config
+            ``install_tree:projections:all``).
+        progress: called with (step, package plan) as work goes on.
+
+    Raises:
+        InstallError: listing every problem of the plan; the install tree is unchanged.
+        CannotGrowString: the only problems are strings that cannot grow (one line per file).
+    """
+    t0 = time.perf_counter()
+    if not specs:
+        raise SpecError("nothing to install: give one or more specs (name, name@version, /hash)")
+    if not mirrors:
+        from .mirror.config import configured_mirrors
+
+        mirrors = configured_mirrors("fetch")
+    inst = _Installer(root, force=force, jobs=jobs, allow_unrelocated=allow_unrelocated,
+                      projection=projection, progress=progress)
+    with tempfile.TemporaryDirectory(prefix="bincache-specs-") as scratch:
+        plans, skipped = inst.resolve(specs, mirrors, scratch, unsigned)
+    result = InstallResult(skipped=skipped)
+    if not plans:
+        result.seconds = time.perf_counter() - t0
+        return result
+    inst.open_staging()
+    try:
+        _stage_all(inst, plans)
+        for plan in plans:
+            inst.progress("relocate", plan)
+            inst.finish(plan)
+        for plan in plans:
+            inst.publish(plan)
+            assert plan.report is not None and plan.extracted is not None
+            size = plan.manifest.tarball.content_length
+            result.installed.append(InstalledPackage(plan.spec, plan.prefix, size,
+                                                     len(plan.extracted.files), plan.report))
+            result.unrelocated += [(plan.prefix, u) for u in plan.report.unrelocated]
+            result.warnings += [f"{plan.prefix}/{w}" for w in plan.report.warnings]
+            result.bytes_fetched += size
+            result.bytes_extracted += plan.extracted.size
+            inst.progress("installed", plan)
+    finally:
+        for plan in plans:
+            if plan.tarball_file is not None:
+                plan.tarball_file.close()
+        inst.close_staging()
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _problem(plan: PackagePlan, e: BaseException) -> tuple[str, type]:
+    text = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    return f"{plan.spec.short()}: {text}", type(e) if isinstance(e, BincacheError) else InstallError
+
+
+def _stage_all(inst: _Installer, plans: list[PackagePlan]) -> None:
+    """Fetch, check, extract and plan every package; raise naming every problem."""
+    problems: list[tuple[str, type]] = []
+    for plan in plans:
+        problem = inst.check_target(plan)
+        if problem:
+            problems.append((problem, InstallError))
+
+    def fetch(plan: PackagePlan) -> tuple[str, type] | None:
+        inst.progress("fetch", plan)
+        try:
+            inst.fetch(plan)
+        except (BincacheError, OSError) as e:
+            return _problem(plan, e)
+        return None
+
+    with ThreadPoolExecutor(max_workers=inst.jobs) as pool:
+        failed = list(pool.map(fetch, plans))
+    problems += [p for p in failed if p]
+    new_prefixes = {h: i.prefix for h, i in inst.installed().items()}
+    new_prefixes.update({p.spec.hash: p.prefix for p in plans})
+
+    def stage(plan: PackagePlan) -> list[tuple[str, type]]:
+        inst.progress("extract", plan)
+        try:
+            inst.extract(plan, new_prefixes)
+        except (BincacheError, OSError) as e:
+            return [_problem(plan, e)]
+        assert plan.relocation is not None
+        out: list[tuple[str, type]] = [(p, RelocationError) for p in plan.relocation.problems]
+        if any(u.blocking for u in plan.relocation.unrelocated) and not inst.allow_unrelocated:
+            out.append((cannot_grow_message(plan.relocation, plan.prefix), CannotGrowString))
+        return out
+
+    # Packages that did fetch are still extracted and checked, so every problem is named now.
+    fetched = [p for p, f in zip(plans, failed) if f is None]
+    with ThreadPoolExecutor(max_workers=inst.jobs) as pool:
+        for found in pool.map(stage, fetched):
+            problems += found
+    if problems:
+        if all(k is CannotGrowString for _, k in problems):
+            # One line per file, as the user reads it: no "N problems" heading.
+            err = CannotGrowString("\n".join(m for m, _ in problems))
+            err.problems = [m for m, _ in problems]  # type: ignore[attr-defined]
+            raise err
+        raise _fail(problems)
+
+
+def download(
+    specs: Sequence[str],
+    dest: str,
+    *,
+    mirrors: Sequence = (),
+    unsigned: bool | None = None,
+    jobs: int = 1,
+    with_dependencies: bool = True,
+) -> list[DownloadedPackage]:
+    """Fetch and verify packages (signature, size, SHA-256) into ``dest`` without installing.
+
+    Writes ``<name>-<version>-<hash>.tar.gz`` and ``.spec.json`` per package (dependencies
+    too, unless ``with_dependencies`` is false); nothing is left for a package that fails.
+    """
+    if not specs:
+        raise SpecError("nothing to download: give one or more specs (name, name@version, /hash)")
+    if not mirrors:
+        from .mirror.config import configured_mirrors
+
+        mirrors = configured_mirrors("fetch")
+    dest = os.path.abspath(dest)
+    os.makedirs(dest, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".bincache-download-", dir=dest) as scratch:
+        # An empty root: nothing counts as installed, so the whole closure is fetched.
+        inst = _Installer(os.path.join(scratch, "root"), force=False, jobs=jobs,
+                          allow_unrelocated=True, projection=None, progress=None)
+        inst.local_blobs = False
+        plans, _ = inst.resolve(specs, mirrors, scratch, unsigned)
+        if not with_dependencies:
+            plans = [p for p in plans if p.explicit]
+        inst.staging = scratch
+
+        def one(plan: PackagePlan) -> tuple[str, type] | None:
+            try:
+                inst.fetch(plan)
+            except (BincacheError, OSError) as e:
+                return _problem(plan, e)
+            return None
+
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            problems = [p for p in pool.map(one, plans) if p]
+        if problems:
+            raise _fail(problems)
+        out = []
+        for plan in plans:
+            assert plan.tarball is not None
+            base = os.path.join(dest, plan.spec.dag_name)
+            os.replace(plan.tarball, base + ".tar.gz")
+            with open(base + ".spec.json.tmp", "wb") as f:
+                f.write(plan.specfile)
+            os.replace(base + ".spec.json.tmp", base + ".spec.json")
+            out.append(DownloadedPackage(plan.spec, base + ".tar.gz", base + ".spec.json",
+                                         plan.manifest.tarball.content_length))
+        return out
