@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -374,43 +373,25 @@ def cannot_grow_message(plan: RelocationPlan, display_root: str) -> str:
 
 
 # -- applying -----------------------------------------------------------------------------------
-def _temp_beside(path: str) -> str:
-    d, base = os.path.split(path)
-    return os.path.join(d, f".{base}.bincache-{os.getpid()}.tmp")
-
-
-def _replace(tmp: str, path: str, aliases: list[str], root: str, mode: int) -> None:
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-    for alias in aliases:
-        a = os.path.join(root, alias)
-        t = _temp_beside(a)
-        os.link(path, t)
-        os.replace(t, a)
-
-
 def _relocate_text_file(root: str, fp: FilePlan, text: TextRelocator, report: RelocationReport) -> None:
+    # Relocation runs in the staging directory, which is dropped whole on any failure, so files
+    # are rewritten in place: no temporary file to create (a file creation costs ~0.4 ms on the
+    # disks measured here), and hardlinks, which share the inode, are patched once for all.
     path = os.path.join(root, fp.rel)
-    with open(path, "rb") as f:
+    with open(path, "r+b") as f:
         data = f.read()
-    new = text(data)
-    new, shortened = fix_shebang(new)
-    if shortened:
-        report.warnings.append(
-            f"{fp.rel}: the #! line is longer than {SHEBANG_LIMIT} bytes after relocation; "
-            "it now runs its interpreter through /usr/bin/env (found on PATH)"
-        )
-    if new == data:
-        return
-    mode = os.stat(path).st_mode & 0o7777
-    tmp = _temp_beside(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(new)
-        _replace(tmp, path, fp.aliases, root, mode)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        new = text(data)
+        new, shortened = fix_shebang(new)
+        if shortened:
+            report.warnings.append(
+                f"{fp.rel}: the #! line is longer than {SHEBANG_LIMIT} bytes after relocation; "
+                "it now runs its interpreter through /usr/bin/env (found on PATH)"
+            )
+        if new == data:
+            return
+        f.seek(0)
+        f.write(new)
+        f.truncate()
     report.text_files += 1
 
 
@@ -418,19 +399,10 @@ def _relocate_binary_file(root: str, fp: FilePlan, report: RelocationReport) -> 
     path = os.path.join(root, fp.rel)
     if not fp.patches and not fp.elf_edits:
         return
-    mode = os.stat(path).st_mode & 0o7777
-    tmp = _temp_beside(path)
-    try:
-        shutil.copyfile(path, tmp)
-        os.chmod(tmp, 0o600)
-        if fp.patches:
-            _native.apply_patches(tmp, fp.patches)
-        if fp.elf_edits:
-            elf.apply_edits(tmp, fp.elf_edits, display=fp.rel)
-        _replace(tmp, path, fp.aliases, root, mode)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    if fp.patches:
+        _native.apply_patches(path, fp.patches)
+    if fp.elf_edits:
+        elf.apply_edits(path, fp.elf_edits, display=fp.rel)
     report.binary_files += 1
     report.patches += len(fp.patches)
     report.elf_fields += len(fp.elf_edits)
@@ -457,8 +429,7 @@ def apply_relocation(plan: RelocationPlan, *, allow_unrelocated: bool = False) -
             _relocate_binary_file(plan.root, fp, report)
     for rel, target in plan.links:
         path = os.path.join(plan.root, rel)
-        tmp = _temp_beside(path)
-        os.symlink(target, tmp)
-        os.replace(tmp, path)
+        os.unlink(path)
+        os.symlink(target, path)
         report.links += 1
     return report
