@@ -52,7 +52,7 @@ def register(prefix: str, name: str, version: str, deps: list[str] = (), arch: d
 
 def push(mirror: str | MirrorRef, specs: list[str] = (), *, root: str | None = None,
          include_deps: bool = True, include_roots: bool = True, force: bool = False,
-         jobs: int = 1, level: int | None = None, signed: bool | None = None,
+         jobs: int | None = None, level: int | None = None, signed: bool | None = None,
          key: str | None = None, update_index: bool = False, progress=None,
          **backend_options) -> _create.PushResult:
     """Push installed specs (all when ``specs`` is empty) and their dependencies to a mirror."""

@@ -19,7 +19,8 @@ def register(sub) -> None:
         p.add_argument("specs", nargs="*", help="specs to push: name, name@version, /hash")
         p.add_argument("--only", choices=["package", "dependencies"], help="push only the package or only its dependencies")
         p.add_argument("-f", "--force", action="store_true", help="overwrite packages already in the mirror")
-        p.add_argument("-j", "--jobs", type=int, default=1, metavar="N", help="packages packed and uploaded at once")
+        p.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
+                       help="packages packed and uploaded at once (default: the number of cores, at most 8)")
         p.add_argument("--compression-level", type=int, default=None, metavar="N",
                        help="deflate level 0-9 (default: the native core's fast level)")
         sign = p.add_mutually_exclusive_group()
