@@ -13,7 +13,7 @@ import subprocess
 from dataclasses import dataclass
 
 from .errors import BincacheError
-from .spec import InstalledSpec, InstallTree, host_arch, make_node, register_prefix, Spec
+from .spec import InstalledSpec, InstallTree, Spec, host_arch, make_node, register_prefix
 
 GREET_C = r"""
 #define _GNU_SOURCE

@@ -34,8 +34,8 @@ from . import index as _index
 from .errors import (
     BincacheError,
     CannotGrowString,
-    IntegrityError,
     InstallError,
+    IntegrityError,
     MirrorError,
     RelocationError,
     SpecError,
@@ -56,9 +56,11 @@ from .spec import (
     InstalledSpec,
     InstallTree,
     Spec,
-    matches as _matches,
     parse_specfile,
     specfile_dict,
+)
+from .spec import (
+    matches as _matches,
 )
 from .tar.extract import ExtractedPackage, extract_package
 

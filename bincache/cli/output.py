@@ -17,7 +17,7 @@ def human_size(n: float) -> str:
 def table(rows: list[list[str]], header: list[str], out=None) -> None:
     out = out or sys.stdout
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
-    fmt = "  ".join("{:<%d}" % w for w in widths)
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     print(fmt.format(*header).rstrip(), file=out)
     for r in rows:
         print(fmt.format(*[str(x) for x in r]).rstrip(), file=out)

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from .. import _native
 from ..errors import NativeError, PrefixError
 
 BUILDINFO = ".spack/binary_distribution"

@@ -269,3 +269,30 @@ def test_spec_blob_is_the_dag_spec_file_with_the_tarball_checksum(stack, tmp_pat
     assert [n["name"] for n in doc["spec"]["nodes"]] == ["hello", "shout", "greet"]
     assert doc["binary_cache_checksum"]["hash"] == tar_rec["checksum"]
     shutil.rmtree(mirror)
+
+
+def test_unreadable_file_is_named_and_the_mirror_is_left_as_it_was(stack, tmp_path):
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is needed to drop root's read-anything capability")
+    mirror = str(tmp_path / "mirror")
+    run_cli("--root", stack.root, "create", "--unsigned", mirror, "greet", check=True)
+    before = _snapshot(mirror)
+    secret = os.path.join(stack.hello.prefix, "share", "hello", "secret.txt")
+    with open(secret, "w") as f:
+        f.write("x")
+    os.chmod(secret, 0)
+    try:
+        import sys
+        repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        # Root reads any file; without CAP_DAC_OVERRIDE/READ_SEARCH it meets the mode like anyone.
+        p = subprocess.run(["setpriv", "--bounding-set=-dac_override,-dac_read_search",
+                            "--inh-caps=-dac_override,-dac_read_search", sys.executable, "-m", "bincache",
+                            "--root", stack.root, "create", "--unsigned", mirror, "hello"],
+                           capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=repo))
+    finally:
+        os.unlink(secret)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "secret.txt" in p.stderr and "Permission denied" in p.stderr and "Traceback" not in p.stderr
+    after = _snapshot(mirror)
+    assert not [k for k in after if "hello" in k]
+    assert all(after[k] == v for k, v in before.items())

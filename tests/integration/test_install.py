@@ -24,8 +24,7 @@ import tempfile
 import pytest
 
 from bincache import api
-from bincache.errors import BincacheError, CannotGrowString, SignatureError
-from bincache.errors import InstallError
+from bincache.errors import BincacheError, CannotGrowString, InstallError, SignatureError
 from bincache.mirror.layout_v3 import MT_TARBALL, BlobRecord, manifest_bytes
 from bincache.spec import InstalledSpec, InstallTree, read_prefix_specfile, register_prefix
 
