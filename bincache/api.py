@@ -66,6 +66,11 @@ def push(mirror: str | MirrorRef, specs: list[str] = (), *, root: str | None = N
     result = _create.push(tree, selected, cache, include_deps=include_deps,
                           include_roots=include_roots, force=force, jobs=jobs, level=level,
                           signer=signer, progress=progress)
+    if signer is not None and result.pushed and hasattr(cache, "backend"):
+        # As Spack does: a signed cache carries the public key that verifies it.
+        from .sign import publish_keys
+
+        publish_keys(cache, [signer.fingerprint])
     if hasattr(cache, "finish_push"):
         cache.finish_push(result)  # OCI: --tag covers every selected package, pushed or present
     if update_index:

@@ -336,7 +336,8 @@ class _Installer:
                      allow_unsigned: bool | None) -> PackagePlan:
         """Manifest (signature checked before any blob is fetched), then the spec file."""
         manifest = cache.fetch_manifest(item)
-        label = f"{getattr(cache, 'url', cache)} {item.name}@{item.version}/{item.hash[:7]}"
+        # Problems are reported as "<spec>: <label>: ...": the label names the mirror only.
+        label = str(getattr(cache, "url", cache))
         mirror_ref = getattr(cache, "ref", None)
         allow = allow_unsigned if allow_unsigned is not None else (
             getattr(mirror_ref, "signed", None) is False)

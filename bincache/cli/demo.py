@@ -40,33 +40,41 @@ def cmd_demo(args) -> int:
     out = subprocess.run([stack.program, "demo"], capture_output=True, text=True, check=False)
     print("   " + out.stdout.strip().splitlines()[0] if out.stdout else "   (program printed nothing)")
 
-    result = api.push(mirror, [], root=build_root, signed=False, update_index=True)
+    # A throwaway signing key in the demo's own GnuPG home: the user's keyring is never touched.
+    os.environ["BINCACHE_GNUPGHOME"] = os.path.join(work, "gpg")
+    from .. import sign
+
+    key = sign.create_key("bincache demo", "demo@bincache.invalid")
+    try:
+        return _demo_push_install(work, mirror, stack, build_root, key.fingerprint)
+    finally:
+        sign.stop_agent()
+
+
+def _demo_push_install(work: str, mirror: str, stack, build_root: str, fingerprint: str) -> int:
+    result = api.push(mirror, [], root=build_root, key=fingerprint, update_index=True)
     mbs = result.bytes_in / 1e6 / max(result.seconds, 1e-9)
-    print(f"2. pushed {len(result.pushed)} packages to {mirror}: {human_size(result.bytes_in)} -> "
-          f"{human_size(result.bytes_out)} in {result.seconds:.3f}s ({mbs:.0f} MB/s), index updated")
+    print(f"2. pushed {len(result.pushed)} packages to {mirror}, signed with key {fingerprint[-16:]}: "
+          f"{human_size(result.bytes_in)} -> {human_size(result.bytes_out)} in {result.seconds:.3f}s "
+          f"({mbs:.0f} MB/s), index updated")
     entries, _ = api.list_mirror(mirror)
     for e in entries:
         print(f"   {e.spec.name}@{e.spec.version}/{e.spec.hash[:7]}  {human_size(e.size)}")
 
-    try:
-        from .. import install as _install  # noqa: F401
-    except ImportError:
-        print("3. (install is not available in this build)")
-        return 0
     return _demo_install(work, mirror, stack, build_root)
 
 
 def _demo_install(work: str, mirror: str, stack, build_root: str) -> int:
     short_root = os.path.join(work, "sw")
     t0 = time.perf_counter()
-    api.install(["hello"], mirrors=[mirror], root=short_root, unsigned=True)
+    api.install(["hello"], mirrors=[mirror], root=short_root)
     took = time.perf_counter() - t0
     from ..spec import InstallTree
 
     hello = InstallTree(short_root).select(["hello"])[0]
     program = os.path.join(hello.prefix, "bin", "hello")
-    print(f"3. installed hello and its dependencies into {short_root} ({len(short_root)} characters) "
-          f"in {took:.2f}s")
+    print(f"3. verified the signatures and installed hello and its dependencies into {short_root} "
+          f"({len(short_root)} characters) in {took:.2f}s")
     out = subprocess.run([program, "relocated world"], capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise BincacheError(f"the relocated program failed: {out.stderr.strip()}")
@@ -75,7 +83,7 @@ def _demo_install(work: str, mirror: str, stack, build_root: str) -> int:
         print(f"   {line}")
     long_root = os.path.join(work, "x" * (len(build_root) - len(work) + 20))
     try:
-        api.install(["hello"], mirrors=[mirror], root=long_root, unsigned=True)
+        api.install(["hello"], mirrors=[mirror], root=long_root)
         print(f"5. a longer root ({len(long_root)} characters) also worked")
     except BincacheError as e:
         problems = [line for line in str(e).splitlines() if line.strip()]
