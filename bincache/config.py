@@ -23,9 +23,7 @@ every other byte of the file (comments, other entries, their quoting) stays as i
 
 from __future__ import annotations
 
-import contextlib
 import difflib
-import fcntl
 import logging
 import os
 import re
@@ -37,6 +35,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError, UsageError
+from .locks import dir_lock
 
 log = logging.getLogger(__name__)
 
@@ -824,7 +823,8 @@ def update_entry(scope: Scope, section: str, key: str, update: Update) -> str:
                 new_text = None
         if new_text is None:
             new_text = dump_yaml({section: data})
-        _write_atomic(path, new_text)
+        # A file that holds a password in plain text is readable by its owner only.
+        _write_atomic(path, new_text, private=mask_secrets(section, data) != data)
     return path
 
 
@@ -833,26 +833,20 @@ def write_entry(scope: Scope, section: str, key: str, value: Any) -> str:
     return update_entry(scope, section, key, lambda _current: value)
 
 
-@contextlib.contextmanager
-def _locked(directory: str) -> Iterator[None]:
-    # flock on the scope directory itself: no lock file left behind in the user's config.
+def _locked(directory: str):
     try:
-        os.makedirs(directory, exist_ok=True)
-        fd = os.open(directory, os.O_RDONLY)
+        return dir_lock(directory)
     except OSError as e:
         raise ConfigError(f"{directory}: cannot create or open: {e.strerror or e}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
-def _write_atomic(path: str, text: str) -> None:
+def _write_atomic(path: str, text: str, private: bool = False) -> None:
     directory = os.path.dirname(path)
     try:
         os.makedirs(directory, exist_ok=True)
         mode = os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o644
+        if private:
+            mode &= 0o600
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".yaml", dir=directory)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:

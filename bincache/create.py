@@ -10,7 +10,7 @@ import os
 import shutil
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import _native
@@ -149,10 +149,22 @@ def push(tree: InstallTree, specs: list[InstalledSpec], cache, *, include_deps: 
     jobs = min(jobs, len(pending))
     threads = max(1, cpus // jobs) if jobs > 1 else 0
 
+    futures: dict[str, Future] = {}
+
     def one(inst: InstalledSpec) -> PackedPackage:
         path = os.path.join(staging, f"{inst.spec.dag_name}.tar.gz")
         try:
             packed = pack(inst, tree, path, level=level, threads=threads)
+            # Packing runs in parallel; committing waits for the dependencies pushed in this run,
+            # so the mirror never holds a package whose dependency failed. Dependencies were
+            # submitted first and a pool starts jobs in order, so this wait cannot deadlock.
+            for dep in inst.spec.link_run_deps():
+                if dep.hash in futures:
+                    try:
+                        futures[dep.hash].result()
+                    except BaseException:
+                        raise BincacheError(f"{inst.spec.short()} was not pushed: its dependency "
+                                            f"{dep.name}/{dep.hash[:7]} failed") from None
             cache.push_package(packed, signer)
         except BaseException:
             if hasattr(cache, "push_failed"):
@@ -173,7 +185,9 @@ def push(tree: InstallTree, specs: list[InstalledSpec], cache, *, include_deps: 
                 one(inst)
         else:
             with ThreadPoolExecutor(max_workers=jobs) as pool:
-                for f in [pool.submit(one, inst) for inst in pending]:
+                for inst in pending:
+                    futures[inst.hash] = pool.submit(one, inst)
+                for f in list(futures.values()):
                     f.result()
     finally:
         shutil.rmtree(staging, ignore_errors=True)

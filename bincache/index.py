@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -79,13 +80,17 @@ class Index:
             installs = doc["database"]["installs"]
         except (ValueError, KeyError, TypeError) as e:
             raise MirrorError(f"{origin}: not a valid build cache index ({e}); run bincache update-index") from None
-        sizes = (doc.get("bincache") or {}).get("sizes", {})
         idx = cls()
-        for h, rec in installs.items():
-            node = dict(rec["spec"])
-            node.setdefault("hash", h)
-            spec = Spec.from_node(node)
-            idx.entries[h] = IndexEntry(spec, int(sizes.get(h, 0)), bool(rec.get("in_buildcache", True)))
+        try:
+            sizes = (doc.get("bincache") or {}).get("sizes", {})
+            for h, rec in installs.items():
+                node = dict(rec["spec"])
+                node.setdefault("hash", h)
+                spec = Spec.from_node(node)
+                idx.entries[h] = IndexEntry(spec, int(sizes.get(h, 0)), bool(rec.get("in_buildcache", True)))
+        except (AttributeError, KeyError, TypeError, ValueError, BincacheError) as e:
+            raise MirrorError(f"{origin}: not a valid build cache index ({e}); "
+                              "run bincache update-index") from None
         return idx
 
 
@@ -121,6 +126,19 @@ def update_index(cache, jobs: int = 8, warn=None) -> tuple[Index, int]:
     """
     if hasattr(cache, "update_index"):
         return cache.update_index(jobs=jobs)
+    root = getattr(getattr(cache, "backend", None), "root", None)
+    if root:
+        # Two runs on one directory mirror take turns: the second sees the first's packages.
+        from .locks import dir_lock
+
+        if not os.path.isdir(root):
+            raise MirrorError(f"no mirror at {root} (the directory does not exist)")
+        with dir_lock(os.path.join(root, "v3", "manifests", "index")):
+            return _update_index(cache, jobs, warn)
+    return _update_index(cache, jobs, warn)
+
+
+def _update_index(cache, jobs: int, warn) -> tuple[Index, int]:
     try:
         index = read_index(cache) or Index()
     except BincacheError as e:

@@ -68,7 +68,10 @@ class BuildInfo:
         return cls(
             old_prefix=str(prefix).rstrip("/") or "/",
             store_root=str(store).rstrip("/"),
-            hash_to_prefix={str(k): str(v) for k, v in (d.get("hash_to_prefix") or {}).items()},
+            # Spack <= 0.21 wrote prefix_to_hash (prefix -> hash) instead.
+            hash_to_prefix={str(k): str(v) for k, v in (
+                d.get("hash_to_prefix")
+                or {h: p for p, h in (d.get("prefix_to_hash") or {}).items()}).items()},
             textfiles=[str(p) for p in d.get("relocate_textfiles") or []],
             binaries=[str(p) for p in d.get("relocate_binaries") or []],
             links=[str(p) for p in d.get("relocate_links") or []],
@@ -276,8 +279,12 @@ def plan_relocation(
     groups = pkg.hardlink_groups()
     seen: set[str] = set()
 
+    # Only files this extraction wrote are ever opened: the buildinfo is package data, and an
+    # absolute, "../" or linked path in it must not reach anything outside the staging directory.
+    extracted = set(pkg.files) | set(pkg.hardlinks)
+
     def leader(rel: str) -> str:
-        return pkg.hardlinks.get(rel, info.hardlinks.get(rel, rel))
+        return pkg.hardlinks.get(rel, rel)
 
     listed: list[tuple[str, str]] = [(r, "text") for r in info.textfiles]
     listed += [(r, info.kinds.get(r, "binary")) for r in info.binaries]
@@ -285,6 +292,9 @@ def plan_relocation(
     if os.path.isfile(pkg.path(BUILDINFO)):
         listed.append((BUILDINFO, "text"))
     for rel, kind in listed:
+        if rel not in extracted:
+            plan.problems.append(f"{shown}/{rel}: listed for relocation but not in the package")
+            continue
         first = leader(rel)
         if first in seen:
             continue

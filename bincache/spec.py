@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .errors import SpecError
+from .errors import SpecError, UsageError
 
 SPECFILE_VERSION = 5  # Spack 1.0-1.2 read v5; v6 (1.3) readers also accept it
 DB_VERSION = "8"
@@ -25,7 +25,8 @@ SPEC_DIR = ".spack"
 SPEC_JSON = "spec.json"
 DB_DIR = ".spack-db"
 DEFAULT_PROJECTION = "{platform}-{target}/{name}-{version}-{hash}"
-_HASH_RE = re.compile(r"^[a-z2-7]{32}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9_.+-]+")
+_SPEC_HASH_RE = re.compile(r"[a-z0-9]{32}")
 
 
 def dag_hash(node: dict) -> str:
@@ -59,13 +60,24 @@ class Spec:
             name = node["name"]
             version = str(node.get("version", ""))
             h = node.get("hash") or dag_hash(node)
-        except (KeyError, TypeError) as e:
+        except (KeyError, TypeError, AttributeError) as e:
             raise SpecError(f"spec node without {e}: not a Spack spec file") from None
+        # Names, versions and hashes become paths (projections, staging, mirror layouts): a spec
+        # file from a mirror is untrusted data until they are checked.
+        if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+            raise SpecError(f"spec node with an invalid package name {name!r}")
+        if "/" in version or "\0" in version or version in (".", ".."):
+            raise SpecError(f"{name}: invalid version {version!r}")
+        if not isinstance(h, str) or not _SPEC_HASH_RE.fullmatch(h):
+            raise SpecError(f"{name}: invalid hash {h!r}")
         deps = []
-        for d in node.get("dependencies", []) or []:
-            params = d.get("parameters") or {}
-            types = params.get("deptypes") or d.get("type") or ("build", "link")
-            deps.append(DepRef(d["name"], d.get("hash") or d.get("dag_hash", ""), tuple(types)))
+        try:
+            for d in node.get("dependencies", []) or []:
+                params = d.get("parameters") or {}
+                types = params.get("deptypes") or d.get("type") or ("build", "link")
+                deps.append(DepRef(d["name"], d.get("hash") or d.get("dag_hash", ""), tuple(types)))
+        except (KeyError, TypeError, AttributeError) as e:
+            raise SpecError(f"{name}: a dependency entry without a valid {e}") from None
         return cls(name, version, h, node, tuple(deps))
 
     @property
@@ -95,10 +107,14 @@ class Spec:
         return tuple(d for d in self.deps if set(d.deptypes) & {"link", "run"})
 
     def projection(self, template: str = DEFAULT_PROJECTION) -> str:
-        return template.format(
-            platform=self.platform, target=self.target, name=self.name,
-            version=self.version, hash=self.hash,
-        )
+        try:
+            return template.format(
+                platform=self.platform, target=self.target, name=self.name,
+                version=self.version, hash=self.hash,
+            )
+        except (KeyError, ValueError, IndexError, AttributeError) as e:
+            raise UsageError(f"invalid projection {template!r} ({e}); use the fields {{platform}}, "
+                             "{target}, {name}, {version} and {hash}") from None
 
 
 def parse_specfile(data: bytes | str | dict, origin: str = "spec file") -> list[Spec]:
@@ -275,7 +291,13 @@ class InstallTree:
         return ordered
 
     def record(self, inst: InstalledSpec, explicit: bool = True) -> None:
-        """Add a prefix to ``<root>/.spack-db/index.json`` (atomically)."""
+        """Add a prefix to ``<root>/.spack-db/index.json`` (atomically, one writer at a time)."""
+        from .locks import dir_lock
+
+        with dir_lock(os.path.dirname(self.db_path)):
+            self._record(inst, explicit)
+
+    def _record(self, inst: InstalledSpec, explicit: bool) -> None:
         db = {"database": {"version": DB_VERSION, "installs": {}}}
         if os.path.exists(self.db_path):
             try:
@@ -297,10 +319,7 @@ class InstallTree:
             if dep.hash in ref_counts:
                 installs[dep.hash]["ref_count"] = installs[dep.hash].get("ref_count", 0) + 1
         os.makedirs(os.path.dirname(self.db_path), exist_ok=True)
-        tmp = f"{self.db_path}.tmp.{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(db, f, separators=(",", ":"))
-        os.replace(tmp, self.db_path)
+        _write_atomic(self.db_path, json.dumps(db, separators=(",", ":")).encode())
         if self._specs is not None:
             self._specs[inst.hash] = inst
 
@@ -356,8 +375,10 @@ def register_prefix(prefix: str, name: str, version: str, deps: Iterable[str] = 
     prefix = os.path.abspath(prefix)
     if not os.path.isdir(prefix):
         raise SpecError(f"{prefix} is not a directory")
-    if not re.fullmatch(r"[A-Za-z0-9_.+-]+", name or ""):
+    if not _NAME_RE.fullmatch(name or ""):
         raise SpecError(f'invalid package name "{name}": use letters, digits, "-", "_", "." and "+"')
+    if not version or "/" in str(version) or str(version) in (".", ".."):
+        raise SpecError(f'invalid version "{version}": a version cannot be empty or hold "/"')
     dep_nodes: list[Spec] = []
     direct: list[Spec] = []
     for dep_prefix in deps:
@@ -372,11 +393,26 @@ def register_prefix(prefix: str, name: str, version: str, deps: Iterable[str] = 
     nodes = [spec] + dep_nodes
     spec_dir = os.path.join(prefix, SPEC_DIR)
     os.makedirs(spec_dir, exist_ok=True)
-    tmp = os.path.join(spec_dir, f".{SPEC_JSON}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(json.dumps(specfile_dict(nodes), indent=2).encode())
-    os.replace(tmp, os.path.join(spec_dir, SPEC_JSON))
+    _write_atomic(os.path.join(spec_dir, SPEC_JSON), json.dumps(specfile_dict(nodes), indent=2).encode())
     inst = InstalledSpec(spec, prefix, tuple(nodes))
     if root is not None:
         InstallTree(root).record(inst)
     return inst
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    """Write beside ``path`` under an unpredictable name (never through a planted link), rename."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

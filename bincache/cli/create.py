@@ -6,7 +6,7 @@ import argparse
 import warnings
 
 from .. import api
-from ..errors import UsageError
+from ..errors import MirrorError, UsageError
 from .output import Progress, human_size, print_json, table
 
 
@@ -140,7 +140,14 @@ def cmd_list(args) -> int:
     mirrors = [args.mirror] if args.mirror else _configured_fetch_mirrors()
     rows, data = [], []
     for m in mirrors:
-        entries, from_index = api.list_mirror(m)
+        try:
+            entries, from_index = api.list_mirror(m)
+        except MirrorError as e:
+            if args.mirror:
+                raise
+            # One configured mirror that is missing or down does not hide the others.
+            warnings.warn(f"skipping mirror {m}: {e}", stacklevel=2)
+            continue
         if not from_index:
             warnings.warn(f"{m} has no index; listing its manifests (run bincache update-index {m})", stacklevel=2)
         for e in entries:

@@ -57,10 +57,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
-                        format="%(levelname)s: %(message)s")
+    try:
+        parser = build_parser()
+    except BincacheError as e:  # e.g. a stale native build, found while importing the verbs
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # `create MIRROR --unsigned SPEC`: argparse leaves specs given after an option over.
+        if hasattr(args, "specs") and not any(e.startswith("-") for e in extra):
+            args.specs = list(args.specs or []) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    # Only bincache's own logger goes to DEBUG: botocore and urllib3 log request headers
+    # (tokens, signatures) at DEBUG, and python-gnupg repeats gpg's errors as warnings.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    logging.getLogger("bincache").setLevel(logging.DEBUG if args.debug else logging.WARNING)
+    logging.getLogger("gnupg").setLevel(logging.ERROR)
     warnings.simplefilter("default")
     warnings.showwarning = _show_warning
     if args.config_scope:
@@ -83,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        if args.debug or e.errno is None:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror}", file=sys.stderr)
+        return 1
     except BrokenPipeError:
         return 0
 

@@ -9,6 +9,15 @@ from .config import MirrorRef
 from .layout_v3 import LayoutV3Cache
 
 
+def _layout_cache(backend, ref: MirrorRef):
+    """Layout v3, or Spack's older layout v2 (read only) when the mirror holds only that."""
+    from .layout_v2 import LayoutV2Cache, is_layout_v2
+
+    if is_layout_v2(backend):
+        return LayoutV2Cache(backend, ref)
+    return LayoutV3Cache(backend, ref)
+
+
 def open_cache(ref: MirrorRef):
     url = ref.url
     scheme = urlparse(url).scheme
@@ -16,18 +25,18 @@ def open_cache(ref: MirrorRef):
         from .directory import DirectoryBackend
 
         path = unquote(urlparse(url).path) if scheme == "file" else url
-        return LayoutV3Cache(DirectoryBackend(path), ref)
+        return _layout_cache(DirectoryBackend(path), ref)
     if scheme in ("http", "https"):
         from .http import HttpBackend
 
         auth = (ref.username, ref.password) if ref.username else None
-        return LayoutV3Cache(HttpBackend(url, auth=auth), ref)
+        return _layout_cache(HttpBackend(url, auth=auth, insecure=ref.insecure), ref)
     if scheme == "s3":
         try:
             from .s3 import S3Backend
         except ImportError as e:
             raise MirrorError(f"s3 mirrors need boto3 ({e}); pip install boto3") from None
-        return LayoutV3Cache(S3Backend(url), ref)
+        return _layout_cache(S3Backend(url), ref)
     if scheme in ("oci", "oci+http"):
         try:
             from .oci import OciCache

@@ -121,7 +121,7 @@ def check_url(url: str) -> None:
 class Credential:
     """One element of an ``access_pair``: a literal, or an environment variable read at use."""
 
-    literal: str | None = None
+    literal: str | None = field(default=None, repr=False)
     variable: str | None = None
 
     @classmethod

@@ -6,6 +6,7 @@ import errno
 import os
 import shutil
 import tempfile
+import threading
 
 from ..errors import BlobNotFound, MirrorError, NoSpaceError
 
@@ -89,17 +90,20 @@ class DirectoryBackend:
     def put_file(self, rel: str, src: str) -> None:
         path = self._path(rel)
         d = os.path.dirname(path)
+        tmp = None
         try:
             os.makedirs(d, exist_ok=True)
-            # Same file system: a hard link is an atomic, copy-free publish.
-            tmp = os.path.join(d, f".tmp-{os.getpid()}-{os.path.basename(path)}")
+            # Same file system: a hard link is an atomic, copy-free publish. The name is unique
+            # per process and thread (-j threads share the pid).
+            tmp = os.path.join(d, f".tmp-{os.getpid()}-{threading.get_ident()}-{os.path.basename(path)}")
             _unlink(tmp)
             os.link(src, tmp)
             os.chmod(tmp, 0o644)
             os.replace(tmp, path)
             return
         except OSError:
-            _unlink(tmp)
+            if tmp:
+                _unlink(tmp)
 
         def copy(f):
             with open(src, "rb") as s:
@@ -109,6 +113,8 @@ class DirectoryBackend:
 
     def list(self, rel_dir: str) -> list[str]:
         """Relative paths of the files below a directory (recursively), sorted."""
+        if not os.path.isdir(self.root):
+            raise MirrorError(f"no mirror at {self.root} (the directory does not exist)")
         base = self._path(rel_dir)
         out = []
         for dirpath, dirnames, files in os.walk(base):

@@ -10,8 +10,18 @@ from ..errors import BlobNotFound, MirrorError
 class HttpBackend:
     """Fetches files of a mirror below a base URL. Writing is not possible over plain http."""
 
-    def __init__(self, url: str, auth: tuple[str, str] | None = None, timeout: float = 60.0):
-        self.url = url.rstrip("/")
+    def __init__(self, url: str, auth: tuple[str, str] | None = None, timeout: float = 60.0,
+                 insecure: bool = False):
+        from ..config import mask_url
+
+        self._base = url.rstrip("/")
+        self.url = mask_url(self._base)  # for messages: never a password
+        from urllib.parse import urlparse
+
+        has_creds = bool(auth) or urlparse(self._base).password is not None
+        if has_creds and self._base.startswith("http://") and not insecure:
+            raise MirrorError(f"{self.url}: refusing to send credentials over plain http; "
+                              "use https, or mark the mirror insecure")
         self._session = requests.Session()
         self._auth = auth
         self._timeout = timeout
@@ -19,7 +29,7 @@ class HttpBackend:
     def _get(self, rel: str, stream: bool = False) -> requests.Response:
         url = f"{self.url}/{rel}"
         try:
-            r = self._session.get(url, auth=self._auth, timeout=self._timeout, stream=stream)
+            r = self._session.get(f"{self._base}/{rel}", auth=self._auth, timeout=self._timeout, stream=stream)
         except requests.RequestException as e:
             raise MirrorError(f"cannot reach {self.url}: {e.__class__.__name__}") from None
         if r.status_code == 404:
@@ -35,7 +45,7 @@ class HttpBackend:
 
     def exists(self, rel: str) -> bool:
         try:
-            r = self._session.head(f"{self.url}/{rel}", auth=self._auth, timeout=self._timeout)
+            r = self._session.head(f"{self._base}/{rel}", auth=self._auth, timeout=self._timeout)
         except requests.RequestException as e:
             raise MirrorError(f"cannot reach {self.url}: {e.__class__.__name__}") from None
         return r.status_code == 200

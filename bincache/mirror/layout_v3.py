@@ -29,6 +29,7 @@ INDEX_MANIFEST = "v3/manifests/index/index.manifest.json"
 LAYOUT_JSON = "v3/layout.json"
 _MANIFEST_NAME = re.compile(r"^(?P<stem>.+)-(?P<hash>[a-z2-7]{32})\.spec\.manifest\.json$")
 _PGP_BEGIN = b"-----BEGIN PGP SIGNED MESSAGE-----"
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -57,10 +58,17 @@ class BlobRecord:
     @classmethod
     def from_dict(cls, d: dict) -> BlobRecord:
         try:
-            return cls(int(d["contentLength"]), d["mediaType"], d.get("compression", "none"),
-                       d["checksum"], d.get("checksumAlgorithm", "sha256"))
-        except (KeyError, TypeError, ValueError) as e:
+            rec = cls(int(d["contentLength"]), str(d["mediaType"]), d.get("compression", "none"),
+                      str(d["checksum"]), d.get("checksumAlgorithm", "sha256"))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise MirrorError(f"manifest entry without a valid {e}") from None
+        # The checksum becomes a path in the mirror: anything but 64 hex digits is refused.
+        if rec.checksum_algorithm != "sha256" or not _SHA256_RE.fullmatch(rec.checksum):
+            raise MirrorError(f"manifest entry with an unsupported checksum "
+                              f"{rec.checksum_algorithm}:{rec.checksum[:70]!r} (only sha256 is read)")
+        if rec.content_length < 0:
+            raise MirrorError(f"manifest entry with a negative size {rec.content_length}")
+        return rec
 
 
 @dataclass(frozen=True)

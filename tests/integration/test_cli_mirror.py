@@ -264,3 +264,17 @@ def test_a_password_inside_a_url_is_warned_about_and_masked(user_file):
     listing = ok("mirror", "list").stdout
     assert "https://bob:****@cache.example.org/c" in listing and "hunter2" not in listing
     assert "hunter2" not in ok("config", "get", "mirrors").stdout
+
+
+def test_a_plaintext_password_file_is_readable_by_its_owner_only(tmp_path):
+    from tests.conftest import run_cli
+
+    home = tmp_path / "h"
+    home.mkdir()
+    run_cli("mirror", "add", "--oci-username", "bob", "--oci-password", "hunter2", "reg",
+            "oci://example.com/x", env={"HOME": str(home)}, check=True)
+    path = home / ".bincache" / "mirrors.yaml"
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    run_cli("mirror", "add", "--oci-username", "bob", "--oci-password-variable", "TOKEN", "other",
+            "oci://example.com/y", env={"HOME": str(tmp_path / "h2")}, check=True)
+    assert oct((tmp_path / "h2" / ".bincache" / "mirrors.yaml").stat().st_mode & 0o777) == "0o644"

@@ -459,9 +459,9 @@ def test_concurrent_edits_take_turns_and_lose_nothing(_isolated_home, monkeypatc
 
     real_write = config._write_atomic
 
-    def slow_write(path, text):
+    def slow_write(path, text, **kw):
         time.sleep(0.05)  # widen the read-modify-write window that a lost update needs
-        real_write(path, text)
+        real_write(path, text, **kw)
 
     monkeypatch.setattr(config, "_write_atomic", slow_write)
     barrier = threading.Barrier(6)

@@ -1,0 +1,380 @@
+"""Spack's build cache layout v2 (Spack before 1.0), read only, over a byte backend.
+
+    build_cache/index.json (+ index.json.hash)       Spack's database of the cache
+    build_cache/<stem>.spec.json.sig | .spec.json    the spec file, clearsigned when signed
+    build_cache/<arch>/<cname>-<cver>/<name>-<version>/<stem>.spack   the package tarball
+    build_cache/_pgp/index.json, <FPR>.pub          public keys (read by bincache.sign)
+
+where ``<stem>`` is ``<platform>-<os>-<target>-<cname>-<cver>-<name>-<version>-<hash>``
+(Spack's ``tarball_name``). There is no manifest: the spec file is what is signed, and it
+names the tarball's checksum in ``binary_cache_checksum`` ``{hash_algorithm, hash}``; the
+tarball's size is recorded nowhere, so it is learned from the mirror (or when fetched).
+
+``buildcache_layout_version`` in the spec file: 1 (no parent directories in the tarball,
+Spack <= 0.21) and 2 (parent directories included, 0.22-0.23) hold the gzipped tar of the
+prefix itself, which bincache reads. 0, or none (the oldest Spack releases), wrap a ``.tar.gz``
+and a detached ``.asc`` signature in the ``.spack`` tar: refused with a message saying so
+(Spack's own layout v1 paths are the same, so such a cache is found, then refused).
+
+Only what the signature covers is used: install verifies the spec file first, then asks
+:meth:`LayoutV2Cache.manifest_from_verified` for the records, checksums taken from the verified
+text. bincache never writes this layout (DESIGN.md): every write raises :class:`MirrorError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from ..errors import BincacheError, BlobNotFound, IntegrityError, MirrorError, SpecError
+from .layout_v3 import LAYOUT_JSON, SpecRef, clearsigned_payload, is_clearsigned
+
+log = logging.getLogger(__name__)
+
+BUILD_CACHE = "build_cache"
+INDEX_JSON = f"{BUILD_CACHE}/index.json"
+INDEX_HASH = f"{BUILD_CACHE}/index.json.hash"
+KEY_INDEX = f"{BUILD_CACHE}/_pgp/index.json"
+#: The layouts whose ``.spack`` file is the prefix tarball itself.
+READABLE_LAYOUTS = (1, 2)
+MT_V2_TARBALL = "application/vnd.spack.install.v1.tar+gzip"
+MT_SPEC_PREFIX = "application/vnd.spack.spec.v"
+READ_ONLY = "layout v2 is read-only; push to a v3 mirror"
+# Spack writes only sha256; the others are accepted because its checker would accept them.
+_ALGORITHMS = ("sha256", "sha384", "sha512")
+_SPECFILE = re.compile(r"^(?P<stem>.+)-(?P<hash>[a-z2-7]{32})\.spec\.json(?P<sig>\.sig)?$")
+_UNSAFE = re.compile(r"[/\\\0]")
+
+
+@dataclass
+class V2Record:
+    """A file of a v2 package, as install and index use a manifest record.
+
+    ``content_length`` is -1 while unknown (a remote tarball: v2 records no size); fetching the
+    file fills it in. ``data`` holds the spec file's verified text (it was read to verify it,
+    so it is served from memory, not fetched again).
+    """
+
+    path: str
+    checksum: str
+    content_length: int
+    media_type: str
+    compression: str = "none"
+    checksum_algorithm: str = "sha256"
+    data: bytes | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass
+class V2Manifest:
+    """The PackageManifest of a v2 package: its spec file stands in for the manifest."""
+
+    tarball: V2Record
+    spec: V2Record
+    raw: bytes  # the spec file as fetched (clearsigned or plain JSON)
+    signed: bool
+    layout_version: int
+
+    @property
+    def records(self) -> list[V2Record]:
+        return [self.tarball, self.spec]
+
+
+def is_layout_v2(backend) -> bool:
+    """A mirror holding Spack's ``build_cache/`` and no ``v3/layout.json``.
+
+    A directory is recognised by ``build_cache/`` itself; http and s3, which cannot cheaply
+    list, by ``build_cache/index.json`` or the key index. A mirror migrated to v3 in place
+    keeps both layouts and has ``v3/layout.json``: it opens as v3. Transport errors are left
+    for the v3 code path to report with its own messages.
+    """
+    try:
+        if backend.exists(LAYOUT_JSON):
+            return False
+        root = getattr(backend, "root", None)
+        if root is not None:
+            return os.path.isdir(os.path.join(root, BUILD_CACHE))
+        return backend.exists(INDEX_JSON) or backend.exists(KEY_INDEX)
+    except BincacheError:
+        return False
+
+
+def _component(value: str) -> str:
+    # Spack's format_path: a value never adds a directory level.
+    return _UNSAFE.sub("_", value)
+
+
+def _node_names(node: dict) -> tuple[str, str] | None:
+    """(``<arch>``, ``<cname>-<cver>``) of a spec node, or None when it lacks them (then the
+    cache's listing finds the files by hash)."""
+    arch = node.get("arch")
+    compiler = node.get("compiler")
+    if not isinstance(arch, dict) or not isinstance(compiler, dict):
+        return None
+    target = arch.get("target")
+    if isinstance(target, dict):
+        target = target.get("name")
+    parts = [arch.get("platform"), arch.get("platform_os"), target]
+    cname, cver = compiler.get("name"), compiler.get("version")
+    if not all(isinstance(p, str) and p for p in parts) or not cname or cver is None:
+        return None
+    # Spack 0.21+ stores compiler versions as "=12.2.0" in some places; the path never has "=".
+    cver = str(cver).lstrip("=")
+    return _component("-".join(parts)), _component(f"{cname}-{cver}")
+
+
+def _stem(node: dict) -> str | None:
+    names = _node_names(node)
+    if names is None or "name" not in node or "hash" not in node:
+        return None
+    arch, compiler = names
+    version = _component(str(node.get("version", "")))
+    return f"{arch}-{compiler}-{_component(node['name'])}-{version}-{node['hash']}"
+
+
+def tarball_path(node: dict) -> str | None:
+    """``build_cache/<arch>/<compiler>/<name>-<version>/<stem>.spack`` (Spack's tarball_path_name)."""
+    names = _node_names(node)
+    stem = _stem(node)
+    if names is None or stem is None:
+        return None
+    arch, compiler = names
+    version = _component(str(node.get("version", "")))
+    return f"{BUILD_CACHE}/{arch}/{compiler}/{_component(node['name'])}-{version}/{stem}.spack"
+
+
+class LayoutV2Cache:
+    """A build cache in Spack's layout v2, read only, over a directory, http or s3 backend."""
+
+    kind = "layout-v2"
+
+    def __init__(self, backend, ref=None):
+        self.backend = backend
+        self.ref = ref
+        self.url = backend.url
+        self._listing: dict[str, str] | None = None  # hash -> spec file path
+
+    def __repr__(self) -> str:
+        return f"LayoutV2Cache({self.url})"
+
+    # -- writing: never ---------------------------------------------------------------------
+    def _read_only(self, *_args, **_kwargs):
+        raise MirrorError(f"{self.url}: {READ_ONLY}")
+
+    # Every way in which bincache writes a mirror (sign.publish_keys uses put_blob_bytes).
+    staging_dir = push_package = write_index = write_index_bytes = _read_only
+    put_blob_bytes = put_blob_file = write_layout = _read_only
+
+    def update_index(self, jobs: int = 8):
+        self._read_only()
+
+    # -- finding spec files -----------------------------------------------------------------
+    def _list_spec_files(self) -> dict[str, str]:
+        """hash -> spec file path, the signed file preferred (as Spack does)."""
+        if self._listing is None:
+            found: dict[str, str] = {}
+            for rel in self.backend.list(BUILD_CACHE):
+                name = rel[len(BUILD_CACHE) + 1:] if rel.startswith(BUILD_CACHE + "/") else None
+                m = _SPECFILE.match(name) if name and "/" not in name else None
+                if m and (m.group("sig") or m.group("hash") not in found):
+                    found[m.group("hash")] = rel
+            self._listing = found
+        return self._listing
+
+    def _spec_file_path(self, item) -> tuple[str, bytes]:
+        """(path, raw bytes) of an item's spec file; BlobNotFound when the mirror lacks it."""
+        node = getattr(item, "node", None)
+        stem = _stem(node) if isinstance(node, dict) else None
+        candidates = [f"{BUILD_CACHE}/{stem}.spec.json.sig", f"{BUILD_CACHE}/{stem}.spec.json"] if stem else []
+        for rel in candidates:
+            try:
+                return rel, self.backend.read(rel)
+            except BlobNotFound:
+                continue
+        # A name Spack formatted differently from us (or a ref without a node): by hash.
+        try:
+            rel = self._list_spec_files().get(item.hash)
+        except MirrorError:
+            rel = None
+        if rel is not None:
+            try:
+                return rel, self.backend.read(rel)
+            except BlobNotFound:
+                pass
+        raise BlobNotFound(f"{self.url} has no package {item.name}@{item.version}/{item.hash[:7]} "
+                           f"(no {BUILD_CACHE}/*-{item.hash}.spec.json[.sig])")
+
+    def has_package(self, spec) -> bool:
+        try:
+            self._spec_file_path(spec)
+            return True
+        except BlobNotFound:
+            return False
+
+    def list_package_refs(self) -> list[SpecRef]:
+        """The packages, from their spec files (read, NOT verified: names for listing only;
+        install verifies what it uses). A spec file that cannot be read is skipped, with a
+        warning, so one damaged file does not hide the rest of the cache."""
+        try:
+            files = sorted(self._list_spec_files().items())
+        except BlobNotFound:
+            return []
+        except MirrorError as e:  # a backend that cannot list (http)
+            raise self._listing_error(e) from None
+
+        def read(entry: tuple[str, str]) -> SpecRef | None:
+            h, rel = entry
+            try:
+                raw = self.backend.read(rel)
+                payload = clearsigned_payload(raw) if is_clearsigned(raw) else raw
+                node = json.loads(payload)["spec"]["nodes"][0]
+                return SpecRef(str(node["name"]), str(node.get("version", "")), h)
+            except (BincacheError, ValueError, KeyError, IndexError, TypeError) as e:
+                log.warning("%s/%s: skipped, not a readable spec file (%s)", self.url, rel, e)
+                return None
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            refs = [r for r in pool.map(read, files) if r is not None]
+        return refs
+
+    def _listing_error(self, e: MirrorError) -> MirrorError:
+        return MirrorError(f"{self.url}: a Spack layout v2 cache without a readable "
+                           f"{INDEX_JSON} ({e}); regenerate its index with `spack buildcache "
+                           "update-index`, or copy it to a directory mirror")
+
+    # -- manifests ----------------------------------------------------------------------------
+    def fetch_manifest(self, ref) -> V2Manifest:
+        """The spec file as a manifest, parsed WITHOUT verifying a signature (install verifies
+        ``raw`` first and rebuilds the manifest with :meth:`manifest_from_verified`)."""
+        rel, raw = self._spec_file_path(ref)
+        payload = clearsigned_payload(raw) if is_clearsigned(raw) else raw
+        return self.manifest_from_verified(payload, raw, f"{self.url}/{rel}")
+
+    def manifest_from_verified(self, verified: bytes, raw: bytes, label: str) -> V2Manifest:
+        """Records of a package from its verified spec file: the tarball's path from the root
+        node, its checksum from ``binary_cache_checksum``."""
+        try:
+            doc = json.loads(verified)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise SpecError(f"{label}: the spec file is not JSON ({e})") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("spec"), dict):
+            raise SpecError(f"{label}: not a Spack spec file (no 'spec')")
+        try:
+            layout = int(doc.get("buildcache_layout_version", 0))
+        except (TypeError, ValueError):
+            raise SpecError(f"{label}: buildcache_layout_version is not a number") from None
+        if layout not in READABLE_LAYOUTS:
+            if layout < min(READABLE_LAYOUTS):
+                raise MirrorError(
+                    f"{label}: written by an old Spack (buildcache_layout_version {layout}: a "
+                    "tarball inside the .spack file, with a detached signature), which bincache "
+                    "does not read; push the package again with a newer Spack or with bincache")
+            raise MirrorError(f"{label}: buildcache_layout_version {layout} is not a layout v2 package")
+        checksum = doc.get("binary_cache_checksum")
+        if not isinstance(checksum, dict) or not isinstance(checksum.get("hash"), str):
+            raise MirrorError(f"{label}: the spec file has no binary_cache_checksum: the tarball "
+                              "cannot be checked; refusing it")
+        algorithm = str(checksum.get("hash_algorithm", "sha256")).lower()
+        digest = checksum["hash"].lower()
+        if algorithm not in _ALGORITHMS:
+            raise MirrorError(f"{label}: tarball checksum algorithm {algorithm!r} is not accepted "
+                              f"(only {', '.join(_ALGORITHMS)})")
+        if not re.fullmatch(r"[0-9a-f]+", digest) or len(digest) != hashlib.new(algorithm).digest_size * 2:
+            raise MirrorError(f"{label}: binary_cache_checksum is not a {algorithm} digest")
+        nodes = doc["spec"].get("nodes")
+        root = nodes[0] if isinstance(nodes, list) and nodes and isinstance(nodes[0], dict) else None
+        path = tarball_path(root) if root is not None else None
+        if path is None:
+            raise MirrorError(f"{label}: the spec file's root node lacks the name, version, hash, "
+                              "arch or compiler that locate its tarball")
+        meta = doc["spec"].get("_meta") or {}
+        spec_version = meta.get("version", 4) if isinstance(meta, dict) else 4
+        signed = is_clearsigned(raw)
+        spec_path = f"{BUILD_CACHE}/{_stem(root)}.spec.json" + (".sig" if signed else "")
+        spec_rec = V2Record(spec_path, hashlib.sha256(verified).hexdigest(), len(verified),
+                            f"{MT_SPEC_PREFIX}{spec_version}+json", data=bytes(verified))
+        tar_rec = V2Record(path, digest, self._size(path), MT_V2_TARBALL, "gzip", algorithm)
+        return V2Manifest(tar_rec, spec_rec, raw, signed, layout)
+
+    def _size(self, rel: str) -> int:
+        local_path = getattr(self.backend, "local_path", None)
+        path = local_path(rel) if local_path is not None else None
+        if path is not None:
+            try:
+                return os.path.getsize(path)
+            except OSError:
+                pass
+        return -1
+
+    # -- blobs --------------------------------------------------------------------------------
+    def _check(self, data_or_path, record: V2Record) -> None:
+        h = hashlib.new(record.checksum_algorithm)
+        if isinstance(data_or_path, bytes):
+            size = len(data_or_path)
+            h.update(data_or_path)
+        else:
+            size = os.path.getsize(data_or_path)
+            with open(data_or_path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+        where = f"{self.url}/{record.path}"
+        if record.content_length >= 0 and size != record.content_length:
+            raise IntegrityError(f"{where}: size {size} but the mirror listed {record.content_length} "
+                                 "(truncated or replaced while reading)")
+        if h.hexdigest() != record.checksum:
+            raise IntegrityError(
+                f"{where}: checksum mismatch ({record.checksum_algorithm} {h.hexdigest()[:12]}..., the "
+                f"spec file says {record.checksum[:12]}...): the tarball is corrupt or was replaced")
+        record.content_length = size
+
+    def get_blob_bytes(self, record: V2Record) -> bytes:
+        data = record.data if record.data is not None else self.backend.read(record.path)
+        self._check(data, record)
+        return data
+
+    def fetch_blob(self, record: V2Record, dest: str) -> None:
+        """Copy a file to ``dest`` after checking its checksum (and its size, when known); no
+        partial file is left."""
+        tmp = dest + ".part"
+        try:
+            if record.data is not None:
+                with open(tmp, "wb") as f:
+                    f.write(record.data)
+            else:
+                self.backend.get_file(record.path, tmp)
+            self._check(tmp, record)
+            os.replace(tmp, dest)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    # -- index --------------------------------------------------------------------------------
+    def read_index_bytes(self) -> bytes | None:
+        try:
+            data = self.backend.read(INDEX_JSON)
+        except BlobNotFound:
+            return None
+        try:
+            expected = self.backend.read(INDEX_HASH).decode("ascii", "replace").strip()
+        except BlobNotFound:
+            expected = None
+        # Spack uses the hash to tell a changed index, not to trust it: a mismatch means the
+        # two files were caught mid-update. The packages are verified on install either way.
+        if expected and hashlib.sha256(data).hexdigest() != expected:
+            log.warning("%s: %s does not match index.json (index being updated?)", self.url, INDEX_HASH)
+        return data
+
+    def read_index(self):
+        from ..index import Index
+
+        data = self.read_index_bytes()
+        if data is None:
+            return None
+        try:
+            return Index.from_bytes(data, f"{self.url}/{INDEX_JSON}")
+        except BincacheError as e:  # the advice to run bincache update-index does not apply
+            raise self._listing_error(e) from None
