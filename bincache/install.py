@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -39,6 +40,7 @@ from .errors import (
     MirrorError,
     RelocationError,
     SpecError,
+    UsageError,
 )
 from .relocate import (
     BuildInfo,
@@ -266,7 +268,12 @@ class _Installer:
         if self.created_dirs:
             os.makedirs(self.root)
         self.staging_base = os.path.join(self.root, STAGING_DIR)
-        os.makedirs(self.staging_base, exist_ok=True)
+        os.makedirs(self.staging_base, mode=0o700, exist_ok=True)
+        st = os.lstat(self.staging_base)
+        # Verified packages wait here before the final rename: nobody else may swap them.
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+            raise MirrorError(f"{self.staging_base} is not a private directory of this user "
+                              "(a link, another owner, or group/world-writable); remove it and retry")
         self.staging = tempfile.mkdtemp(prefix="install-", dir=self.staging_base)
         return self.staging
 
@@ -342,10 +349,14 @@ class _Installer:
         allow = allow_unsigned if allow_unsigned is not None else (
             getattr(mirror_ref, "signed", None) is False)
         verified = verify_manifest(manifest.raw, mirror_ref, allow, source=label)
-        if hasattr(cache, "backend"):
+        # Only what the signature covered is used: the records come from the verified text.
+        from_verified = getattr(cache, "manifest_from_verified", None)
+        if from_verified is not None:
+            # A cache whose manifest is not a v3 one (layout v2: the signed spec file).
+            manifest = from_verified(verified, manifest.raw, label)
+        elif hasattr(cache, "backend"):
             from .mirror.layout_v3 import parse_manifest
 
-            # Only what the signature covered is used: the records come from the verified text.
             manifest = parse_manifest(verified, manifest.raw, label)
         specfile, nodes = _fetch_specfile(cache, manifest, scratch, label)
         if nodes[0].hash != item.hash:
@@ -355,7 +366,11 @@ class _Installer:
                            nodes=nodes, specfile=specfile)
 
     def target(self, spec: Spec) -> str:
-        return os.path.join(self.root, spec.projection(self.template))
+        path = os.path.normpath(os.path.join(self.root, spec.projection(self.template)))
+        if not path.startswith(self.root.rstrip("/") + "/"):
+            raise UsageError(f"{spec.short()} would be installed at {path}, outside the install "
+                             f"root {self.root}; use a relative projection")
+        return path
 
     def fetch(self, plan: PackagePlan) -> None:
         """The tarball, size and SHA-256 checked (no partial file is left).
@@ -364,7 +379,7 @@ class _Installer:
         through that open file, and extracted from the same open file later.
         """
         assert self.staging is not None
-        work = tempfile.mkdtemp(prefix=f"{plan.spec.name}-", dir=self.staging)
+        work = tempfile.mkdtemp(prefix=f"{plan.spec.hash[:7]}-", dir=self.staging)
         plan.tarball = os.path.join(work, "package.tar.gz")
         record = plan.manifest.tarball
         local_path = getattr(getattr(plan.cache, "backend", None), "local_path", None)
@@ -387,7 +402,11 @@ class _Installer:
 
         def dependency_prefixes(staged: str) -> list[str]:
             plan.buildinfo = BuildInfo.load(staged)
-            return [p for h, p in plan.buildinfo.hash_to_prefix.items() if h != plan.spec.hash]
+            # Links may point into the old prefixes of the dependencies named by the VERIFIED spec
+            # file, not into whatever the package's own buildinfo claims (it could say "/").
+            deps = {n.hash for n in plan.nodes[1:]} | {d.hash for d in plan.spec.deps}
+            return [p for h, p in plan.buildinfo.hash_to_prefix.items()
+                    if h in deps and h != plan.spec.hash and os.path.normpath(p) != "/"]
 
         # The old prefix is learned from the last member (the buildinfo): see extract_package.
         source = plan.tarball_file if plan.tarball_file is not None else plan.tarball
@@ -434,9 +453,11 @@ class _Installer:
         spec_dir = os.path.join(plan.staged, SPEC_DIR)
         os.makedirs(spec_dir, exist_ok=True)
         spec_path = os.path.join(spec_dir, SPEC_JSON)
-        tmp = spec_path + ".tmp"
-        with open(tmp, "wb") as f:
+        # An unpredictable name: the package may have planted a link at any fixed one.
+        fd, tmp = tempfile.mkstemp(dir=spec_dir, prefix=f".{SPEC_JSON}-")
+        with os.fdopen(fd, "wb") as f:
             f.write(json.dumps(specfile_dict(plan.nodes), indent=2).encode())
+        os.chmod(tmp, 0o644)
         os.replace(tmp, spec_path)
         plan.extracted.apply_dir_modes()
 

@@ -16,7 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define BC_ABI_VERSION 1
+#define BC_ABI_VERSION 2
 
 /* BC_CDEF_BEGIN */
 enum {
@@ -28,12 +28,15 @@ enum {
     BC_ECANNOTGROW = -5, /* a new prefix is longer than the old one it replaces */
     BC_EMISMATCH = -6,   /* a patch's offset does not hold the expected old bytes */
     BC_EDEFLATE = -7,    /* the deflate library reported an error */
-    BC_ETHREAD = -8      /* a worker thread could not be started */
+    BC_ETHREAD = -8,     /* a worker thread could not be started */
+    BC_EDATA = -9,       /* compressed data is damaged (bad header, CRC, length, deflate data) */
+    BC_ETRUNC = -10      /* compressed data ends too early (or there is none) */
 };
 
 enum { BC_KIND_TEXT = 0, BC_KIND_BINARY = 1, BC_KIND_ELF = 2 };
 
 typedef struct bc_writer bc_writer;
+typedef struct bc_inflater bc_inflater;
 
 /* A byte string the caller owns. */
 typedef struct bc_buf {
@@ -119,6 +122,23 @@ int bc_apply_patches(const char *path, const bc_patch *patches, size_t npatches,
 int bc_compress_buffer(const unsigned char *data, size_t len, int level, int threads,
                        unsigned char **out, size_t *out_len, char *err, size_t errlen);
 int bc_free(void *p);
+
+/* Streaming gzip inflate (one or more members; CRC-32 and ISIZE of each checked; nothing but
+ * another member may follow one) from a descriptor the handle reads itself: pread from offset,
+ * or read() when offset is -1 (pipes). The descriptor is never closed. hash != 0: SHA-256 of
+ * every compressed byte read, available from bc_inflater_digest once the stream ended. */
+int bc_inflater_new(bc_inflater **out, int fd, int64_t offset, int hash, char *err,
+                    size_t errlen);
+int bc_inflater_free(bc_inflater *h);
+/* Up to out_cap inflated bytes; *n_out == 0 with BC_OK only at the end of the stream. Bytes
+ * inflated before damaged data are returned first; the error (BC_EDATA, BC_ETRUNC, BC_EIO)
+ * comes with the next call, its message from bc_inflater_error. */
+int bc_inflate_read(bc_inflater *h, unsigned char *out, size_t out_cap, size_t *n_out);
+int bc_inflater_error(const bc_inflater *h, const char **message, int *sys_errno);
+/* Hex SHA-256 of the compressed stream (65 bytes with the NUL); BC_ESTATE before the end. */
+int bc_inflater_digest(bc_inflater *h, char *hex65);
+int bc_inflater_stats(const bc_inflater *h, uint64_t *compressed, uint64_t *uncompressed,
+                      uint64_t *members, int *finished);
 /* BC_CDEF_END */
 
 #endif

@@ -43,6 +43,8 @@ const char *bc_strerror(int rc)
     case BC_EMISMATCH: return "the file does not hold the expected bytes";
     case BC_EDEFLATE: return "deflate error";
     case BC_ETHREAD: return "cannot start a worker thread";
+    case BC_EDATA: return "damaged compressed data";
+    case BC_ETRUNC: return "truncated compressed data";
     default: return "unknown error";
     }
 }

@@ -10,6 +10,7 @@ compare the two). Both expose the same names:
     relocate_buffer(bytearray, [(old, new)]) -> count
     apply_patches(path, [(offset, old, new)])
     compress_buffer(data, level, threads) -> bytes   # one gzip member (the raw deflate ceiling)
+    Inflater(fd|fileobj, *, offset=0, digest=False)  # gzip reader: .read/.readinto/.hexdigest()
     BACKEND, DEFAULT_LEVEL, FileScan, TarResult
 """
 
@@ -42,6 +43,7 @@ scan_buffer = _impl.scan_buffer
 relocate_buffer = _impl.relocate_buffer
 apply_patches = _impl.apply_patches
 compress_buffer = _impl.compress_buffer
+Inflater = _impl.Inflater
 BACKEND: str = _impl.BACKEND
 DEFAULT_LEVEL: int = _impl.DEFAULT_LEVEL
 KIND_TEXT, KIND_BINARY, KIND_ELF = "text", "binary", "elf"

@@ -11,11 +11,11 @@ import errno as _errno
 import os
 from typing import BinaryIO
 
-from ..errors import CannotGrowString, NativeError, NoSpaceError
+from ..errors import CannotGrowString, IntegrityError, NativeError, NoSpaceError
 from ._lib import ffi, lib  # type: ignore[import-not-found]
 from ._pure import KIND_BINARY, KIND_ELF, KIND_TEXT, FileScan, TarResult
 
-_ABI_VERSION = 1
+_ABI_VERSION = 2
 if lib.bc_abi_version() != _ABI_VERSION:
     raise NativeError(
         f"the compiled C core is stale (ABI {lib.bc_abi_version()}, this code needs "
@@ -40,6 +40,7 @@ __all__ = [
     "BACKEND",
     "DEFAULT_LEVEL",
     "FileScan",
+    "Inflater",
     "TarResult",
     "TarWriter",
     "apply_patches",
@@ -56,6 +57,8 @@ def _raise(rc: int, message: str, sys_errno: int = 0) -> None:
         raise CannotGrowString(message)
     if rc == lib.BC_EIO and sys_errno in (_errno.ENOSPC, _errno.EDQUOT):
         raise NoSpaceError(message)
+    if rc in (lib.BC_EDATA, lib.BC_ETRUNC):
+        raise IntegrityError(message)
     raise NativeError(message)
 
 
@@ -274,3 +277,128 @@ def compress_buffer(data: bytes, level: int = DEFAULT_LEVEL, threads: int = 0) -
         return ffi.buffer(out[0], n[0])[:]
     finally:
         lib.bc_free(out[0])
+
+
+class Inflater:
+    """A read-only binary file over a gzip stream (one or more members), inflated by the C core.
+
+    ``source`` is a file descriptor or a file object with one; the core reads it itself with
+    ``pread`` from ``offset`` (the file position is neither used nor moved), or with ``read``
+    from the current position when ``offset`` is None (pipes). The descriptor is not closed.
+    Every member's CRC-32 and length are checked; damaged or truncated data raises
+    :class:`IntegrityError` once the bytes inflated before the damage have been read.
+    ``digest=True`` hashes the compressed bytes as they stream through: :meth:`hexdigest`
+    after the end. Each call releases the GIL.
+    """
+
+    def __init__(self, source, *, offset: int | None = 0, digest: bool = False):
+        fd = source if isinstance(source, int) else source.fileno()
+        handle = ffi.new("bc_inflater **")
+        err = ffi.new("char[]", _ERRLEN)
+        rc = lib.bc_inflater_new(handle, fd, -1 if offset is None else int(offset),
+                                 1 if digest else 0, err, _ERRLEN)
+        _check_err(rc, err)
+        self._h = ffi.gc(handle[0], lib.bc_inflater_free)
+        self._n = ffi.new("size_t *")
+        self._buf = b""
+        self._pos = 0  # into _buf
+        self._eof = False
+        self.closed = False
+
+    def _check(self, rc: int) -> None:
+        if rc != 0:
+            msg = ffi.new("const char **")
+            se = ffi.new("int *")
+            lib.bc_inflater_error(self._h, msg, se)
+            _raise(rc, ffi.string(msg[0]).decode("utf-8", "replace"), se[0])
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        """Fill ``b`` (any writable buffer) as far as the stream goes; 0 at its end."""
+        view = memoryview(b).cast("B")
+        done = 0
+        if self._pos < len(self._buf):
+            k = min(len(view), len(self._buf) - self._pos)
+            view[:k] = self._buf[self._pos:self._pos + k]
+            self._pos += k
+            done = k
+        if done == len(view) or self._eof:
+            return done
+        # Released explicitly: an exception's traceback would otherwise keep the export alive
+        # in a reference cycle, which the garbage collector cannot clear from a memoryview.
+        out = ffi.from_buffer("unsigned char[]", view, require_writable=True)
+        rc = 0
+        try:
+            while done < len(view):
+                rc = lib.bc_inflate_read(self._h, out + done, len(view) - done, self._n)
+                if rc != 0 or self._n[0] == 0:
+                    break
+                done += self._n[0]
+        finally:
+            ffi.release(out)
+        view.release()
+        if rc != 0 and not done:
+            self._check(rc)
+        # rc != 0 with bytes: they are handed out first; the handle keeps the error for next time.
+        if rc == 0 and self._n[0] == 0:
+            self._eof = True
+        return done
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Up to ``size`` bytes (fewer only at the end); everything left when size < 0."""
+        if size is None or size < 0:
+            parts = []
+            while True:
+                part = self.read(1 << 20)
+                if not part:
+                    return b"".join(parts)
+                parts.append(part)
+        if self._pos < len(self._buf):
+            # Small reads (tar headers) are served from one larger inflate call.
+            piece = self._buf[self._pos:self._pos + size]
+            self._pos += len(piece)
+            if len(piece) == size or self._eof:
+                return piece
+            return piece + self.read(size - len(piece))
+        if self._eof or size == 0:
+            return b""
+        if size < _SMALL_READ:
+            buf = bytearray(_SMALL_READ)
+            n = self.readinto(buf)
+            self._buf, self._pos = bytes(buf[:n]), min(size, n)
+            return self._buf[:self._pos]
+        buf = bytearray(size)
+        n = self.readinto(buf)
+        del buf[n:]
+        return bytes(buf)
+
+    def hexdigest(self) -> str:
+        """SHA-256 (hex) of the compressed bytes, once the stream was read to its end."""
+        out = ffi.new("char[]", 65)
+        if lib.bc_inflater_digest(self._h, out) != 0:
+            raise NativeError("the compressed digest is known only after the whole stream was "
+                              "read, and only when asked for with digest=True")
+        return ffi.string(out).decode()
+
+    @property
+    def compressed_size(self) -> int:
+        """Compressed bytes read so far."""
+        c, u, m, f = (ffi.new("uint64_t *"), ffi.new("uint64_t *"), ffi.new("uint64_t *"),
+                      ffi.new("int *"))
+        lib.bc_inflater_stats(self._h, c, u, m, f)
+        return int(c[0])
+
+    def close(self) -> None:
+        self.closed = True
+
+    def __enter__(self) -> Inflater:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# Reads smaller than this (tar headers) inflate this much at once and are served from it.
+_SMALL_READ = 64 << 10

@@ -14,7 +14,7 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 
-from ..errors import CannotGrowString, NativeError
+from ..errors import CannotGrowString, IntegrityError, NativeError
 
 KIND_TEXT = "text"
 KIND_BINARY = "binary"
@@ -289,3 +289,153 @@ class TarWriter:
             self._out.close()
         self._finished = True
         return TarResult(self._raw.hexdigest(), self._gz.hexdigest(), self._csize, self._usize)
+
+
+class Inflater:
+    """Pure twin of the C core's Inflater: zlib (one decompressor per gzip member) + hashlib.
+
+    Same surface and checks: one or more gzip members, each member's CRC-32 and length checked
+    by zlib, nothing but another member after one, :class:`IntegrityError` on damaged or
+    truncated data once the bytes before the damage were read.
+    """
+
+    _IN = 1 << 18
+
+    def __init__(self, source, *, offset: int | None = 0, digest: bool = False):
+        self._fd = source if isinstance(source, int) else source.fileno()
+        self._offset = offset
+        self._sha = hashlib.sha256() if digest else None
+        self._d = None
+        self._members = 0
+        self._member_start = 0
+        self._in_total = 0
+        self._pending = b""
+        self._out = b""
+        self._out_pos = 0
+        self._error: IntegrityError | None = None
+        self._done = False
+        self._in_eof = False
+        self._digest = ""
+        self.closed = False
+
+    def readable(self) -> bool:
+        return True
+
+    def _fill(self) -> None:
+        data = (os.pread(self._fd, self._IN, self._offset) if self._offset is not None
+                else os.read(self._fd, self._IN))
+        if not data:
+            self._in_eof = True
+            return
+        if self._offset is not None:
+            self._offset += len(data)
+        if self._sha is not None:
+            self._sha.update(data)
+        self._in_total += len(data)
+        self._pending += data
+
+    def _fail(self, message: str) -> None:
+        self._error = IntegrityError(message)
+
+    def _inflate_some(self, want: int) -> bytes:
+        """Up to ``want`` inflated bytes; b"" at the end or when an error is pending."""
+        while self._error is None and not self._done:
+            if len(self._pending) <= 8 and not self._in_eof:
+                self._fill()
+                continue
+            if self._d is None:
+                if not self._pending and self._in_eof:
+                    if self._members == 0:
+                        self._fail("empty input: not a gzip stream")
+                        return b""
+                    self._done = True
+                    if self._sha is not None:
+                        self._digest = self._sha.hexdigest()
+                    return b""
+                self._d = zlib.decompressobj(wbits=31)
+                self._member_start = self._in_total - len(self._pending)
+            d = self._d
+            # The last 8 bytes (the trailer, when the member ends there) go in a call of their
+            # own: zlib raises a bad CRC without the output of the call that found it, and the
+            # data before the damage must come out first (as the C core does).
+            pending = self._pending
+            feed = pending[:-8] if len(pending) > 8 else pending
+            try:
+                out = d.decompress(feed, want)
+            except zlib.error as e:
+                self._pending = b""
+                self._fail(self._message(str(e), d))
+                return b""
+            self._pending = (d.unused_data if d.eof else d.unconsumed_tail) + pending[len(feed):]
+            if d.eof:
+                self._members += 1
+                self._d = None
+            elif not out and not self._pending and self._in_eof:
+                self._fail(f"truncated gzip stream: it ends inside member {self._members + 1} "
+                           f"after {self._in_total} compressed bytes (the file is incomplete)")
+                return b""
+            if out:
+                return out
+        return b""
+
+    def _message(self, why: str, d) -> str:
+        member = self._members + 1
+        if "incorrect data check" in why:
+            return f"bad CRC in gzip member {member} (the compressed data is damaged)"
+        if "incorrect length check" in why:
+            return f"wrong length (ISIZE) in gzip member {member} (the compressed data is damaged)"
+        if "header" in why or "method" in why:
+            if self._members == 0:
+                return f"not a gzip stream: bad header ({why})"
+            return (f"unexpected data after gzip member {self._members} at byte "
+                    f"{self._member_start}: not another gzip member ({why})")
+        return f"damaged gzip stream: {why} in member {member}"
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            parts = []
+            while True:
+                part = self.read(1 << 20)
+                if not part:
+                    return b"".join(parts)
+                parts.append(part)
+        parts = []
+        want = size
+        while want > 0:
+            if self._out_pos >= len(self._out):
+                self._out = self._inflate_some(max(want, 1 << 16))
+                self._out_pos = 0
+                if not self._out:
+                    break
+            piece = self._out[self._out_pos:self._out_pos + want]
+            self._out_pos += len(piece)
+            parts.append(piece)
+            want -= len(piece)
+        if not parts and self._error is not None:
+            raise self._error
+        return b"".join(parts)
+
+    def readinto(self, b) -> int:
+        view = memoryview(b).cast("B")
+        data = self.read(len(view))
+        view[:len(data)] = data
+        return len(data)
+
+    def hexdigest(self) -> str:
+        if not self._digest:
+            raise NativeError("the compressed digest is known only after the whole stream was "
+                              "read, and only when asked for with digest=True")
+        return self._digest
+
+    @property
+    def compressed_size(self) -> int:
+        return self._in_total
+
+    def close(self) -> None:
+        self.closed = True
+
+    def __enter__(self) -> Inflater:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -233,7 +233,10 @@ class LayoutV3Cache:
         tar_rec = BlobRecord(packed.result.compressed_size, MT_TARBALL, "gzip", packed.result.digest)
         self.put_blob_file(packed.tarball, tar_rec)
         spec_rec = self.put_blob_bytes(gzip_bytes(packed.specfile), f"{MT_SPEC_PREFIX}5+json", "gzip")
-        body = manifest_bytes([tar_rec, spec_rec])
+        # Spack matches the media type exactly: 1.0-1.2 look for spec.v5, 1.3 for spec.v6. One
+        # blob serves both (readers take the format version from the file's own _meta).
+        spec_v6 = BlobRecord(spec_rec.content_length, f"{MT_SPEC_PREFIX}6+json", "gzip", spec_rec.checksum)
+        body = manifest_bytes([tar_rec, spec_rec, spec_v6])
         if signer is not None:
             body = signer.clearsign(body)
         s = packed.spec
