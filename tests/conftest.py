@@ -55,3 +55,13 @@ def demo_stack_factory(tmp_path_factory):
     base = tmp_path_factory.mktemp("demo")
     root = padded_root(str(base / "opt"), 120)
     return build_stack(root)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """In CI (BINCACHE_REQUIRE_TOOLS=1) every tool is installed: a skip means a broken setup."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and os.environ.get("BINCACHE_REQUIRE_TOOLS") == "1" and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped, but BINCACHE_REQUIRE_TOOLS=1 (CI installs every tool): {report.longrepr}"

@@ -233,7 +233,12 @@ class Authenticator:
 
     # --- safety -------------------------------------------------------------------------
     def _is_registry(self, url: str) -> bool:
-        return urlparse(url).netloc.lower() == self.registry_host.lower()
+        # Same host AND a scheme the mirror allows: an https registry's redirect to plain http on
+        # the same host must not carry the credentials in clear text.
+        parsed = urlparse(url)
+        if parsed.scheme != "https" and not self.insecure:
+            return False
+        return parsed.netloc.lower() == self.registry_host.lower()
 
     def _check_realm(self, realm: str) -> None:
         parsed = urlparse(realm)
