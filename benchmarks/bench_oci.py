@@ -91,12 +91,16 @@ def run(root: str, work: str, quick: bool) -> dict:
         measure(rows, "OCI update-index", input_bytes, "update-index", url,
                 note="configs of every tag fetched")
         if not quick:
-            target = os.path.join(work, "installed")
+            # Strings embedded in the tree's binaries cannot grow: install to a root no longer
+            # than the tree's (a temporary directory under /tmp is short).
+            target = tempfile.mkdtemp(prefix="boi", dir="/tmp")
+            os.rmdir(target)
             names = sorted({p.name.rsplit("-", 2)[0] for p in Path(root).glob("*/*")
                             if (p / ".spack" / "spec.json").exists()})
             measure(rows, "OCI install (all packages, -j 2)", input_bytes, "--root", target,
                     "install", "--mirror", url, "--unsigned", "-j", "2", *names,
                     note="download, verify, extract, relocate")
+            shutil.rmtree(target, ignore_errors=True)
     finally:
         for reg in registries:
             reg.stop()
