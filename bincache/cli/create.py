@@ -161,7 +161,7 @@ def cmd_list(args) -> int:
         print_json(data)
     elif rows:
         table(rows, ["NAME", "VERSION", "HASH", "SIZE"])
-        print(f"{len(rows)} packages")
+        print(f"{len(rows)} package{'' if len(rows) == 1 else 's'}")
     else:
         print("no packages")
     return 0
