@@ -212,21 +212,27 @@ class _ThreadedInflater:
                 break
         return self._pos
 
+    def _fill(self) -> bool:
+        """Make the current block non-empty; False at the end of the stream (an error that
+        ended the stream is raised here, after the data before it was handed out)."""
+        if self._buf:
+            return True
+        if self._eof:
+            return False
+        block = self._next_block()
+        if block is None:
+            self._eof = True
+            if self._error is not None:
+                raise self._error
+            return False
+        self._buf = memoryview(block)
+        return True
+
     def write_to(self, fd: int, size: int) -> int:
         """Copy the next ``size`` bytes of the stream to ``fd`` straight from the inflated
         blocks (no bytes object per member); returns how many there were (fewer at the end)."""
         left = size
-        while left:
-            if not self._buf:
-                if self._eof:
-                    break
-                block = self._next_block()
-                if block is None:
-                    self._eof = True
-                    if self._error is not None:
-                        raise self._error
-                    break
-                self._buf = memoryview(block)
+        while left and self._fill():
             piece = self._buf[:left]
             self._buf = self._buf[len(piece):]
             left -= len(piece)
@@ -253,17 +259,7 @@ class _ThreadedInflater:
         # for the end of the archive.
         parts = []
         want = size
-        while want:
-            if not self._buf:
-                if self._eof:
-                    break
-                block = self._next_block()
-                if block is None:
-                    self._eof = True
-                    if self._error is not None:
-                        raise self._error
-                    break
-                self._buf = memoryview(block)
+        while want and self._fill():
             piece = self._buf[:want]
             self._buf = self._buf[len(piece):]
             parts.append(piece)
