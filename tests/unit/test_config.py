@@ -183,7 +183,7 @@ def test_a_scope_may_tune_a_mirror_defined_below_it(scopes):
 
 
 def test_relative_paths_expand_against_the_scope_that_wrote_them(scopes, tmp_path, monkeypatch):
-    write(scopes["user"] / "mirrors.yaml", "mirrors:\n  mine: ./cache\n  up: ../shared\n")
+    write(scopes["user"] / "mirrors.yaml", "mirrors:\n  mine: ./cache\n  up: ../common\n")
     write(scopes["project"] / "mirrors.yaml", "mirrors:\n  proj: {url: build/cache}\n")
     monkeypatch.chdir(tmp_path)
     assert mirrors.resolve("mine").url == f"file://{scopes['user']}/cache"
