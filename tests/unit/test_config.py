@@ -187,7 +187,7 @@ def test_relative_paths_expand_against_the_scope_that_wrote_them(scopes, tmp_pat
     write(scopes["project"] / "mirrors.yaml", "mirrors:\n  proj: {url: build/cache}\n")
     monkeypatch.chdir(tmp_path)
     assert mirrors.resolve("mine").url == f"file://{scopes['user']}/cache"
-    assert mirrors.resolve("up").url == f"file://{scopes['user'].parent}/shared"
+    assert mirrors.resolve("up").url == f"file://{scopes['user'].parent}/common"
     assert mirrors.resolve("proj", "fetch").url == f"file://{scopes['project']}/build/cache"
     # A path given on the command line is relative to the current directory.
     assert mirrors.resolve("./cache").url == f"file://{tmp_path}/cache"
