@@ -94,6 +94,19 @@ static int pwrite_all(int fd, const unsigned char *buf, size_t n, uint64_t off)
     return 0;
 }
 
+/* Grow a scratch buffer to hold at least need bytes (it keeps its size otherwise). */
+static int grow_buf(unsigned char **buf, size_t *cap, size_t need)
+{
+    if (*cap >= need)
+        return BC_OK;
+    unsigned char *nb = realloc(*buf, need);
+    if (nb == NULL)
+        return BC_ENOMEM;
+    *buf = nb;
+    *cap = need;
+    return BC_OK;
+}
+
 int bc_apply_patches(const char *path, const bc_patch *patches, size_t npatches, char *err,
                      size_t errlen)
 {
@@ -116,16 +129,11 @@ int bc_apply_patches(const char *path, const bc_patch *patches, size_t npatches,
             rc = BC_ECANNOTGROW;
             break;
         }
-        if (cap < p->old_bytes.len) {
-            unsigned char *nb = realloc(buf, p->old_bytes.len);
-            if (nb == NULL) {
-                rc = BC_ENOMEM;
-                if (err && errlen)
-                    snprintf(err, errlen, "out of memory");
-                break;
-            }
-            buf = nb;
-            cap = p->old_bytes.len;
+        if (grow_buf(&buf, &cap, p->old_bytes.len) != BC_OK) {
+            rc = BC_ENOMEM;
+            if (err && errlen)
+                snprintf(err, errlen, "out of memory");
+            break;
         }
         size_t got = 0;
         if (pread_all(fd, buf, p->old_bytes.len, p->offset, &got) != 0) {
@@ -148,16 +156,11 @@ int bc_apply_patches(const char *path, const bc_patch *patches, size_t npatches,
     for (size_t i = 0; i < npatches && rc == BC_OK; i++) {
         const bc_patch *p = &patches[i];
         size_t pad = p->old_bytes.len - p->new_bytes.len;
-        if (cap < p->old_bytes.len) {
-            unsigned char *nb = realloc(buf, p->old_bytes.len);
-            if (nb == NULL) {
-                rc = BC_ENOMEM;
-                if (err && errlen)
-                    snprintf(err, errlen, "out of memory");
-                break;
-            }
-            buf = nb;
-            cap = p->old_bytes.len;
+        if (grow_buf(&buf, &cap, p->old_bytes.len) != BC_OK) {
+            rc = BC_ENOMEM;
+            if (err && errlen)
+                snprintf(err, errlen, "out of memory");
+            break;
         }
         memset(buf, '/', pad);
         if (p->new_bytes.len)
