@@ -1473,6 +1473,10 @@ def mirror_key_fingerprints(cache) -> list[str]:
             names = cache.backend.list(KEY_MANIFESTS)
         except BlobNotFound:
             names = []
+        except MirrorError:
+            if getattr(cache.backend, "root", None):
+                raise  # a local mirror that is missing: say so
+            names = []  # http cannot list: the key index above is all there is
         for rel in names:
             base = rel.rsplit("/", 1)[-1]
             if base.endswith(".key.manifest.json"):
