@@ -16,7 +16,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 
-from ..errors import BlobNotFound, IntegrityError, MirrorError
+from ..errors import BlobNotFound, IntegrityError, MirrorError, SignatureError
 
 LAYOUT_VERSION = 3
 MT_TARBALL = "application/vnd.spack.install.v2.tar+gzip"
@@ -116,15 +116,17 @@ def is_clearsigned(raw: bytes) -> bool:
 
 
 def clearsigned_payload(raw: bytes) -> bytes:
-    """The text of a clearsigned document, WITHOUT checking the signature (listing only)."""
-    text = raw.lstrip()
+    """The text of a clearsigned document, WITHOUT checking the signature (listing only).
+
+    One cleartext parser serves the project: the signing module's, which is the one that
+    matches what gpg verifies (dash-escaping, CRLF, trailing whitespace, a single document).
+    """
+    from ..sign import clearsigned_text
+
     try:
-        head, rest = text.split(b"\n\n", 1)
-        body, _sig = rest.split(b"\n-----BEGIN PGP SIGNATURE-----", 1)
-    except ValueError:
-        raise MirrorError("damaged clearsigned manifest") from None
-    lines = [line[2:] if line.startswith(b"- ") else line for line in body.split(b"\n")]
-    return b"\n".join(lines)
+        return clearsigned_text(raw, "manifest")
+    except SignatureError as e:
+        raise MirrorError(str(e)) from None
 
 
 def parse_manifest(payload: bytes, raw: bytes | None = None, origin: str = "manifest") -> PackageManifest:
