@@ -19,7 +19,6 @@ staging directory (and the root itself, when the install created it).
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import logging
 import os
@@ -36,12 +35,12 @@ from .errors import (
     BincacheError,
     CannotGrowString,
     InstallError,
-    IntegrityError,
     MirrorError,
     RelocationError,
     SpecError,
     UsageError,
 )
+from .mirror.layout_v3 import verify_blob_file
 from .relocate import (
     BuildInfo,
     RelocationPlan,
@@ -426,7 +425,7 @@ class _Installer:
             return
         f = open(path, "rb")
         try:
-            _check_blob(f, record, path)
+            verify_blob_file(f, record, path)
         except BaseException:
             f.close()
             raise
@@ -516,22 +515,6 @@ class _Installer:
             _make_writable_and_remove(old)
         self.tree.record(InstalledSpec(plan.spec, plan.prefix, tuple(plan.nodes)),
                          explicit=plan.explicit)
-
-
-def _check_blob(f, record, where: str) -> None:
-    """Size and SHA-256 of an open blob against its manifest record."""
-    size = os.fstat(f.fileno()).st_size
-    if size != record.content_length:
-        raise IntegrityError(f"{where}: size {size} but the manifest says {record.content_length} "
-                             "(truncated or replaced blob)")
-    algorithm = getattr(record, "checksum_algorithm", "sha256")
-    h = hashlib.new(algorithm)
-    f.seek(0)
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-        h.update(chunk)
-    if h.hexdigest() != record.checksum:
-        raise IntegrityError(f"{where}: checksum mismatch ({algorithm} {h.hexdigest()[:12]}..., "
-                             f"expected {record.checksum[:12]}...): the blob is corrupt")
 
 
 def _make_writable_and_remove(path: str) -> None:

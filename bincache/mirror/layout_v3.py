@@ -195,21 +195,8 @@ class LayoutV3Cache:
         tmp = dest + ".part"
         try:
             self.backend.get_file(record.path, tmp)
-            size = os.path.getsize(tmp)
-            if size != record.content_length:
-                raise IntegrityError(
-                    f"{self.url}/{record.path}: size {size} but the manifest says {record.content_length}"
-                    " (truncated or replaced blob)"
-                )
-            h = hashlib.sha256()
             with open(tmp, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-            if h.hexdigest() != record.checksum:
-                raise IntegrityError(
-                    f"{self.url}/{record.path}: checksum mismatch (sha256 {h.hexdigest()[:12]}..., "
-                    f"expected {record.checksum[:12]}...): the blob is corrupt"
-                )
+                verify_blob_file(f, record, f"{self.url}/{record.path}")
             os.replace(tmp, dest)
         finally:
             if os.path.exists(tmp):
@@ -296,3 +283,19 @@ def _verify(data: bytes, record: BlobRecord, where: str) -> None:
     digest = hashlib.sha256(data).hexdigest()
     if digest != record.checksum:
         raise IntegrityError(f"{where}/{record.path}: checksum mismatch: the blob is corrupt")
+
+
+def verify_blob_file(f, record: BlobRecord, where: str) -> None:
+    """Size and checksum of an open blob against its manifest record (IntegrityError if not)."""
+    size = os.fstat(f.fileno()).st_size
+    if size != record.content_length:
+        raise IntegrityError(f"{where}: size {size} but the manifest says {record.content_length} "
+                             "(truncated or replaced blob)")
+    h = hashlib.new(record.checksum_algorithm)
+    f.seek(0)
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+        h.update(chunk)
+    if h.hexdigest() != record.checksum:
+        raise IntegrityError(f"{where}: checksum mismatch ({record.checksum_algorithm} "
+                             f"{h.hexdigest()[:12]}..., expected {record.checksum[:12]}...): "
+                             "the blob is corrupt")
