@@ -138,3 +138,19 @@ def on_build_finished(prefix: str, **options):
     from .autopush import on_build_finished as _hook
 
     return _hook(prefix, **options)
+
+
+def check(specs: list[str] = (), *, mirrors: list[str | MirrorRef] = (), root: str | None = None,
+          unsigned: bool | None = None, jobs: int = 4):
+    """Which specs the mirrors lack (or hold without a verifiable signature); see
+    :mod:`bincache.lifecycle.check`. With no specs: every installed spec of the tree."""
+    from .lifecycle import check as _check
+    from .mirror import configured_mirrors
+
+    try:
+        tree_root = resolve_root(root)
+    except UsageError:
+        tree_root = None
+    targets = _check.select_targets(list(specs), tree_root)
+    refs = [_mirror(m, "fetch") for m in mirrors] or configured_mirrors("fetch")
+    return _check.check(targets, refs, unsigned=unsigned, jobs=jobs)

@@ -20,6 +20,7 @@ VERB_MODULES = [
     "bincache.cli.mirror",
     "bincache.cli.config_cmd",
     "bincache.cli.demo",
+    "bincache.cli.lifecycle",
 ]
 
 log = logging.getLogger("bincache")

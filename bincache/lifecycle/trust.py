@@ -1,0 +1,70 @@
+"""A package's manifest read the way install trusts it: records from the verified text only.
+
+Install, check, migrate and the cache page all need the same three facts about a package in a
+mirror: its manifest, whether it is signed, and who signed it (when the signature verifies
+against a trusted key). This module is the one place those verbs ask the signing code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import mask_url
+from ..errors import SignatureError
+from ..mirror.layout_v3 import is_clearsigned, parse_manifest
+from ..sign import clearsigned_text, verify_clearsigned
+
+
+class UnsignedPackage(SignatureError):
+    """The package carries no signature and signatures are required."""
+
+
+@dataclass
+class VerifiedPackage:
+    manifest: object  # PackageManifest, or V2Manifest for layout v2, built from `text`
+    text: bytes  # what the verifier returned (or the plain text of an unsigned package)
+    signed: bool  # the package carries a signature
+    signer: str | None  # primary fingerprint, when the signature was verified
+
+
+def unsigned_allowed(cache, unsigned: bool | None) -> bool:
+    """``--unsigned`` wins; else a mirror configured ``signed: false``; else signatures required."""
+    if unsigned is not None:
+        return unsigned
+    return getattr(getattr(cache, "ref", None), "signed", None) is False
+
+
+def package_label(cache, item) -> str:
+    return f"{mask_url(cache.url)} {item.name}@{item.version}/{item.hash[:7]}"
+
+
+def verified_package(cache, item, *, unsigned: bool, home: str | None = None) -> VerifiedPackage:
+    """The package's manifest, its signature verified unless ``unsigned``.
+
+    Raises BlobNotFound when the mirror does not hold the package, SignatureError when the
+    signature is bad, untrusted or missing (and required), MirrorError when it is damaged.
+    """
+    label = package_label(cache, item)
+    fetched = cache.fetch_manifest(item)
+    raw = fetched.raw
+    signed = is_clearsigned(raw)
+    signer = None
+    if signed and not unsigned:
+        text, signer = verify_clearsigned(raw, home, source=label)
+    elif signed:
+        text = clearsigned_text(raw, label)
+    elif not unsigned:
+        raise UnsignedPackage(f"{label}: not signed (use --unsigned if unsigned packages are "
+                             "acceptable)")
+    else:
+        text = raw
+    from_verified = getattr(cache, "manifest_from_verified", None)
+    if from_verified is not None:  # layout v2: the signed document is the spec file
+        manifest = from_verified(text, raw, label)
+    elif hasattr(cache, "backend"):
+        manifest = parse_manifest(text, raw, label)
+    else:  # OCI: the records are the image's; the verified text must name the same ones
+        manifest = fetched
+        if signed and parse_manifest(text, raw, label).records != list(fetched.records):
+            raise SignatureError(f"{label}: the signature names other blobs than the image")
+    return VerifiedPackage(manifest, text, signed, signer)
