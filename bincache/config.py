@@ -28,6 +28,7 @@ import logging
 import os
 import re
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -197,9 +198,25 @@ class Null(_Schema):
             raise _fail(where, path, f"expected nothing, got {_show(value)}")
 
 
+#: Spack settings already warned about in this process (a file is checked more than once).
+_warned_ignored: set[str] = set()
+
+
+def _warn_ignored(where: Callable[[Path], str], path: Path) -> None:
+    prefix = where(path)
+    seen = prefix.split(":", 1)[0] + " " + _key(path)  # once per file and key, with or without line
+    if seen not in _warned_ignored:
+        _warned_ignored.add(seen)
+        message = f"{prefix}{_key(path)}: a Spack setting that bincache does not use; ignored"
+        warnings.warn(message, UserWarning, stacklevel=2)
+
+
 class Mapping(_Schema):
     """A mapping with known keys (unknown ones are an error, with a suggestion), or with
-    arbitrary keys matching ``key_pattern`` whose values all follow ``values``."""
+    arbitrary keys matching ``key_pattern`` whose values all follow ``values``.
+
+    ``spack`` names keys that Spack defines in the same place and bincache does not use: a file
+    shared with Spack may hold them, so they are accepted with a warning (Spack checks them)."""
 
     def __init__(
         self,
@@ -209,12 +226,14 @@ class Mapping(_Schema):
         key_pattern: str | None = None,
         key_what: str = "a valid name",
         required: Callable[[dict, Path, Callable[[Path], str]], None] | None = None,
+        spack: Iterable[str] = (),
     ) -> None:
         self.keys = keys or {}
         self.values = values
         self.key_pattern = re.compile(key_pattern) if key_pattern else None
         self.key_what = key_what
         self.required = required
+        self.spack = frozenset(spack)
 
     def check(self, value, path, where, complete=True):
         if not isinstance(value, dict):
@@ -229,8 +248,10 @@ class Mapping(_Schema):
                 self.values.check(item, sub, where, complete)
             elif key in self.keys:
                 self.keys[key].check(item, sub, where, complete)
+            elif key in self.spack:
+                _warn_ignored(where, sub)
             else:
-                close = difflib.get_close_matches(str(key), list(self.keys), n=1)
+                close = difflib.get_close_matches(str(key), [*self.keys, *self.spack], n=1)
                 hint = f' (did you mean "{close[0]}"?)' if close else ""
                 known = ", ".join(self.keys)
                 raise _fail(where, sub, f"unknown key{hint}; known keys: {known}")
@@ -264,9 +285,20 @@ _access_pair = AnyOf(
 
 
 # A fetch:/push: subsection without its own url uses the mirror's url with its own credentials.
+# Per-connection keys of Spack's mirrors.yaml (0.23 and 1.x) that bincache does not use.
+_SPACK_CONNECTION = (
+    "access_token",
+    "access_token_variable",
+    "profile",
+    "endpoint_url",
+    "view",
+    "include_binary",
+    "exclude_binary",
+)
+
 _connection = AnyOf(
     (str, Str()),
-    (dict, Mapping({"url": Str(), "access_pair": _access_pair})),
+    (dict, Mapping({"url": Str(), "access_pair": _access_pair}, spack=_SPACK_CONNECTION)),
     what="a URL or a mapping with url and access_pair",
 )
 
@@ -300,9 +332,24 @@ _mirror = AnyOf(
                 "source": Bool(),
             },
             required=_mirror_requires_url,
+            spack=_SPACK_CONNECTION,
         ),
     ),
     what="a URL or a mapping",
+)
+
+# The keys of Spack's config.yaml (0.23 and 1.x, lib/spack/spack/schema/config.py) besides
+# install_tree.
+_SPACK_CONFIG = (
+    "flags", "shared_linking", "install_hash_length", "install_path_scheme", "build_stage",
+    "stage_name", "develop_stage_link", "test_stage", "extensions", "template_dirs",
+    "license_dir", "source_cache", "misc_cache", "environments_root", "connect_timeout",
+    "verify_ssl", "ssl_certs", "suppress_gpg_warnings", "install_missing_compilers", "debug",
+    "checksum", "deprecated", "locks", "dirty", "build_language", "build_jobs",
+    "concurrent_packages", "ccache", "concretizer", "db_lock_timeout", "package_lock_timeout",
+    "allow_sgid", "install_status", "binary_index_root", "url_fetch_method",
+    "additional_external_search_paths", "binary_index_ttl", "aliases", "installer",
+    "terminal_title",
 )
 
 #: Section name -> schema of its value. Other modules may add sections with register_section.
@@ -313,7 +360,8 @@ SCHEMAS: dict[str, _Schema] = {
         key_what="a mirror name (letters, digits, _ . -, no slash)",
     ),
     # config.yaml, laid out as Spack's: config: {install_tree: {root: ...}, ...}
-    # Only keys some module reads: an unknown key is an error, not silently ignored.
+    # Keys some module reads are checked; Spack's other keys are accepted with a warning (a
+    # config.yaml may be shared with Spack); a key neither defines is an error.
     "config": Mapping(
         {
             "install_tree": Mapping(
@@ -322,10 +370,12 @@ SCHEMAS: dict[str, _Schema] = {
                     "root": Str(),
                     # prefix layout under the root, Spack's spelling: {all: "{name}-{version}"}
                     "projections": Mapping(values=Str(), key_what="a spec selector or all"),
-                }
+                },
+                spack=("padded_length",),
             ),
             "gnupghome": Str(),  # bincache's own GnuPG home (BINCACHE_GNUPGHOME wins)
-        }
+        },
+        spack=_SPACK_CONFIG,
     ),
 }
 
@@ -920,6 +970,7 @@ def reset() -> None:
     """Forget what :func:`configure` set; the environment decides again."""
     global _current
     _current = None
+    _warned_ignored.clear()
 
 
 def get(section: str, scope: str | None = None) -> Any:

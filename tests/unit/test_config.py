@@ -103,9 +103,10 @@ def test_install_tree_root_is_read_the_way_spack_spells_it(_isolated_home):
         config:
           install_tree:
             projections: {all: "{name}/{version}"}
-            padded_length: 128
+            padded_lenght: 128
     """)
-    with pytest.raises(ConfigError, match=r"config.yaml:4: config:install_tree:padded_length: unknown key"):
+    # Spack's padded_length is accepted (tests/unit/test_config_spack.py); a misspelling is not.
+    with pytest.raises(ConfigError, match=r"config.yaml:4: config:install_tree:padded_lenght: unknown key"):
         config.get_value("install_tree:root")
 
 
