@@ -331,6 +331,11 @@ class _Installer:
                 return
             finally:
                 visiting.discard(h)
+            if plan.spec.name != name:
+                problems.append((f"{name}/{h[:7]} (needed by {needed_by}): the mirror's package "
+                                 f"with that hash is {plan.spec.short()}: refusing a substituted "
+                                 "package", SpecError))
+                return
             plan.replace = inst is not None
             for dep in plan.spec.link_run_deps():
                 visit(dep.hash, dep.name, plan.spec.short())
@@ -395,9 +400,13 @@ class _Installer:
 
             manifest = parse_manifest(verified, manifest.raw, label)
         specfile, nodes = _fetch_specfile(cache, manifest, scratch, label)
-        if nodes[0].hash != item.hash:
-            raise SpecError(f"{label}: the spec file describes {nodes[0].short()}")
         spec = nodes[0]
+        if not _filed_as(spec, item):
+            # A signature says who built a package, not which one it is: a signed manifest
+            # filed under another name or version would install as the one asked for.
+            raise SpecError(f"{label}: the signed spec file describes {spec.short()}, not "
+                            f"{item.name}@{item.version}/{item.hash[:7]} that the mirror files it "
+                            "as: refusing a substituted package")
         return PackagePlan(spec, cache, manifest, self.target(spec), explicit,
                            nodes=nodes, specfile=specfile)
 
@@ -436,13 +445,12 @@ class _Installer:
         plan.staged = os.path.join(os.path.dirname(plan.tarball), "prefix")
         os.mkdir(plan.staged)
 
+        dependencies: dict[str, str] = {}  # old prefix -> new prefix, of the verified DAG
+
         def dependency_prefixes(staged: str) -> list[str]:
             plan.buildinfo = BuildInfo.load(staged)
-            # Links may point into the old prefixes of the dependencies named by the VERIFIED spec
-            # file, not into whatever the package's own buildinfo claims (it could say "/").
-            deps = {n.hash for n in plan.nodes[1:]} | {d.hash for d in plan.spec.deps}
-            return [p for h, p in plan.buildinfo.hash_to_prefix.items()
-                    if h in deps and h != plan.spec.hash and os.path.normpath(p) != "/"]
+            dependencies.update(self.dependency_prefixes(plan, new_prefixes))
+            return list(dependencies)
 
         # The old prefix is learned from the last member (the buildinfo): see extract_package.
         source = plan.tarball_file if plan.tarball_file is not None else plan.tarball
@@ -460,20 +468,40 @@ class _Installer:
         if os.path.normpath(info.old_prefix) != plan.extracted.old_prefix:
             raise RelocationError(f"the buildinfo says the prefix was {info.old_prefix} but the "
                                   f"tarball holds {plan.extracted.old_prefix}")
-        old_to_new = {}
-        for h, old in info.hash_to_prefix.items():
-            new = new_prefixes.get(h)
-            if new is None:
-                node = next((n for n in plan.nodes if n.hash == h), None)
-                new = self.target(node) if node is not None else None
-            if new is not None:
-                old_to_new[old] = new
+        old_to_new = dict(dependencies)
         old_to_new[info.old_prefix] = plan.prefix
-        if info.store_root:
+        if info.store_root and _plain_prefix(info.store_root):
             old_to_new.setdefault(info.store_root, self.root)
         plan.relocation = plan_relocation(plan.extracted, info, old_to_new, display_root=plan.prefix)
+        plan.relocation.problems += _links_outside(plan, plan.relocation,
+                                                   [plan.prefix, *dependencies.values()])
+
+    def dependency_prefixes(self, plan: PackagePlan, new_prefixes: dict[str, str]) -> dict[str, str]:
+        """Old -> new prefix of each dependency of the VERIFIED spec file's DAG.
+
+        The new prefix is where this install puts (or found) the dependency inside the root;
+        the buildinfo only tells its old prefix, used for matching, and only when that is a
+        plain absolute path (not "/", "//" or one with "..": links into it are accepted).
+        """
+        info = plan.buildinfo
+        assert info is not None
+        out: dict[str, str] = {}
+        for node in plan.nodes[1:]:
+            old = info.hash_to_prefix.get(node.hash)
+            if node.hash == plan.spec.hash or old is None or not _plain_prefix(old):
+                continue
+            external = node.node.get("external")
+            path = external.get("path") if isinstance(external, dict) else None
+            if isinstance(path, str) and _plain_prefix(path):
+                out[old] = path  # a system prefix Spack did not build: it stays where it is
+            else:
+                out[old] = new_prefixes.get(node.hash) or self.target(node)
+        return out
 
     def check_target(self, plan: PackagePlan) -> str | None:
+        escape = self.leaves_root(plan.prefix)
+        if escape:
+            return escape
         if not os.path.lexists(plan.prefix):
             return None
         if plan.replace or self.force and plan.explicit:
@@ -481,6 +509,19 @@ class _Installer:
             return None
         return (f"{plan.prefix} already exists and is not a recorded install of "
                 f"{plan.spec.short()}; remove it or use --force")
+
+    def leaves_root(self, prefix: str) -> str | None:
+        """Why ``prefix`` would not be inside the root once links are followed (an installed
+        prefix may hold a link that a later projection runs through), else None."""
+        real_root = os.path.realpath(self.root)
+        parent = os.path.dirname(prefix)
+        while not os.path.lexists(parent) and parent != os.path.dirname(parent):
+            parent = os.path.dirname(parent)
+        real = os.path.realpath(parent)
+        if real == real_root or real.startswith(real_root.rstrip("/") + "/"):
+            return None
+        return (f"{prefix} would be installed through {real}, outside the install root "
+                f"{self.root} (a symbolic link on the way)")
 
     # -- writing ---------------------------------------------------------------------------
     def finish(self, plan: PackagePlan) -> None:
@@ -500,6 +541,9 @@ class _Installer:
     def publish(self, plan: PackagePlan) -> None:
         assert plan.staged is not None
         parent = os.path.dirname(plan.prefix)
+        escape = self.leaves_root(plan.prefix)
+        if escape:
+            raise InstallError([escape])
         os.makedirs(parent, exist_ok=True)
         old = None
         if plan.replace and os.path.lexists(plan.prefix):
@@ -515,6 +559,49 @@ class _Installer:
             _make_writable_and_remove(old)
         self.tree.record(InstalledSpec(plan.spec, plan.prefix, tuple(plan.nodes)),
                          explicit=plan.explicit)
+
+
+def _filed_as(spec: Spec, item) -> bool:
+    """Whether the verified root node is the package the mirror listed (name, version, hash)."""
+    if spec.hash != item.hash:
+        return False
+    if (spec.name, spec.version) == (item.name, item.version):
+        return True
+    if isinstance(item, Spec):
+        return False
+    # A ref listed from file names: "name-version" split at a guessed dash, and OCI tags
+    # sanitized to the distribution grammar; what was filed is the whole stem.
+    filed = f"{item.name}-{item.version}"
+    return f"{spec.name}-{spec.version}" == filed or _oci_stem(spec) == filed
+
+
+def _oci_stem(spec: Spec) -> str:
+    from .oci.image import sanitize_tag
+
+    return sanitize_tag(f"{spec.dag_name}.spack")[: -len(f"-{spec.hash}.spack")]
+
+
+def _plain_prefix(path: str) -> bool:
+    """An absolute, normalized path below "/" (no "..", no "//"): safe to match links against."""
+    return (isinstance(path, str) and path.startswith("/") and not path.startswith("//")
+            and path != "/" and os.path.normpath(path) == path and "\0" not in path)
+
+
+def _links_outside(plan: PackagePlan, relocation: RelocationPlan, allowed: list[str]) -> list[str]:
+    """Every absolute symlink as it will be once relocated, if it lands outside the package's
+    prefix and its dependencies' prefixes (checked on the final paths, by construction)."""
+    assert plan.extracted is not None
+    final = {rel: t for rel, t in plan.extracted.symlinks.items() if t.startswith("/")}
+    final.update(relocation.links)
+    problems = []
+    for rel, target in sorted(final.items()):
+        parts = target.split("/")
+        inside = ".." not in parts and any(
+            target == p or target.startswith(p.rstrip("/") + "/") for p in allowed)
+        if not inside:
+            problems.append(f"{plan.prefix}/{rel}: symlink to {target} would point outside the "
+                            "package and its dependencies")
+    return problems
 
 
 def _make_writable_and_remove(path: str) -> None:

@@ -25,7 +25,11 @@ SPEC_DIR = ".spack"
 SPEC_JSON = "spec.json"
 DB_DIR = ".spack-db"
 DEFAULT_PROJECTION = "{platform}-{target}/{name}-{version}-{hash}"
-_NAME_RE = re.compile(r"[A-Za-z0-9_.+-]+")
+# Spack's grammar (spack/parser.py): a name or an arch field starts with a letter, digit or "_",
+# so "." and ".." never are; a version holds no separator, space or control character.
+_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
+_ARCH_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
+_VERSION_RE = re.compile(r"[A-Za-z0-9_][^\x00-\x20/\\\x7f]*")
 _SPEC_HASH_RE = re.compile(r"[a-z0-9]{32}")
 
 
@@ -66,10 +70,11 @@ class Spec:
         # file from a mirror is untrusted data until they are checked.
         if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
             raise SpecError(f"spec node with an invalid package name {name!r}")
-        if "/" in version or "\0" in version or version in (".", ".."):
+        if version and not _VERSION_RE.fullmatch(version):
             raise SpecError(f"{name}: invalid version {version!r}")
         if not isinstance(h, str) or not _SPEC_HASH_RE.fullmatch(h):
             raise SpecError(f"{name}: invalid hash {h!r}")
+        _check_arch(node.get("arch"), name)
         deps = []
         try:
             for d in node.get("dependencies", []) or []:
@@ -115,6 +120,20 @@ class Spec:
         except (KeyError, ValueError, IndexError, AttributeError) as e:
             raise UsageError(f"invalid projection {template!r} ({e}); use the fields {{platform}}, "
                              "{target}, {name}, {version} and {hash}") from None
+
+
+def _check_arch(arch, name: str) -> None:
+    """The arch fields take part in install paths (the default projection): Spack's grammar."""
+    if arch is None:
+        return
+    if not isinstance(arch, dict):
+        raise SpecError(f"{name}: invalid arch {arch!r}")
+    for key in ("platform", "platform_os", "target"):
+        value = arch.get(key)
+        if key == "target" and isinstance(value, dict):
+            value = value.get("name")
+        if value is not None and not (isinstance(value, str) and _ARCH_RE.fullmatch(value)):
+            raise SpecError(f"{name}: invalid arch {key} {str(value)[:80]!r}")
 
 
 def parse_specfile(data: bytes | str | dict, origin: str = "spec file") -> list[Spec]:
@@ -377,8 +396,9 @@ def register_prefix(prefix: str, name: str, version: str, deps: Iterable[str] = 
         raise SpecError(f"{prefix} is not a directory")
     if not _NAME_RE.fullmatch(name or ""):
         raise SpecError(f'invalid package name "{name}": use letters, digits, "-", "_", "." and "+"')
-    if not version or "/" in str(version) or str(version) in (".", ".."):
-        raise SpecError(f'invalid version "{version}": a version cannot be empty or hold "/"')
+    if not _VERSION_RE.fullmatch(str(version or "")):
+        raise SpecError(f'invalid version "{version}": a version starts with a letter, digit '
+                        'or "_" and holds no "/", space or control character')
     dep_nodes: list[Spec] = []
     direct: list[Spec] = []
     for dep_prefix in deps:

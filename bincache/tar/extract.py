@@ -569,7 +569,7 @@ class _Extractor:
         hops = 0
         current: list[str] = list(start)
         if target.startswith("/"):
-            current, pending = self.absolute(target, name)
+            current, pending = self.absolute(target, name, [])
             if pending is None:
                 return
         else:
@@ -593,21 +593,28 @@ class _Extractor:
             if hops > MAX_SYMLINK_HOPS:
                 raise ExtractError(f"symlink {name!r}: too many levels of symbolic links")
             if link.startswith("/"):
-                current, more = self.absolute(link, name)
+                current, more = self.absolute(link, name, pending)
                 if more is None:
                     return
                 pending.extend(reversed(more))
             else:
                 pending.extend(reversed(_split(link)))
 
-    def absolute(self, target: str, name: str) -> tuple[list[str], list[str] | None]:
+    def absolute(self, target: str, name: str, after: list[str]) -> tuple[list[str], list[str] | None]:
+        """Where an absolute target leads: (components from the prefix, the rest to resolve),
+        or None for the rest when it lands in a dependency's prefix (relocation re-points it).
+        ``after`` is what remains of the path being resolved beyond this link."""
         norm = "/" + "/".join(_split(target))
         if _within(norm, self.old_prefix):
             rest = norm[len(self.old_prefix):]
             return [], _split(rest)
         for ext in self.external:
             if _within(norm, ext):
-                return [], None  # a dependency's prefix: relocation re-points it
+                # The dependency's own links are not known here: a ".." below its prefix could
+                # climb out of it once installed, so none is accepted there.
+                if ".." in _split(norm[len(ext):]) or ".." in after:
+                    break
+                return [], None
         raise ExtractError(
             f"symlink {name!r} -> {self.out.symlinks[name]!r} points outside the prefix "
             f"{self.old_prefix} and its dependencies"
