@@ -53,13 +53,17 @@ def register(prefix: str, name: str, version: str, deps: list[str] = (), arch: d
 def push(mirror: str | MirrorRef, specs: list[str] = (), *, root: str | None = None,
          include_deps: bool = True, include_roots: bool = True, force: bool = False,
          jobs: int | None = None, level: int | None = None, signed: bool | None = None,
-         key: str | None = None, update_index: bool = False, progress=None,
+         key: str | None = None, update_index: bool = False, progress=None, layout: str | None = None,
          **backend_options) -> _create.PushResult:
-    """Push installed specs (all when ``specs`` is empty) and their dependencies to a mirror."""
+    """Push installed specs (all when ``specs`` is empty) and their dependencies to a mirror.
+
+    ``layout`` ("v2" for Spack < 1.0, "v3") chooses the layout of a directory, http or s3
+    mirror; by default the one the mirror already holds, v3 on an empty mirror.
+    """
     ref = _mirror(mirror, "push")
     tree = InstallTree(resolve_root(root))
     selected = _create.select_specs(tree, list(specs))
-    cache = open_cache(ref)
+    cache = open_cache(ref, layout, push=True)
     for k, v in backend_options.items():
         setattr(cache, k, v)
     signer = _create.resolve_signer(ref, signed, key)
@@ -96,14 +100,16 @@ def push_prefix(mirror: str | MirrorRef, prefix: str, *, include_deps: bool = Fa
         inst = InstalledSpec(nodes[0], os.path.abspath(prefix), tuple(nodes))
         tree._specs = {inst.hash: inst}
     ref = _mirror(mirror, "push")
-    cache = open_cache(ref)
+    cache = open_cache(ref, push=True)
     signer = _create.resolve_signer(ref, signed, key)
     return _create.push(tree, [inst], cache, include_deps=include_deps, signer=signer)
 
 
-def update_index(mirror: str | MirrorRef, jobs: int = 8, warn=None) -> tuple[_index.Index, int]:
-    """Rebuild the mirror's index from its manifests (only new ones are read)."""
-    return _index.update_index(open_cache(_mirror(mirror, "push")), jobs=jobs, warn=warn)
+def update_index(mirror: str | MirrorRef, jobs: int = 8, warn=None,
+                 layout: str | None = None) -> tuple[_index.Index, int]:
+    """Rebuild the mirror's index from its manifests (only new ones are read); ``layout`` as
+    for :func:`push`."""
+    return _index.update_index(open_cache(_mirror(mirror, "push"), layout, push=True), jobs=jobs, warn=warn)
 
 
 def list_mirror(mirror: str | MirrorRef) -> tuple[list[_index.IndexEntry], bool]:

@@ -133,7 +133,8 @@ def update_index(cache, jobs: int = 8, warn=None) -> tuple[Index, int]:
 
         if not os.path.isdir(root):
             raise MirrorError(f"no mirror at {root} (the directory does not exist)")
-        with dir_lock(os.path.join(root, "v3", "manifests", "index")):
+        lock_dir = getattr(cache, "index_dir", "v3/manifests/index")  # layout v2: build_cache
+        with dir_lock(os.path.join(root, *lock_dir.split("/"))):
             return _update_index(cache, jobs, warn)
     return _update_index(cache, jobs, warn)
 

@@ -1408,7 +1408,7 @@ def verify_v2_specfile(data: bytes, home: str | None = None, *, require_signatur
 
 
 def _layout_cache(cache, verb: str):
-    if not hasattr(cache, "put_blob_bytes") or not hasattr(cache, "backend"):
+    if not hasattr(cache, "backend"):
         raise MirrorError(f"cannot {verb} keys in {getattr(cache, 'url', cache)}: key manifests exist "
                           "only in directory, http and s3 mirrors (Spack's layout v3)")
     return cache
@@ -1442,7 +1442,6 @@ def publish_keys(cache, fingerprints: Sequence[str] | None = None, home: str | N
     keys of bincache's keyring are published. Returns the fingerprints published."""
     from .mirror.layout_v3 import manifest_bytes
 
-    cache = _layout_cache(cache, "publish")
     if fingerprints:
         keys = [find_key(q, home) for q in fingerprints]
     else:
@@ -1450,6 +1449,9 @@ def publish_keys(cache, fingerprints: Sequence[str] | None = None, home: str | N
         if not keys:
             raise SignatureError(f"no signing keys in {gnupg_home(home)} to publish; name the keys to publish")
     fprs = list(dict.fromkeys(k.fingerprint for k in keys))
+    if hasattr(cache, "publish_public_keys"):  # layout v2: build_cache/_pgp/<FPR>.pub
+        return cache.publish_public_keys({fpr: export_keys([fpr], home=home)[0] for fpr in fprs})
+    cache = _layout_cache(cache, "publish")
     cache.backend.check_writable()
     for fpr in fprs:
         data, _ = export_keys([fpr], home=home)

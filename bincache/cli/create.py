@@ -29,6 +29,9 @@ def register(sub) -> None:
         p.add_argument("-k", "--key", help="GnuPG key to sign with")
         p.add_argument("--rebuild-index", "--update-index", dest="rebuild_index", action="store_true",
                        help="update the mirror's index after pushing")
+        p.add_argument("--layout", choices=["v2", "v3"], default=None,
+                       help="build cache layout of a directory or s3 mirror: v2 for Spack < 1.0, v3 "
+                       "for Spack >= 1.0 (default: the one the mirror holds, else v3)")
         p.add_argument("--base-image", metavar="IMAGE", help="OCI: put the packages on this base image")
         p.add_argument("--tag", metavar="TAG", help="OCI: also tag all pushed specs as one image")
         p.add_argument("--json", action="store_true", help="print a JSON summary")
@@ -40,6 +43,8 @@ def register(sub) -> None:
     p = sub.add_parser("update-index", aliases=["rebuild-index"], help="update the index of a mirror")
     p.add_argument("mirror", help="mirror name, path or URL")
     p.add_argument("-j", "--jobs", type=int, default=8, metavar="N", help="manifests fetched at once")
+    p.add_argument("--layout", choices=["v2", "v3"], default=None,
+                   help="which layout's index to update (default: the one the mirror holds)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_update_index)
 
@@ -98,7 +103,7 @@ def cmd_create(args) -> int:
     result = api.push(args.mirror, args.specs, root=args.root, include_deps=include_deps,
                       include_roots=include_roots, force=args.force, jobs=args.jobs,
                       level=args.compression_level, signed=args.signed, key=args.key,
-                      update_index=args.rebuild_index, progress=on_packed, **extra)
+                      update_index=args.rebuild_index, progress=on_packed, layout=args.layout, **extra)
     progress.close()
     if args.json:
         print_json({
@@ -126,7 +131,7 @@ def cmd_create(args) -> int:
 
 
 def cmd_update_index(args) -> int:
-    idx, fetched = api.update_index(args.mirror, jobs=args.jobs,
+    idx, fetched = api.update_index(args.mirror, jobs=args.jobs, layout=args.layout,
                                     warn=lambda m: warnings.warn(m, stacklevel=2))
     n = len(idx.packages())
     if args.json:

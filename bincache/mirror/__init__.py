@@ -5,8 +5,9 @@ from .config import MirrorRef, autopush_mirrors, configured_mirrors, resolve, re
 __all__ = ["MirrorRef", "resolve", "resolve_legacy", "configured_mirrors", "autopush_mirrors", "open_cache"]
 
 
-def open_cache(ref: MirrorRef):
-    """The build cache a mirror reference points at (layout v3 over a byte backend, or OCI)."""
+def open_cache(ref: MirrorRef, layout: str | None = None, push: bool = False):
+    """The build cache a mirror reference points at (layout v3 or v2 over a byte backend, or
+    OCI); ``layout`` and ``push`` choose the layout written (see backends._layout_cache)."""
     from .backends import open_cache as _open
 
-    return _open(ref)
+    return _open(ref, layout, push)

@@ -4,40 +4,70 @@ from __future__ import annotations
 
 from urllib.parse import unquote, urlparse
 
-from ..errors import MirrorError
+from ..errors import BincacheError, MirrorError, UsageError
 from .config import MirrorRef
 from .layout_v3 import LayoutV3Cache
 
+LAYOUTS = ("v2", "v3")
 
-def _layout_cache(backend, ref: MirrorRef):
-    """Layout v3, or Spack's older layout v2 (read only) when the mirror holds only that."""
-    from .layout_v2 import LayoutV2Cache, is_layout_v2
 
+def _layout_cache(backend, ref: MirrorRef, layout: str | None = None, push: bool = False):
+    """The cache of a byte backend in the layout asked for, else the one the mirror holds.
+
+    Reading: layout v2 only when the mirror holds v2 and no v3 (a mirror migrated in place
+    keeps both and reads as v3). Writing without a layout: v2 when the mirror holds only v2,
+    v3 when it holds only v3 or nothing, and an error when it holds both, because either
+    choice would leave one kind of client with a stale cache.
+    """
+    from .layout_v2 import LayoutV2Cache, holds_v2, is_layout_v2
+    from .layout_v3 import LAYOUT_JSON
+
+    if layout == "v2":
+        return LayoutV2Cache(backend, ref)
+    if layout == "v3":
+        return LayoutV3Cache(backend, ref)
+    if layout is not None:
+        raise UsageError(f"unknown layout {layout!r}: use v2 (Spack < 1.0) or v3 (Spack >= 1.0)")
+    if push:
+        try:
+            v2, v3 = holds_v2(backend), backend.exists(LAYOUT_JSON)
+        except BincacheError:
+            v2 = v3 = False  # the push itself reports the transport error
+        if v2 and v3:
+            raise MirrorError(f"{backend.url} holds both a layout v2 cache (build_cache/, Spack < 1.0) "
+                             "and a layout v3 cache (v3/, Spack >= 1.0): choose one with --layout v2 "
+                             "or --layout v3")
+        return LayoutV2Cache(backend, ref) if v2 else LayoutV3Cache(backend, ref)
     if is_layout_v2(backend):
         return LayoutV2Cache(backend, ref)
     return LayoutV3Cache(backend, ref)
 
 
-def open_cache(ref: MirrorRef):
+def open_cache(ref: MirrorRef, layout: str | None = None, push: bool = False):
+    """The build cache of a mirror; ``layout`` ("v2", "v3") and ``push`` choose between the
+    layouts of a directory, http or s3 mirror (see :func:`_layout_cache`)."""
     url = ref.url
     scheme = urlparse(url).scheme
     if scheme in ("", "file"):
         from .directory import DirectoryBackend
 
         path = unquote(urlparse(url).path) if scheme == "file" else url
-        return _layout_cache(DirectoryBackend(path), ref)
+        return _layout_cache(DirectoryBackend(path), ref, layout, push)
     if scheme in ("http", "https"):
         from .http import HttpBackend
 
         auth = (ref.username, ref.password) if ref.username else None
-        return _layout_cache(HttpBackend(url, auth=auth, insecure=ref.insecure), ref)
+        return _layout_cache(HttpBackend(url, auth=auth, insecure=ref.insecure), ref, layout, push)
     if scheme == "s3":
         try:
             from .s3 import S3Backend
         except ImportError as e:
             raise MirrorError(f"s3 mirrors need boto3 ({e}); pip install boto3") from None
-        return _layout_cache(S3Backend(url), ref)
+        return _layout_cache(S3Backend(url), ref, layout, push)
     if scheme in ("oci", "oci+http"):
+        if layout is not None:
+            raise UsageError(f"{url}: --layout is for directory, http and s3 mirrors; an OCI "
+                             "mirror has one layout, which Spack 0.2x and 1.x both read")
         try:
             from .oci import OciCache
         except ImportError as e:

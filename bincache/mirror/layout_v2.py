@@ -1,9 +1,9 @@
-"""Spack's build cache layout v2 (Spack before 1.0), read only, over a byte backend.
+"""Spack's build cache layout v2 (Spack before 1.0), read and written, over a byte backend.
 
-    build_cache/index.json (+ index.json.hash)       Spack's database of the cache
+    build_cache/index.json (+ index.json.hash)       Spack's database of the cache (DB v7)
     build_cache/<stem>.spec.json.sig | .spec.json    the spec file, clearsigned when signed
     build_cache/<arch>/<cname>-<cver>/<name>-<version>/<stem>.spack   the package tarball
-    build_cache/_pgp/index.json, <FPR>.pub          public keys (read by bincache.sign)
+    build_cache/_pgp/index.json, <FPR>.pub          public keys
 
 where ``<stem>`` is ``<platform>-<os>-<target>-<cname>-<cver>-<name>-<version>-<hash>``
 (Spack's ``tarball_name``). There is no manifest: the spec file is what is signed, and it
@@ -18,7 +18,11 @@ and a detached ``.asc`` signature in the ``.spack`` tar: refused with a message 
 
 Only what the signature covers is used: install verifies the spec file first, then asks
 :meth:`LayoutV2Cache.manifest_from_verified` for the records, checksums taken from the verified
-text. bincache never writes this layout (DESIGN.md): every write raises :class:`MirrorError`.
+text.
+
+Writing follows Spack 0.23's ``_build_tarball_in_stage_dir``: the tarball first, the spec file
+(``indent=0`` JSON, so clearsigning never meets a long line) last, as the commit point; the
+index is DB version 7, the version Spack 0.2x reads (it refuses anything newer).
 """
 
 from __future__ import annotations
@@ -32,19 +36,22 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ..errors import BincacheError, BlobNotFound, IntegrityError, MirrorError, SpecError
-from .layout_v3 import LAYOUT_JSON, SpecRef, clearsigned_payload, is_clearsigned
+from .layout_v3 import LAYOUT_JSON, SpecRef, clearsigned_payload, is_clearsigned, staging_dir
 
 log = logging.getLogger(__name__)
 
 BUILD_CACHE = "build_cache"
 INDEX_JSON = f"{BUILD_CACHE}/index.json"
 INDEX_HASH = f"{BUILD_CACHE}/index.json.hash"
-KEY_INDEX = f"{BUILD_CACHE}/_pgp/index.json"
+KEYS_DIR = f"{BUILD_CACHE}/_pgp"
+KEY_INDEX = f"{KEYS_DIR}/index.json"
+#: The layout version Spack 0.22-0.23 write (parent directories in the tarball).
+WRITTEN_LAYOUT = 2
+INDEX_DB_VERSION = "7"
 #: The layouts whose ``.spack`` file is the prefix tarball itself.
 READABLE_LAYOUTS = (1, 2)
 MT_V2_TARBALL = "application/vnd.spack.install.v1.tar+gzip"
 MT_SPEC_PREFIX = "application/vnd.spack.spec.v"
-READ_ONLY = "layout v2 is read-only; push to a v3 mirror"
 # Spack writes only sha256; the others are accepted because its checker would accept them.
 _ALGORITHMS = ("sha256", "sha384", "sha512")
 _SPECFILE = re.compile(r"^(?P<stem>.+)-(?P<hash>[a-z2-7]{32})\.spec\.json(?P<sig>\.sig)?$")
@@ -93,14 +100,45 @@ def is_layout_v2(backend) -> bool:
     for the v3 code path to report with its own messages.
     """
     try:
-        if backend.exists(LAYOUT_JSON):
-            return False
-        root = getattr(backend, "root", None)
-        if root is not None:
-            return os.path.isdir(os.path.join(root, BUILD_CACHE))
-        return backend.exists(INDEX_JSON) or backend.exists(KEY_INDEX)
+        return not backend.exists(LAYOUT_JSON) and holds_v2(backend)
     except BincacheError:
         return False
+
+
+def holds_v2(backend) -> bool:
+    """Whether a mirror holds a layout v2 cache (``build_cache/``), whatever else it holds."""
+    root = getattr(backend, "root", None)
+    if root is not None:
+        return os.path.isdir(os.path.join(root, BUILD_CACHE))
+    return backend.exists(INDEX_JSON) or backend.exists(KEY_INDEX)
+
+
+def v2_specfile_bytes(specfile: bytes, tarball_sha256: str) -> bytes:
+    """The spec file of a v2 package: the prefix's spec file with the layout version and the
+    tarball's checksum, one key per line (``indent=0``) as Spack writes it, because gpg's
+    clearsign truncates very long lines without an error."""
+    doc = json.loads(specfile)
+    doc["buildcache_layout_version"] = WRITTEN_LAYOUT
+    doc["binary_cache_checksum"] = {"hash_algorithm": "sha256", "hash": tarball_sha256}
+    return json.dumps(doc, indent=0, separators=(",", ":")).encode()
+
+
+def v7_index_bytes(index) -> bytes:
+    """The index as Spack's database version 7: Spack 0.2x raises on a newer version and drops
+    the whole index. The records themselves are the same in v7 and v8."""
+    doc = json.loads(index.to_bytes())
+    doc["database"]["version"] = INDEX_DB_VERSION
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+_warned_no_compiler: set[str] = set()
+
+
+def _warn_no_compiler(what: str) -> None:
+    if not _warned_no_compiler:
+        log.warning("%s has no compiler in its spec: Spack < 1.0 lists it but cannot install it "
+                    "(register it with --compiler NAME@VERSION)", what)
+    _warned_no_compiler.add(what)
 
 
 def _component(value: str) -> str:
@@ -113,14 +151,20 @@ def _node_names(node: dict) -> tuple[str, str] | None:
     cache's listing finds the files by hash)."""
     arch = node.get("arch")
     compiler = node.get("compiler")
-    if not isinstance(arch, dict) or not isinstance(compiler, dict):
+    if not isinstance(arch, dict):
+        return None
+    if compiler is None:
+        # A node without one (spec format v5, or registered by bincache): Spack 0.23's
+        # format_path renders the missing compiler's name and version as empty strings.
+        compiler = {"name": "", "version": ""}
+    if not isinstance(compiler, dict):
         return None
     target = arch.get("target")
     if isinstance(target, dict):
         target = target.get("name")
     parts = [arch.get("platform"), arch.get("platform_os"), target]
     cname, cver = compiler.get("name"), compiler.get("version")
-    if not all(isinstance(p, str) and p for p in parts) or not cname or cver is None:
+    if not all(isinstance(p, str) and p for p in parts) or cname is None or cver is None:
         return None
     # Spack 0.21+ stores compiler versions as "=12.2.0" in some places; the path never has "=".
     cver = str(cver).lstrip("=")
@@ -161,16 +205,59 @@ class LayoutV2Cache:
     def __repr__(self) -> str:
         return f"LayoutV2Cache({self.url})"
 
-    # -- writing: never ---------------------------------------------------------------------
-    def _read_only(self, *_args, **_kwargs):
-        raise MirrorError(f"{self.url}: {READ_ONLY}")
+    # -- writing -------------------------------------------------------------------------------
+    #: Where update-index takes its lock (bincache.index): inside the v2 tree, so updating a v2
+    #: index never leaves a v3 directory behind.
+    index_dir = BUILD_CACHE
 
-    # Every way in which bincache writes a mirror (sign.publish_keys uses put_blob_bytes).
-    staging_dir = push_package = write_index = write_index_bytes = _read_only
-    put_blob_bytes = put_blob_file = write_layout = _read_only
+    def staging_dir(self) -> str:
+        return staging_dir(self.backend)
 
-    def update_index(self, jobs: int = 8):
-        self._read_only()
+    def push_package(self, packed, signer=None) -> None:
+        """The tarball, then the spec file (clearsigned when ``signer``), as Spack 0.23 does;
+        the spec file is the commit point. A spec file of the other kind (signed vs plain) left
+        by an earlier push is removed after it, so readers never prefer a stale one."""
+        self.backend.check_writable()
+        root = packed.nodes[0].node if packed.nodes else packed.spec.node
+        tar_path = tarball_path(root)
+        if tar_path is None:
+            raise MirrorError(f"{packed.spec.short()}: its spec has no arch (platform, os, target): "
+                              "Spack's layout v2 has no place for it; register it with --arch")
+        if not isinstance(root.get("compiler"), dict):
+            _warn_no_compiler(packed.spec.short())
+        body = v2_specfile_bytes(packed.specfile, packed.result.digest)
+        if signer is not None:
+            body = signer.clearsign(body)
+        self.backend.put_file(tar_path, packed.tarball)
+        spec_path = f"{BUILD_CACHE}/{_stem(root)}.spec.json"
+        final, other = (spec_path + ".sig", spec_path) if signer is not None else (spec_path, spec_path + ".sig")
+        self.backend.write(final, body)
+        self._listing = None
+        delete = getattr(self.backend, "delete", None)
+        if delete is not None and self.backend.exists(other):
+            delete(other)
+
+    def write_index(self, index) -> None:
+        """``index.json`` as DB version 7 (what Spack 0.2x reads), then ``index.json.hash``."""
+        data = v7_index_bytes(index)
+        self.backend.write(INDEX_JSON, data)
+        self.backend.write(INDEX_HASH, hashlib.sha256(data).hexdigest().encode())
+
+    def publish_public_keys(self, keys: dict[str, bytes]) -> list[str]:
+        """``_pgp/<FPR>.pub`` for each armored key, then ``_pgp/index.json`` naming every key
+        the mirror holds (Spack's generate_key_index lists the ``.pub`` files)."""
+        self.backend.check_writable()
+        for fpr, armored in keys.items():
+            self.backend.write(f"{KEYS_DIR}/{fpr}.pub", armored)
+        known = set(keys)
+        try:
+            known.update(rel.rsplit("/", 1)[-1][:-4] for rel in self.backend.list(KEYS_DIR)
+                         if rel.endswith(".pub") and rel.count("/") == 2)
+        except (BlobNotFound, MirrorError):
+            pass
+        doc = {"keys": {fpr: {} for fpr in sorted(known)}}
+        self.backend.write(KEY_INDEX, json.dumps(doc, separators=(",", ":")).encode())
+        return list(keys)
 
     # -- finding spec files -----------------------------------------------------------------
     def _list_spec_files(self) -> dict[str, str]:
@@ -243,8 +330,8 @@ class LayoutV2Cache:
 
     def _listing_error(self, e: MirrorError) -> MirrorError:
         return MirrorError(f"{self.url}: a Spack layout v2 cache without a readable "
-                           f"{INDEX_JSON} ({e}); regenerate its index with `spack buildcache "
-                           "update-index`, or copy it to a directory mirror")
+                           f"{INDEX_JSON} ({e}); regenerate its index with `bincache update-index` "
+                           "or `spack buildcache update-index`, or copy it to a directory mirror")
 
     # -- manifests ----------------------------------------------------------------------------
     def fetch_manifest(self, ref) -> V2Manifest:

@@ -143,6 +143,17 @@ def gzip_bytes(data: bytes) -> bytes:
     return gzip.compress(data, compresslevel=6, mtime=0)
 
 
+def staging_dir(backend) -> str:
+    """A temporary directory on the mirror's file system when it has one (copy-free publish)."""
+    root = getattr(backend, "root", None)
+    if root:
+        backend.check_writable()
+        base = os.path.join(root, ".bincache-staging")
+        os.makedirs(base, exist_ok=True)
+        return tempfile.mkdtemp(dir=base)
+    return tempfile.mkdtemp(prefix="bincache-")
+
+
 class LayoutV3Cache:
     """A build cache in Spack's layout v3, over a backend that stores bytes at relative paths."""
 
@@ -162,14 +173,7 @@ class LayoutV3Cache:
         return f"{SPEC_MANIFESTS}/{name}/{name}-{version}-{h}.spec.manifest.json"
 
     def staging_dir(self) -> str:
-        """A temporary directory on the mirror's file system when it has one (copy-free publish)."""
-        root = getattr(self.backend, "root", None)
-        if root:
-            self.backend.check_writable()
-            base = os.path.join(root, ".bincache-staging")
-            os.makedirs(base, exist_ok=True)
-            return tempfile.mkdtemp(dir=base)
-        return tempfile.mkdtemp(prefix="bincache-")
+        return staging_dir(self.backend)
 
     # -- blobs ---------------------------------------------------------------------------------
     def has_blob(self, record: BlobRecord) -> bool:

@@ -27,7 +27,6 @@ import yaml
 
 from bincache import sign
 from bincache.demo import padded_root
-from bincache.errors import MirrorError
 from bincache.mirror import open_cache
 from bincache.mirror.config import MirrorRef
 from bincache.mirror.layout_v2 import LayoutV2Cache
@@ -328,26 +327,28 @@ def test_tarball_that_does_not_match_its_checksum_is_refused(store, signing_home
     assert not [f for f in os.listdir(out) if not f.startswith(".")]
 
 
-def test_v2_is_read_only_and_v3_wins_when_both_exist(store, tmp_path, cli):
+def test_update_index_of_a_spack_v2_cache_and_v3_wins_when_both_exist(store, tmp_path, cli):
     mirror = str(tmp_path / "m")
     write_v2_cache(store, mirror, signer=None, index=False)
-    cache = open_cache(MirrorRef(mirror))
-    with pytest.raises(MirrorError, match="layout v2 is read-only; push to a v3 mirror"):
-        cache.push_package(None, None)
-    with pytest.raises(MirrorError, match="read-only"):
-        cache.staging_dir()
-    res = cli("update-index", mirror)
-    assert res.returncode == 1 and "read-only" in res.stderr
-    assert not os.path.exists(os.path.join(mirror, "build_cache", "index.json"))
-    # A damaged index is reported with advice that works for a v2 cache (bincache cannot
-    # rewrite it); install still finds the packages through their spec files.
+    # A damaged index is reported with advice that works for a v2 cache; install still finds
+    # the packages through their spec files.
     with open(os.path.join(mirror, "build_cache", "index.json"), "w") as f:
         f.write("{not json")
     res = cli("list", mirror)
     assert res.returncode == 1 and "spack buildcache update-index" in res.stderr
+    assert "bincache update-index" in res.stderr
     new_root = str(tmp_path / "r")
     cli("--root", new_root, "install", "--unsigned", "--mirror", mirror, "prog", check=True)
     assert_relocated(run_prog(new_root), new_root, store)
+    # bincache rewrites the index of Spack's cache in the form Spack 0.2x reads: DB v7 and the
+    # hash file beside it; nothing of layout v3 appears.
+    cli("update-index", mirror, check=True)
+    data = open(os.path.join(mirror, "build_cache", "index.json"), "rb").read()
+    assert json.loads(data)["database"]["version"] == "7"
+    assert open(os.path.join(mirror, "build_cache", "index.json.hash")).read() == hashlib.sha256(data).hexdigest()
+    assert not os.path.exists(os.path.join(mirror, "v3"))
+    rows = json.loads(cli("list", mirror, "--json", check=True).stdout)
+    assert sorted(r["name"] for r in rows) == ["libfoo", "prog"]
     # A mirror migrated to v3 in place keeps build_cache/ but has v3/layout.json: it is v3.
     os.makedirs(os.path.join(mirror, "v3"))
     with open(os.path.join(mirror, "v3", "layout.json"), "w") as f:
