@@ -160,3 +160,13 @@ def check(specs: list[str] = (), *, mirrors: list[str | MirrorRef] = (), root: s
     targets = _check.select_targets(list(specs), tree_root)
     refs = [_mirror(m, "fetch") for m in mirrors] or configured_mirrors("fetch")
     return _check.check(targets, refs, unsigned=unsigned, jobs=jobs)
+
+
+def migrate(mirror: str | MirrorRef, dest: str | MirrorRef | None = None, *, key: str | None = None,
+            unsigned: bool = False, delete_old: bool = False, jobs: int = 4):
+    """A Spack layout v2 cache to layout v3, in place or into ``dest``; see
+    :mod:`bincache.lifecycle.migrate`."""
+    from .lifecycle.migrate import migrate as _migrate
+
+    return _migrate(_mirror(mirror, "fetch"), _mirror(dest, "push") if dest is not None else None,
+                    key=key, unsigned=unsigned, delete_old=delete_old, jobs=jobs)

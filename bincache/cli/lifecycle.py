@@ -1,8 +1,9 @@
-"""Verbs for a cache's life after the push: check (and migrate, browse)."""
+"""Verbs for a cache's life after the push: check, migrate."""
 
 from __future__ import annotations
 
 import json
+import sys
 
 from .. import api
 from ..errors import UsageError
@@ -29,6 +30,27 @@ def register(sub) -> None:
     p.add_argument("-j", "--jobs", type=int, default=4, metavar="N", help="checks at once")
     p.add_argument("--json", action="store_true", help="print every result as JSON")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser(
+        "migrate", help="migrate a Spack layout v2 cache to layout v3",
+        description="Rewrite the layout v2 cache at MIRROR (Spack before 1.0) as a layout v3 "
+        "cache, in place or into DEST, as Spack 1.0's `buildcache migrate` does. A v2 signature "
+        "covers the spec file and v3 signs the manifest, so signatures cannot be carried over: "
+        "signed packages are verified against your trusted keys and their manifests signed with "
+        "-k KEY. Every package is checked before anything is written; the old layout stays "
+        "unless --delete-old. Run it again to resume.")
+    p.add_argument("mirror", help="the v2 cache: mirror name, path or URL")
+    p.add_argument("dest", nargs="?", help="where to write the v3 cache (default: in place)")
+    p.add_argument("-k", "--key", help="GnuPG key that signs the new manifests")
+    p.add_argument("-u", "--unsigned", action="store_true",
+                   help="migrate unsigned packages, and signed ones without -k, unsigned")
+    p.add_argument("--delete-old", "--delete-existing", dest="delete_old", action="store_true",
+                   help="remove build_cache/ once every package is migrated")
+    p.add_argument("-y", "--yes-to-all", dest="yes", action="store_true",
+                   help="do not ask before --delete-old")
+    p.add_argument("-j", "--jobs", type=int, default=4, metavar="N", help="packages at once")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(func=cmd_migrate)
 
 
 def cmd_check(args) -> int:
@@ -65,3 +87,52 @@ def cmd_check(args) -> int:
         else:
             print(f"nothing to rebuild: every mirror holds all {n} spec{'' if n == 1 else 's'}")
     return 1 if report.needs_rebuild else 0
+
+
+def cmd_migrate(args) -> int:
+    if args.jobs < 1:
+        raise UsageError("-j takes a positive number")
+    if args.delete_old and not args.yes:
+        if not sys.stdin.isatty():
+            raise UsageError("--delete-old removes the layout v2 files: add --yes-to-all to confirm")
+        answer = input("--delete-old removes build_cache/ once the migration succeeds. Proceed? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            raise UsageError("migration aborted")
+    result = api.migrate(args.mirror, args.dest, key=args.key, unsigned=args.unsigned,
+                         delete_old=args.delete_old, jobs=args.jobs)
+    if args.json:
+        print_json({"source": result.source, "dest": result.dest, "in_place": result.in_place,
+                    "key": result.key, "index_updated": result.index_updated,
+                    "layout_written": result.layout_written, "deleted_old": result.deleted_old,
+                    "packages": [vars(p) for p in result.packages]})
+        return 1 if result.failed else 0
+    rows = []
+    for p in result.packages:
+        if p.action == "migrated" and p.signer:
+            why = f"v2 signature by {p.v2_signer} verified; manifest signed by {p.signer}"
+        elif p.action == "migrated" and p.signed_v2:
+            why = "v2 signature NOT carried over (--unsigned without -k): unsigned now"
+        elif p.action == "migrated":
+            why = "unsigned"
+        else:
+            why = p.message
+        rows.append([p.action, p.short(), why])
+    if rows:
+        table(rows, ["ACTION", "SPEC", "SIGNATURE"])
+    counts = {a: sum(p.action == a for p in result.packages) for a in ("migrated", "present", "failed")}
+    where = "in place" if result.in_place else f"into {result.dest}"
+    print(f"{counts['migrated']} migrated, {counts['present']} already in layout v3, "
+          f"{counts['failed']} failed ({where})")
+    if any(p.signer for p in result.packages):
+        print(f"re-signed with {result.key}: a v2 signature covers the spec file, layout v3 signs "
+              "the manifest, so the old signatures cannot be kept; its public key is published")
+    if result.failed:
+        print("layout.json not written (the mirror still reads as v2 where it was one); fix the "
+              "failures above and run again")
+    elif result.deleted_old:
+        print("old layout (build_cache/) deleted")
+    else:
+        print("old layout kept: Spack < 1.0 still reads it, and pushes to this mirror now need "
+              "--layout v3 (or v2); `migrate --delete-old` removes it" if result.in_place
+              else "old layout kept (--delete-old removes it)")
+    return 1 if result.failed else 0

@@ -44,8 +44,13 @@ def verified_package(cache, item, *, unsigned: bool, home: str | None = None) ->
     Raises BlobNotFound when the mirror does not hold the package, SignatureError when the
     signature is bad, untrusted or missing (and required), MirrorError when it is damaged.
     """
+    return verify_fetched(cache, item, cache.fetch_manifest(item), unsigned=unsigned, home=home)
+
+
+def verify_fetched(cache, item, fetched, *, unsigned: bool, home: str | None = None) -> VerifiedPackage:
+    """:func:`verified_package` for a manifest already fetched (a caller that first looks at
+    whether it is signed)."""
     label = package_label(cache, item)
-    fetched = cache.fetch_manifest(item)
     raw = fetched.raw
     signed = is_clearsigned(raw)
     signer = None
