@@ -37,7 +37,8 @@ def _mirror(mirror: str | MirrorRef, direction: str) -> MirrorRef:
 
 
 def register(prefix: str, name: str, version: str, deps: list[str] = (), arch: dict | None = None,
-             root: str | None = None, parameters: dict | None = None) -> InstalledSpec:
+             root: str | None = None, parameters: dict | None = None,
+             compiler: str | None = None) -> InstalledSpec:
     """Write ``<prefix>/.spack/spec.json`` (Spack's format and hash) and record it in the tree.
 
     The prefix is recorded in the install tree's database when a tree is known (``root``,
@@ -47,7 +48,8 @@ def register(prefix: str, name: str, version: str, deps: list[str] = (), arch: d
         tree_root = resolve_root(root)
     except UsageError:
         tree_root = None
-    return register_prefix(prefix, name, version, deps, arch=arch, parameters=parameters, root=tree_root)
+    return register_prefix(prefix, name, version, deps, arch=arch, parameters=parameters, root=tree_root,
+                           compiler=compiler)
 
 
 def push(mirror: str | MirrorRef, specs: list[str] = (), *, root: str | None = None,

@@ -364,33 +364,48 @@ def matches(spec: Spec, selector: str) -> bool:
 
 
 def make_node(name: str, version: str, deps: list[Spec], arch: dict | None = None,
-              parameters: dict | None = None) -> dict:
-    """A Spack v5 spec node (with its hash), in the key order Spack writes."""
+              parameters: dict | None = None, compiler: dict | None = None) -> dict:
+    """A Spack v5 spec node (with its hash), in the key order Spack writes; with a
+    ``compiler`` ({name, version}), a v4 node (Spack 0.2x's format: compiler on the node)."""
     node: dict = {
         "name": name,
         "version": version,
         "arch": arch or host_arch(),
-        "namespace": "bincache",
-        "parameters": dict(parameters or {}),
     }
+    if compiler:
+        node["compiler"] = dict(compiler)
+    node["namespace"] = "bincache"
+    node["parameters"] = dict(parameters or {})
     if deps:
         node["dependencies"] = [
             {"name": d.name, "hash": d.hash, "parameters": {"deptypes": ["build", "link"], "virtuals": []}}
             for d in sorted(deps, key=lambda d: (d.name, d.hash))
         ]
-    node["annotations"] = {"original_specfile_version": SPECFILE_VERSION}
+    if not compiler:
+        node["annotations"] = {"original_specfile_version": SPECFILE_VERSION}
     node["hash"] = dag_hash(node)
     return node
 
 
+def parse_compiler(text: str) -> dict:
+    """``gcc@12.2.0`` as a v4 spec node's compiler ``{"name", "version"}``."""
+    name, _, version = str(text).partition("@")
+    if not _NAME_RE.fullmatch(name) or not _VERSION_RE.fullmatch(version.lstrip("=")):
+        raise UsageError(f'invalid compiler "{text}": give NAME@VERSION, e.g. gcc@12.2.0')
+    return {"name": name, "version": version.lstrip("=")}
+
+
 def register_prefix(prefix: str, name: str, version: str, deps: Iterable[str] = (),
                     arch: dict | None = None, parameters: dict | None = None,
-                    root: str | None = None) -> InstalledSpec:
+                    root: str | None = None, compiler: str | None = None) -> InstalledSpec:
     """Write ``<prefix>/.spack/spec.json`` for a prefix another build system installed.
 
     ``deps`` are prefixes already registered. When ``root`` is given (or the prefix is under a
-    tree with a database), the prefix is recorded in that tree's database too.
+    tree with a database), the prefix is recorded in that tree's database too. ``compiler``
+    (``NAME@VERSION``) makes it a spec file v4 with the compiler on the node, which Spack < 1.0
+    needs to install the package (Spack >= 1.0 reads v4 too).
     """
+    compiler_node = parse_compiler(compiler) if compiler else None
     prefix = os.path.abspath(prefix)
     if not os.path.isdir(prefix):
         raise SpecError(f"{prefix} is not a directory")
@@ -407,13 +422,14 @@ def register_prefix(prefix: str, name: str, version: str, deps: Iterable[str] = 
         for n in nodes:
             if n.hash not in {d.hash for d in dep_nodes}:
                 dep_nodes.append(n)
-    node = make_node(name, str(version), direct, arch, parameters)
+    node = make_node(name, str(version), direct, arch, parameters, compiler_node)
     spec = Spec.from_node(node)
     # The dependencies' prefixes travel in the buildinfo; remember them here for `create`.
     nodes = [spec] + dep_nodes
     spec_dir = os.path.join(prefix, SPEC_DIR)
     os.makedirs(spec_dir, exist_ok=True)
-    _write_atomic(os.path.join(spec_dir, SPEC_JSON), json.dumps(specfile_dict(nodes), indent=2).encode())
+    doc = specfile_dict(nodes, 4 if compiler_node else SPECFILE_VERSION)
+    _write_atomic(os.path.join(spec_dir, SPEC_JSON), json.dumps(doc, indent=2).encode())
     inst = InstalledSpec(spec, prefix, tuple(nodes))
     if root is not None:
         InstallTree(root).record(inst)

@@ -62,6 +62,9 @@ def register(sub) -> None:
     p.add_argument("--version", required=True)
     p.add_argument("--dep", action="append", default=[], metavar="PREFIX", help="a registered dependency prefix")
     p.add_argument("--arch", metavar="PLATFORM-OS-TARGET", help="e.g. linux-debian12-x86_64")
+    p.add_argument("--compiler", metavar="NAME@VERSION",
+                   help="the compiler that built it, e.g. gcc@12.2.0 (Spack < 1.0 installs only "
+                   "packages that name one)")
     p.add_argument("--no-autopush", action="store_true", help="do not push to autopush mirrors")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_register)
@@ -196,7 +199,8 @@ def cmd_register(args) -> int:
         if len(parts) != 3:
             raise UsageError("--arch takes PLATFORM-OS-TARGET, e.g. linux-debian12-x86_64")
         arch = {"platform": parts[0], "platform_os": parts[1], "target": parts[2]}
-    inst = api.register(args.prefix, args.name, args.version, deps=args.dep, arch=arch, root=args.root)
+    inst = api.register(args.prefix, args.name, args.version, deps=args.dep, arch=arch, root=args.root,
+                        compiler=args.compiler)
     if args.json:
         print_json({"name": inst.spec.name, "version": inst.spec.version, "hash": inst.hash, "prefix": inst.prefix})
     else:

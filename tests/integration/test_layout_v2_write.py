@@ -12,6 +12,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import subprocess
 
 import pytest
@@ -20,6 +21,7 @@ from bincache.mirror import open_cache
 from bincache.mirror.config import MirrorRef
 from bincache.mirror.layout_v2 import LayoutV2Cache
 from bincache.mirror.layout_v3 import LayoutV3Cache
+from tests.fixtures.registered_stack import build_registered_stack, run_sqprog
 from tests.integration.test_create import _snapshot as _files
 
 
@@ -163,3 +165,26 @@ def test_update_index_with_a_layout_writes_that_layouts_index(demo_stack_factory
         assert "build_cache/index.json" in files and not any(r.startswith("v3") for r in files)
     else:
         assert "v3/manifests/index/index.manifest.json" in files and "build_cache/index.json" not in files
+
+
+def test_registered_with_a_compiler_is_a_v4_spec_in_the_compilers_directory(tmp_path, cli):
+    stack = build_registered_stack(str(tmp_path / "b"), cli)
+    spec = json.load(open(os.path.join(stack.root, "sqprog", ".spack", "spec.json")))
+    version = stack.compiler.split("@")[1]
+    assert spec["spec"]["_meta"]["version"] == 4
+    assert spec["spec"]["nodes"][0]["compiler"] == {"name": "gcc", "version": version}
+    assert "annotations" not in spec["spec"]["nodes"][0]
+    mirror = str(tmp_path / "mirror")
+    cli("--root", stack.root, "create", "--unsigned", "--layout", "v2", mirror, check=True)
+    files = _files(mirror)
+    stem = f"linux-debian12-x86_64-gcc-{version}-sqprog-0.1-{stack.prog_hash}"
+    assert f"build_cache/linux-debian12-x86_64/gcc-{version}/sqprog-0.1/{stem}.spack" in files
+    assert f"build_cache/{stem}.spec.json" in files
+    new_root = str(tmp_path / "new")
+    cli("--root", new_root, "install", "--unsigned", "--mirror", mirror, "sqprog", check=True)
+    assert re.search(f"data=/+{re.escape(new_root[1:])}/.*/share/sq$", run_sqprog(new_root).strip())
+
+    bad = cli("--root", stack.root, "register", os.path.join(stack.root, "libsq"), "--name", "libsq",
+              "--version", "1.0", "--compiler", "gcc 12", "--no-autopush")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        'error: invalid compiler "gcc 12": give NAME@VERSION, e.g. gcc@12.2.0']
