@@ -63,7 +63,7 @@ from .spec import (
 from .spec import (
     matches as _matches,
 )
-from .tar.extract import ExtractedPackage, extract_package
+from .tar.extract import Expected, ExtractedPackage, extract_package
 
 log = logging.getLogger("bincache.install")
 
@@ -420,8 +420,9 @@ class _Installer:
     def fetch(self, plan: PackagePlan) -> None:
         """The tarball, size and SHA-256 checked (no partial file is left).
 
-        A blob of a mirror on the local file system is not copied: it is opened, checked
-        through that open file, and extracted from the same open file later.
+        A blob of a mirror on the local file system is not copied: it is opened, its size
+        checked, and extracted from the same open file later, hashed as it is extracted (it
+        could be rewritten in place between a check and a later read: finding 3 of issue 10).
         """
         assert self.staging is not None
         work = tempfile.mkdtemp(prefix=f"{plan.spec.hash[:7]}-", dir=self.staging)
@@ -434,7 +435,7 @@ class _Installer:
             return
         f = open(path, "rb")
         try:
-            verify_blob_file(f, record, path)
+            verify_blob_file(f, record, path, checksum=not self.local_blobs)
         except BaseException:
             f.close()
             raise
@@ -454,9 +455,11 @@ class _Installer:
 
         # The old prefix is learned from the last member (the buildinfo): see extract_package.
         source = plan.tarball_file if plan.tarball_file is not None else plan.tarball
+        where = getattr(source, "name", None) or f"{plan.cache_url}/{plan.manifest.tarball.path}"
         try:
             plan.extracted = extract_package(source, None, plan.staged,
-                                             external_prefixes=dependency_prefixes)
+                                             external_prefixes=dependency_prefixes,
+                                             expect=Expected.of(plan.manifest.tarball, where))
         finally:
             if plan.tarball_file is not None:
                 plan.tarball_file.close()

@@ -24,6 +24,7 @@ Each error is an :class:`~bincache.errors.ExtractError` naming the member. The c
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import queue
@@ -41,7 +42,7 @@ from typing import BinaryIO
 
 from .._native import IS_NATIVE as _NATIVE_INFLATE
 from .._native import Inflater
-from ..errors import BincacheError, ExtractError
+from ..errors import BincacheError, ExtractError, IntegrityError
 
 # Big reads: the cost of this path is inflate + write; small buffers add Python overhead per call.
 CHUNK = 1 << 20
@@ -52,6 +53,49 @@ MAX_SYMLINK_HOPS = 40
 GZIP_MAGIC = b"\x1f\x8b"
 BUILDINFO = ".spack/binary_distribution"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+class Expected:
+    """The compressed blob's recorded size and checksum, checked on the bytes extraction reads
+    (a blob checked first and read again later could have been rewritten in between)."""
+
+    __slots__ = ("size", "algorithm", "checksum", "where")
+
+    def __init__(self, size: int, algorithm: str, checksum: str, where: str):
+        self.size, self.algorithm, self.checksum, self.where = size, algorithm, checksum, where
+
+    @classmethod
+    def of(cls, record, where: str) -> Expected:
+        """From a manifest's blob record (``content_length`` -1: size unknown)."""
+        return cls(record.content_length, record.checksum_algorithm, record.checksum, where)
+
+    def check(self, size: int, digest: str) -> None:
+        if self.size >= 0 and size != self.size:
+            raise IntegrityError(f"{self.where}: {size} compressed bytes read but the manifest "
+                                 f"says {self.size} (truncated, or replaced after it was fetched)")
+        if digest != self.checksum:
+            raise IntegrityError(f"{self.where}: checksum mismatch ({self.algorithm} {digest[:12]}..., "
+                                 f"expected {self.checksum[:12]}...): the blob is corrupt or was "
+                                 "replaced after it was fetched")
+
+
+class _HashingReader:
+    """Reads through to ``raw``, hashing and counting every byte handed out."""
+
+    def __init__(self, raw: BinaryIO, algorithm: str):
+        self._raw = raw
+        self.hash = hashlib.new(algorithm)
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n)
+        self.hash.update(data)
+        self.size += len(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(CHUNK):
+            pass
 
 
 @dataclass
@@ -93,9 +137,11 @@ class _ThreadedInflater:
     separate gzip process.
     """
 
-    def __init__(self, raw: BinaryIO, kind: str, threaded: bool = True):
+    def __init__(self, raw: BinaryIO, kind: str, threaded: bool = True,
+                 expect: Expected | None = None):
         self._raw = raw
         self._kind = kind
+        self._expect = expect
         self._q: queue.Queue = queue.Queue(maxsize=8)
         self._buf = memoryview(b"")
         self._eof = False
@@ -121,10 +167,24 @@ class _ThreadedInflater:
             return None
 
     def _chunks(self) -> Iterator[bytes]:
+        expect = self._expect
+        fd = _descriptor(self._raw) if self._kind == "gzip" else None
+        if fd is not None and (expect is None or expect.algorithm == "sha256"):
+            yield from self._native_chunks(fd)
+            return
+        if expect is None:
+            yield from self._python_chunks(self._raw)
+            return
+        hashing = _HashingReader(self._raw, expect.algorithm)
+        yield from self._python_chunks(hashing)
+        hashing.drain()  # bytes after the compressed stream are part of the blob too
+        expect.check(hashing.size, hashing.hash.hexdigest())
+
+    def _python_chunks(self, raw) -> Iterator[bytes]:
         if self._kind == "zstd":
             import zstandard
 
-            reader = zstandard.ZstdDecompressor().stream_reader(self._raw, read_size=CHUNK)
+            reader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=CHUNK)
             while True:
                 try:
                     block = reader.read(CHUNK)
@@ -134,15 +194,11 @@ class _ThreadedInflater:
                     return
                 yield block
             return
-        fd = _descriptor(self._raw)
-        if fd is not None:
-            yield from self._native_chunks(fd)
-            return
         d = zlib.decompressobj(wbits=31)
         pending = memoryview(b"")
         while True:
             if not pending:
-                pending = memoryview(self._raw.read(CHUNK))
+                pending = memoryview(raw.read(CHUNK))
                 if not pending:
                     if not d.eof:
                         raise ExtractError("truncated gzip stream (the tarball is incomplete)")
@@ -165,10 +221,11 @@ class _ThreadedInflater:
 
     def _native_chunks(self, fd: int) -> Iterator[memoryview]:
         """gzip through the core's Inflater (ISA-L when built with it): it reads the descriptor
-        itself and checks every member's CRC and length. (Its digest of the compressed bytes is
-        not used: hashing the blob before extracting it costs the same CPU, measured, and
-        keeps unauthenticated bytes away from the tar parser.)"""
-        inflater = Inflater(fd, offset=0)
+        itself and checks every member's CRC and length, and hashes the compressed bytes it
+        reads when a checksum is expected: the bytes checked are then the bytes extracted,
+        whatever happens to the file meanwhile, in the same pass (no second read)."""
+        expect = self._expect
+        inflater = Inflater(fd, offset=0, digest=expect is not None)
         while True:
             # A fresh buffer per block: the reading thread may still hold the previous one.
             buf = bytearray(CHUNK)
@@ -179,6 +236,17 @@ class _ThreadedInflater:
             if not n:
                 break
             yield memoryview(buf)[:n]
+        if expect is not None:
+            read = inflater.compressed_size
+            try:
+                size = os.fstat(fd).st_size
+            except OSError:
+                size = read
+            if size != read:
+                # Bytes after the last gzip member: not inflated, yet part of the blob.
+                raise IntegrityError(f"{expect.where}: {size - read} bytes after the end of the "
+                                     "compressed stream: refusing a blob that is not one stream")
+            expect.check(read, inflater.hexdigest())
 
     def _put(self, item: bytes | None) -> bool:
         """Hand a block over; False once the reader has gone (it closed the stream)."""
@@ -699,7 +767,7 @@ def _cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _open_stream(f: BinaryIO) -> _ThreadedInflater:
+def _open_stream(f: BinaryIO, expect: Expected | None = None) -> _ThreadedInflater:
     head = f.read(4)
     f.seek(0)
     # BINCACHE_INFLATE: "inline" inflates in the calling thread; "thread" in a thread of this
@@ -709,7 +777,8 @@ def _open_stream(f: BinaryIO) -> _ThreadedInflater:
     # 5.3 s inline, 5.9 s with threads (four threads on two CPUs only add handoffs).
     how = os.environ.get("BINCACHE_INFLATE", "")
     if head[:2] == GZIP_MAGIC:
-        program = _gzip_program() if how == "process" else None
+        # A child reading the descriptor itself cannot hash what it reads.
+        program = _gzip_program() if how == "process" and expect is None else None
         if program is not None and hasattr(f, "fileno"):
             try:
                 f.fileno()
@@ -720,9 +789,9 @@ def _open_stream(f: BinaryIO) -> _ThreadedInflater:
             native = _NATIVE_INFLATE and _descriptor(f) is not None
             # A threaded extraction keeps two CPUs busy (inflate, and parse + write).
             how = "inline" if native and 2 * _extracting() > _cpus() else "thread"
-        return _ThreadedInflater(f, "gzip", how != "inline")
+        return _ThreadedInflater(f, "gzip", how != "inline", expect)
     if head == ZSTD_MAGIC:
-        return _ThreadedInflater(f, "zstd", how != "inline")
+        return _ThreadedInflater(f, "zstd", how != "inline", expect)
     raise ExtractError("not a gzip or zstd compressed tarball (unknown magic bytes)")
 
 
@@ -732,6 +801,7 @@ def extract_package(
     staging: str | os.PathLike,
     *,
     external_prefixes: Iterable[str] | Callable[[str], Iterable[str]] = (),
+    expect: Expected | None = None,
 ) -> ExtractedPackage:
     """Extract the package tarball whose prefix was ``old_prefix`` into ``staging``.
 
@@ -743,6 +813,8 @@ def extract_package(
         staging: an existing, empty directory; becomes the prefix's root.
         external_prefixes: old prefixes of dependencies, which symlinks may point into; or a
             function of the extracted prefix's path that returns them (read from its buildinfo).
+        expect: the blob's recorded size and checksum, checked on the compressed bytes as
+            they are extracted (IntegrityError after the whole stream, if they differ).
 
     Returns:
         What was extracted; directory modes are applied later by
@@ -760,7 +832,7 @@ def extract_package(
     target = tempfile.mkdtemp(prefix=".extract-", dir=os.path.dirname(staging)) if deferred else staging
     try:
         ex = _Extractor(old_prefix, target, external_prefixes if not callable(external_prefixes) else ())
-        _read_members(tarball, ex)
+        _read_members(tarball, ex, expect)
         if deferred:
             ex.learn_prefix()
             os.rmdir(staging)
@@ -779,7 +851,8 @@ def extract_package(
                 os.mkdir(staging)
 
 
-def _read_members(tarball: str | os.PathLike | BinaryIO, ex: _Extractor) -> None:
+def _read_members(tarball: str | os.PathLike | BinaryIO, ex: _Extractor,
+                  expect: Expected | None = None) -> None:
     member = None
     if hasattr(tarball, "read"):
         tarball.seek(0)  # type: ignore[union-attr]
@@ -787,7 +860,7 @@ def _read_members(tarball: str | os.PathLike | BinaryIO, ex: _Extractor) -> None
     else:
         opened = open(tarball, "rb")  # type: ignore[arg-type]
     with opened as f, _counted():
-        stream = _open_stream(f)
+        stream = _open_stream(f, expect)
         try:
             # Plain "r:" over the inflater (which seeks forward only): tarfile's own stream layer
             # ("r|") would copy every byte again.
