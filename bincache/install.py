@@ -22,7 +22,6 @@ import gzip
 import json
 import logging
 import os
-import shutil
 import stat
 import tempfile
 import time
@@ -63,6 +62,7 @@ from .spec import (
 from .spec import (
     matches as _matches,
 )
+from .staging import PrivateDir, make_private_dir, remove_tree
 from .tar.extract import Expected, ExtractedPackage, extract_package
 
 log = logging.getLogger("bincache.install")
@@ -256,6 +256,7 @@ class _Installer:
         self.local_blobs = True  # extract local mirrors' blobs in place (download copies them)
         self.staging_base: str | None = None
         self.staging: str | None = None
+        self.staging_dir: PrivateDir | None = None
 
     # -- staging ---------------------------------------------------------------------------
     def open_staging(self) -> str:
@@ -273,13 +274,17 @@ class _Installer:
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
             raise MirrorError(f"{self.staging_base} is not a private directory of this user "
                               "(a link, another owner, or group/world-writable); remove it and retry")
-        self.staging = tempfile.mkdtemp(prefix="install-", dir=self.staging_base)
+        # Locked while this run lives; directories of runs that died (killed, power cut) are
+        # removed here by the next install into the same root.
+        self.staging_dir = make_private_dir(self.staging_base, "install-")
+        self.staging = self.staging_dir.path
         return self.staging
 
     def close_staging(self) -> None:
         if self.staging:
-            shutil.rmtree(self.staging, ignore_errors=True)
-            _make_writable_and_remove(self.staging)
+            remove_tree(self.staging)
+        if self.staging_dir is not None:
+            self.staging_dir.close()
         for d in [self.staging_base, *self.created_dirs]:
             if d:
                 try:
@@ -547,7 +552,7 @@ class _Installer:
         escape = self.leaves_root(plan.prefix)
         if escape:
             raise InstallError([escape])
-        os.makedirs(parent, exist_ok=True)
+        os.makedirs(parent, mode=0o755, exist_ok=True)
         old = None
         if plan.replace and os.path.lexists(plan.prefix):
             old = os.path.join(self.staging or parent, f"replaced-{plan.spec.hash}")
@@ -559,7 +564,7 @@ class _Installer:
                 os.rename(old, plan.prefix)
             raise
         if old is not None:
-            _make_writable_and_remove(old)
+            remove_tree(old)
         self.tree.record(InstalledSpec(plan.spec, plan.prefix, tuple(plan.nodes)),
                          explicit=plan.explicit)
 
@@ -605,23 +610,6 @@ def _links_outside(plan: PackagePlan, relocation: RelocationPlan, allowed: list[
             problems.append(f"{plan.prefix}/{rel}: symlink to {target} would point outside the "
                             "package and its dependencies")
     return problems
-
-
-def _make_writable_and_remove(path: str) -> None:
-    """rmtree that also gets through read-only directories (installed prefixes may have them)."""
-    if not os.path.lexists(path):
-        return
-
-    def onerror(func, p, _exc):
-        try:
-            os.chmod(os.path.dirname(p), 0o755)
-            if os.path.isdir(p) and not os.path.islink(p):
-                os.chmod(p, 0o755)
-            func(p)
-        except OSError:
-            pass
-
-    shutil.rmtree(path, onerror=onerror)
 
 
 def install(

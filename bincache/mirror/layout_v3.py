@@ -14,6 +14,7 @@ import json
 import os
 import re
 import tempfile
+import weakref
 from dataclasses import dataclass
 
 from ..errors import BlobNotFound, IntegrityError, MirrorError, SignatureError
@@ -147,10 +148,14 @@ def staging_dir(backend) -> str:
     """A temporary directory on the mirror's file system when it has one (copy-free publish)."""
     root = getattr(backend, "root", None)
     if root:
+        from ..staging import make_private_dir
+
         backend.check_writable()
-        base = os.path.join(root, ".bincache-staging")
-        os.makedirs(base, exist_ok=True)
-        return tempfile.mkdtemp(dir=base)
+        # Locked while this create lives: an interrupted one's packed tarballs are removed by
+        # the next create into the same mirror.
+        private = make_private_dir(os.path.join(root, ".bincache-staging"), "create-")
+        weakref.finalize(backend, private.close)
+        return private.path
     return tempfile.mkdtemp(prefix="bincache-")
 
 

@@ -445,6 +445,9 @@ class _Extractor:
         if old_prefix is not None and not os.path.isabs(old_prefix):
             raise ExtractError(f"the old prefix {old_prefix!r} is not an absolute path")
         self.umask = _umask()
+        # What a package may set: permission bits only, never group/other write (a shared tree
+        # must not let others change installed programs), and nothing the umask removes.
+        self.keep = 0o777 & ~(0o022 | (self.umask if self.umask is not None else 0o022))
         # None: learned from the last member (the buildinfo), members kept at their full path.
         self.old_prefix = os.path.normpath(old_prefix) if old_prefix else None
         self.old_parts = _split(self.old_prefix) if self.old_prefix else None
@@ -576,7 +579,7 @@ class _Extractor:
                     "(only the prefix's parent directories may precede it)"
                 )
             return
-        mode = m.mode & 0o777
+        mode = m.mode & self.keep
         if m.isdir():
             if rel:
                 self.check_parents(rel, name)
