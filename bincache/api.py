@@ -172,3 +172,13 @@ def migrate(mirror: str | MirrorRef, dest: str | MirrorRef | None = None, *, key
 
     return _migrate(_mirror(mirror, "fetch"), _mirror(dest, "push") if dest is not None else None,
                     key=key, unsigned=unsigned, delete_old=delete_old, jobs=jobs)
+
+
+def write_cache_page(mirror: str | MirrorRef, out_dir: str | None = None, *,
+                     url: str | None = None, jobs: int = 8):
+    """The static HTML page of a mirror's packages, into the mirror or ``out_dir``; see
+    :mod:`bincache.lifecycle.browse`."""
+    from .lifecycle.browse import write_page
+
+    direction = "push" if out_dir is None else "fetch"
+    return write_page(open_cache(_mirror(mirror, direction)), out_dir, mirror_url=url, jobs=jobs)

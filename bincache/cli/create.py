@@ -45,6 +45,8 @@ def register(sub) -> None:
     p.add_argument("-j", "--jobs", type=int, default=8, metavar="N", help="manifests fetched at once")
     p.add_argument("--layout", choices=["v2", "v3"], default=None,
                    help="which layout's index to update (default: the one the mirror holds)")
+    p.add_argument("--html", action="store_true",
+                   help="also write index.html, a page listing the packages (see `bincache browse`)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_update_index)
 
@@ -137,10 +139,13 @@ def cmd_update_index(args) -> int:
     idx, fetched = api.update_index(args.mirror, jobs=args.jobs, layout=args.layout,
                                     warn=lambda m: warnings.warn(m, stacklevel=2))
     n = len(idx.packages())
+    page = api.write_cache_page(args.mirror, jobs=args.jobs) if args.html else None
     if args.json:
-        print_json({"packages": n, "fetched": fetched})
+        print_json({"packages": n, "fetched": fetched, **({"page": page.path} if page else {})})
     else:
         print(f"index updated: {n} packages ({fetched} new)")
+        if page:
+            print(f"page written: {page.path}")
     return 0
 
 

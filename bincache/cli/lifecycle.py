@@ -1,4 +1,4 @@
-"""Verbs for a cache's life after the push: check, migrate."""
+"""Verbs for a cache's life after the push: check, migrate, browse."""
 
 from __future__ import annotations
 
@@ -51,6 +51,20 @@ def register(sub) -> None:
     p.add_argument("-j", "--jobs", type=int, default=4, metavar="N", help="packages at once")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser(
+        "browse", help="write a static HTML page listing a mirror's packages",
+        description="Write index.html: every package of MIRROR's index with version, hash, "
+        "architecture, size, signer (verified here), push date, dependencies as links, a search "
+        "box and the commands to install it. One file, no dependencies: open it from a "
+        "directory or put it on any static host. Without -o it is written into the mirror "
+        "(as `update-index --html` does).")
+    p.add_argument("mirror", help="mirror name, path or URL")
+    p.add_argument("-o", "--output", metavar="DIR", help="write the page into DIR instead")
+    p.add_argument("--url", metavar="URL", help="the mirror URL the install commands name "
+                   "(default: the mirror's, or where the page is served from)")
+    p.add_argument("-j", "--jobs", type=int, default=8, metavar="N", help="signatures checked at once")
+    p.set_defaults(func=cmd_browse)
 
 
 def cmd_check(args) -> int:
@@ -136,3 +150,9 @@ def cmd_migrate(args) -> int:
               "--layout v3 (or v2); `migrate --delete-old` removes it" if result.in_place
               else "old layout kept (--delete-old removes it)")
     return 1 if result.failed else 0
+
+
+def cmd_browse(args) -> int:
+    page = api.write_cache_page(args.mirror, args.output, url=args.url, jobs=max(1, args.jobs))
+    print(f"page written: {page.path} ({page.packages} packages)")
+    return 0

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import mask_url
-from ..errors import SignatureError
+from ..errors import BincacheError, SignatureError
 from ..mirror.layout_v3 import is_clearsigned, parse_manifest
-from ..sign import clearsigned_text, verify_clearsigned
+from ..sign import clearsigned_text, list_keys, verify_clearsigned
 
 
 class UnsignedPackage(SignatureError):
@@ -73,3 +73,11 @@ def verify_fetched(cache, item, fetched, *, unsigned: bool, home: str | None = N
         if signed and parse_manifest(text, raw, label).records != list(fetched.records):
             raise SignatureError(f"{label}: the signature names other blobs than the image")
     return VerifiedPackage(manifest, text, signed, signer)
+
+
+def key_names(home: str | None = None) -> dict[str, str]:
+    """Fingerprint -> first user id, for the keys of the keyring (what a page shows a signer as)."""
+    try:
+        return {k.fingerprint: k.uid for k in list_keys(home)}
+    except BincacheError:
+        return {}
