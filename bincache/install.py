@@ -398,8 +398,9 @@ class _Installer:
         # Only what the signature covered is used: the records come from the verified text.
         from_verified = getattr(cache, "manifest_from_verified", None)
         if from_verified is not None:
-            # A cache whose manifest is not a v3 one (layout v2: the signed spec file).
-            manifest = from_verified(verified, manifest.raw, label)
+            # A cache whose manifest is not a v3 one (layout v2: the signed spec file; OCI: the
+            # signature document of an image).
+            manifest = from_verified(verified, manifest, label)
         elif hasattr(cache, "backend"):
             from .mirror.layout_v3 import parse_manifest
 

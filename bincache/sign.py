@@ -1275,6 +1275,12 @@ def _single_document(data: bytes, source: str) -> bytes:
     verified and printed too."""
     doc = data.strip()
     lines = doc.split(b"\n")
+    longest = max(len(line) for line in lines)
+    if longest > _MAX_LINE:
+        # gpg verifies and prints only the first _MAX_LINE bytes of a line and drops the rest
+        # with a mere warning: text past it is signed by nobody.
+        raise SignatureError(f"{source}: holds a line of {longest} bytes, longer than gpg "
+                             f"verifies ({_MAX_LINE}); refusing it")
     if not lines[0].rstrip(b"\r") == BEGIN_SIGNED:
         raise SignatureError(f"{source}: not a clearsigned document")
     kinds = [line.rstrip(b"\r") for line in lines if line.startswith(b"-----")]

@@ -64,14 +64,12 @@ def verify_fetched(cache, item, fetched, *, unsigned: bool, home: str | None = N
     else:
         text = raw
     from_verified = getattr(cache, "manifest_from_verified", None)
-    if from_verified is not None:  # layout v2: the signed document is the spec file
-        manifest = from_verified(text, raw, label)
-    elif hasattr(cache, "backend"):
+    if from_verified is not None:
+        # layout v2: the signed document is the spec file; OCI: the records and the image
+        # digest the verified signature text names, checked against the fetched image.
+        manifest = from_verified(text, fetched, label)
+    else:
         manifest = parse_manifest(text, raw, label)
-    else:  # OCI: the records are the image's; the verified text must name the same ones
-        manifest = fetched
-        if signed and parse_manifest(text, raw, label).records != list(fetched.records):
-            raise SignatureError(f"{label}: the signature names other blobs than the image")
     return VerifiedPackage(manifest, text, signed, signer)
 
 

@@ -341,9 +341,11 @@ class LayoutV2Cache:
         payload = clearsigned_payload(raw) if is_clearsigned(raw) else raw
         return self.manifest_from_verified(payload, raw, f"{self.url}/{rel}")
 
-    def manifest_from_verified(self, verified: bytes, raw: bytes, label: str) -> V2Manifest:
+    def manifest_from_verified(self, verified: bytes, raw, label: str) -> V2Manifest:
         """Records of a package from its verified spec file: the tarball's path from the root
-        node, its checksum from ``binary_cache_checksum``."""
+        node, its checksum from ``binary_cache_checksum``. ``raw``: the fetched spec file (or
+        the manifest :meth:`fetch_manifest` made of it)."""
+        raw = getattr(raw, "raw", raw)
         try:
             doc = json.loads(verified)
         except (ValueError, UnicodeDecodeError) as e:

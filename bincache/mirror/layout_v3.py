@@ -90,6 +90,8 @@ class PackageManifest:
     records: list[BlobRecord]
     raw: bytes
     signed: bool
+    #: OCI: the digest of the image manifest the records were read from (the signature's subject).
+    subject: str | None = None
 
     @property
     def tarball(self) -> BlobRecord:

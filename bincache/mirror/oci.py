@@ -44,7 +44,6 @@ from .layout_v3 import (
     BlobRecord,
     PackageManifest,
     SpecRef,
-    clearsigned_payload,
     is_clearsigned,
     manifest_bytes,
 )
@@ -409,20 +408,30 @@ class OciCache:
         records = self._records(tarball, config)
         raw = self._fetch_signature(manifest)
         if raw is None:
-            return PackageManifest(records, manifest_bytes(records), False)
+            return PackageManifest(records, manifest_bytes(records), False, manifest.digest)
         if not is_clearsigned(raw):
             raise SignatureError(f"{self.url}: the signature of {ref.tag} is not a clearsigned "
                                  "document")
+        # Not parsed here: install verifies `raw` and hands gpg's text to manifest_from_verified.
+        return PackageManifest(records, raw, True, manifest.digest)
+
+    def manifest_from_verified(self, verified: bytes, fetched: PackageManifest,
+                               label: str) -> PackageManifest:
+        """The package's records from the signature text gpg verified (never from a parse of the
+        fetched document): they must name the image that was fetched and its layers."""
+        if not fetched.signed:
+            return fetched
         try:
-            payload = json.loads(clearsigned_payload(raw))
+            payload = json.loads(verified)
             subject = payload["subject"]["digest"]
             signed_records = [BlobRecord.from_dict(d) for d in payload["data"]]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise SignatureError(f"{self.url}: the signature of {ref.tag} is damaged") from exc
-        if subject != manifest.digest or signed_records != records:
-            raise SignatureError(f"{self.url}: the signature of {ref.tag} was made for another "
-                                 f"image ({subject}, not {manifest.digest}): refusing it")
-        return PackageManifest(records, raw, True)
+        except (ValueError, KeyError, TypeError, MirrorError) as exc:
+            raise SignatureError(f"{label}: the signed text of the image signature is not a "
+                                 "package signature") from exc
+        if subject != fetched.subject or signed_records != fetched.records:
+            raise SignatureError(f"{label}: the signature was made for another image ({subject}, "
+                                 f"not {fetched.subject}): refusing it")
+        return PackageManifest(signed_records, fetched.raw, True, subject)
 
     def fetch_blob(self, record: BlobRecord, dest: str) -> None:
         """Download a blob to `dest`, verified (IntegrityError otherwise), via the local cache."""

@@ -275,6 +275,17 @@ def test_extra_text_around_the_signed_block_is_refused(keyed):
             sign.verify_clearsigned(bad, home)
 
 
+def test_a_line_past_gpgs_limit_is_refused_although_gpg_says_good(keyed):
+    home, _ = keyed
+    doc = sign.Signer(home=home).clearsign(MANIFEST)
+    # gpg drops the rest of an overlong line and still reports a good signature.
+    padded = doc.replace(b"\n]\n}\n", b"\n]" + b" " * 20000 + b',"data":[]\n}\n', 1)
+    assert gpg(home, "--verify", input=padded).returncode == 0
+    for reader in (sign.verify_clearsigned, lambda d, h: sign.clearsigned_text(d)):
+        with pytest.raises(SignatureError, match=r"line of 20\d{3} bytes, longer than gpg verifies"):
+            reader(padded, home)
+
+
 def test_plain_json_is_not_clearsigned(keyed):
     home, _ = keyed
     assert not sign.is_clearsigned(MANIFEST)
