@@ -74,7 +74,7 @@ def push(mirror: str | MirrorRef, specs: list[str] = (), *, root: str | None = N
                           signer=signer, progress=progress)
     if signer is not None and result.pushed and hasattr(cache, "backend"):
         # As Spack does: a signed cache carries the public key that verifies it.
-        from .sign import publish_keys
+        from .mirror.keys import publish_keys
 
         publish_keys(cache, [signer.fingerprint])
     if hasattr(cache, "finish_push"):

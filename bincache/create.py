@@ -115,10 +115,8 @@ def resolve_signer(ref, signed: bool | None, key: str | None):
         signed = ref.signed if getattr(ref, "signed", None) is not None else True
     if not signed:
         return None
-    try:
-        from .sign import Signer
-    except ImportError:
-        raise BincacheError("signing is not available in this build; push with --unsigned") from None
+    from .signing import Signer
+
     return Signer(key)
 
 

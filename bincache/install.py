@@ -92,24 +92,12 @@ def _fail(problems: Sequence[tuple[str, type]]) -> BincacheError:
 def verify_manifest(raw: bytes, mirror_ref, allow_unsigned: bool, *, source: str = "manifest") -> bytes:
     """The manifest text that may be trusted, from a fetched manifest.
 
-    Delegates to :func:`bincache.sign.verify_manifest_bytes`; without the signing module (a
-    build without GnuPG support) plain JSON manifests pass only when unsigned installs are
-    allowed and clearsigned ones are refused.
+    Signed: the text gpg returned as verified (:func:`bincache.signing.verify_manifest_bytes`),
+    the only text later decisions are read from.
     """
-    require = not allow_unsigned
-    try:
-        from .sign import verify_manifest_bytes
-    except ImportError:
-        verify_manifest_bytes = None
-    if verify_manifest_bytes is not None:
-        return verify_manifest_bytes(raw, require, source=source)
-    from .errors import SignatureError
+    from .signing import verify_manifest_bytes
 
-    if raw.lstrip().startswith(b"-----BEGIN PGP SIGNED MESSAGE-----"):
-        raise SignatureError(f"{source} is signed but signature checking is not available")
-    if require:
-        raise SignatureError(f"{source} is not signed: use --unsigned if you trust the mirror")
-    return raw
+    return verify_manifest_bytes(raw, not allow_unsigned, source=source)
 
 
 # -- records ----------------------------------------------------------------------------------

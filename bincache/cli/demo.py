@@ -42,7 +42,7 @@ def cmd_demo(args) -> int:
 
     # A throwaway signing key in the demo's own GnuPG home: the user's keyring is never touched.
     os.environ["BINCACHE_GNUPGHOME"] = os.path.join(work, "gpg")
-    from .. import sign
+    from .. import signing as sign
 
     key = sign.create_key("bincache demo", "demo@bincache.invalid")
     try:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import sys
 import time
 
-from .. import sign
 from ..errors import UsageError
+from ..signing import keyring
+from ..signing.home import gnupg_home
 from .output import print_json, table
 
 
@@ -71,7 +72,8 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_publish)
 
     p = verbs.add_parser("install", help="fetch the public keys a mirror publishes",
-                         description="Import the public keys MIRROR publishes. They are trusted "
+                         description="Import the public keys MIRROR publishes (public key material "
+                         "only: a key blob holding a secret key is refused). They are trusted "
                          "only with --trust: trusting a mirror's keys is an explicit choice.")
     p.add_argument("mirror", help="mirror name, path or URL")
     p.add_argument("--trust", action="store_true", help="trust the keys (verify packages with them)")
@@ -79,7 +81,7 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_install)
 
 
-def _rows(keys: list[sign.KeyInfo]) -> list[list[str]]:
+def _rows(keys: list[keyring.KeyInfo]) -> list[list[str]]:
     rows = []
     for k in keys:
         flags = []
@@ -98,42 +100,42 @@ _HEADER = ["FINGERPRINT", "USER ID", "ALGORITHM", "EXPIRES", "STATUS"]
 
 
 def cmd_create(args) -> int:
-    key = sign.create_key(args.name, args.email, comment=args.comment, expires=args.expires)
+    key = keyring.create_key(args.name, args.email, comment=args.comment, expires=args.expires)
     if args.json:
         print_json(key.to_dict())
     else:
         print(f"created signing key {key.fingerprint}")
         print(f"  {key.uid}")
-        print(f"  in {sign.gnupg_home()} (no passphrase: keep this directory private)")
+        print(f"  in {gnupg_home()} (no passphrase: keep this directory private)")
         print("publish it with `bincache keys publish MIRROR` so others can trust it")
     return 0
 
 
 def cmd_list(args) -> int:
     if args.signing:
-        keys = sign.signing_keys()
+        keys = keyring.signing_keys()
     elif args.trusted:
-        keys = sign.trusted_keys()
+        keys = keyring.trusted_keys()
     else:
-        keys = sign.list_keys()
+        keys = keyring.list_keys()
     if args.json:
         print_json([k.to_dict() for k in keys])
     elif keys:
         table(_rows(keys), _HEADER)
     else:
         what = "signing keys" if args.signing else "trusted keys" if args.trusted else "keys"
-        print(f"no {what} in {sign.gnupg_home()}")
+        print(f"no {what} in {gnupg_home()}")
     return 0
 
 
 def cmd_export(args) -> int:
     if args.file == "-" and args.secret:
         raise UsageError("secret keys are never written to standard output; give a file name")
-    data, fprs = sign.export_keys(args.keys or None, secret=args.secret)
+    data, fprs = keyring.export_keys(args.keys or None, secret=args.secret)
     if args.file == "-":
         sys.stdout.write(data.decode())
         return 0
-    sign.write_export(args.file, data, args.secret)
+    keyring.write_export(args.file, data, args.secret)
     what = "secret key" if args.secret else "public key"
     print(f"exported {len(fprs)} {what}{'s' if len(fprs) != 1 else ''} to {args.file}")
     for f in fprs:
@@ -142,7 +144,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_trust(args) -> int:
-    keys = sign.trust_file(args.file)
+    keys = keyring.trust_file(args.file)
     if args.json:
         print_json([k.to_dict() for k in keys])
         return 0
@@ -152,7 +154,7 @@ def cmd_trust(args) -> int:
 
 
 def cmd_untrust(args) -> int:
-    key = sign.untrust_key(args.key)
+    key = keyring.untrust_key(args.key)
     note = " (its secret key stays: it can still sign)" if key.secret else " (removed from the keyring)"
     print(f"no longer trusted: {key.fingerprint} {key.uid}{note}")
     return 0
@@ -165,17 +167,21 @@ def _cache(mirror: str, direction: str):
 
 
 def cmd_publish(args) -> int:
+    from ..mirror.keys import publish_keys
+
     cache = _cache(args.mirror, "push")
-    fprs = sign.publish_keys(cache, args.keys or None)
+    fprs = publish_keys(cache, args.keys or None)
     for f in fprs:
         print(f"published {f} to {args.mirror}")
     return 0
 
 
 def cmd_install(args) -> int:
+    from ..mirror.keys import install_keys
+
     cache = _cache(args.mirror, "fetch")
-    fprs = sign.install_keys(cache, trust=args.trust)
-    keys = [sign.find_key(f) for f in fprs]
+    fprs = install_keys(cache, trust=args.trust)
+    keys = [keyring.find_key(f) for f in fprs]
     if args.json:
         print_json([k.to_dict() for k in keys])
         return 0

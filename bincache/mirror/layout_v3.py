@@ -18,6 +18,7 @@ import weakref
 from dataclasses import dataclass
 
 from ..errors import BlobNotFound, IntegrityError, MirrorError, SignatureError
+from ..signing.cleartext import clearsigned_text, is_clearsigned
 
 LAYOUT_VERSION = 3
 MT_TARBALL = "application/vnd.spack.install.v2.tar+gzip"
@@ -29,7 +30,6 @@ SPEC_MANIFESTS = "v3/manifests/spec"
 INDEX_MANIFEST = "v3/manifests/index/index.manifest.json"
 LAYOUT_JSON = "v3/layout.json"
 _MANIFEST_NAME = re.compile(r"^(?P<stem>.+)-(?P<hash>[a-z2-7]{32})\.spec\.manifest\.json$")
-_PGP_BEGIN = b"-----BEGIN PGP SIGNED MESSAGE-----"
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
@@ -114,18 +114,12 @@ def manifest_bytes(records: list[BlobRecord]) -> bytes:
     return json.dumps(doc, indent=0, separators=(",", ":")).encode()
 
 
-def is_clearsigned(raw: bytes) -> bool:
-    return raw.lstrip().startswith(_PGP_BEGIN)
-
-
 def clearsigned_payload(raw: bytes) -> bytes:
     """The text of a clearsigned document, WITHOUT checking the signature (listing only).
 
-    One cleartext parser serves the project: the signing module's, which is the one that
-    matches what gpg verifies (dash-escaping, CRLF, trailing whitespace, a single document).
+    One cleartext reader serves the project, the signing package's: it refuses what gpg would
+    read differently (overlong lines, text around the block) and reads CRLF as gpg does.
     """
-    from ..sign import clearsigned_text
-
     try:
         return clearsigned_text(raw, "manifest")
     except SignatureError as e:

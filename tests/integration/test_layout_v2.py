@@ -25,7 +25,7 @@ import tempfile
 import pytest
 import yaml
 
-from bincache import sign
+from bincache import signing
 from bincache.demo import padded_root
 from bincache.mirror import open_cache
 from bincache.mirror.config import MirrorRef
@@ -142,9 +142,9 @@ def store(tmp_path_factory) -> Store:
 def signing_home():
     """The key of whoever signed the old cache, in a keyring of its own."""
     home = tempfile.mkdtemp(prefix="bcv2", dir="/tmp")
-    key = sign.create_key("Old Cache", "old@example.com", home=home)
+    key = signing.create_key("Old Cache", "old@example.com", home=home)
     yield home, key.fingerprint
-    sign.stop_agent(home)
+    signing.stop_agent(home)
     shutil.rmtree(home, ignore_errors=True)
 
 
@@ -189,7 +189,7 @@ def write_v2_cache(store: Store, mirror: str, *, signer: tuple[str, str] | None,
         body = json.dumps(doc, indent=0, separators=(",", ":")).encode()
         path = os.path.join(bc, stem + ".spec.json")
         if signer is not None:
-            body = sign.Signer(signer[1], home=signer[0]).clearsign(body)
+            body = signing.Signer(signer[1], home=signer[0]).clearsign(body)
             path += ".sig"
         with open(path, "wb") as f:
             f.write(body)
@@ -197,7 +197,7 @@ def write_v2_cache(store: Store, mirror: str, *, signer: tuple[str, str] | None,
     if signer is not None:
         pgp = os.path.join(bc, "_pgp")
         os.makedirs(pgp, exist_ok=True)
-        data, _ = sign.export_keys([signer[1]], home=signer[0])
+        data, _ = signing.export_keys([signer[1]], home=signer[0])
         with open(os.path.join(pgp, f"{signer[1]}.pub"), "wb") as f:
             f.write(data)
         with open(os.path.join(pgp, "index.json"), "w") as f:

@@ -210,9 +210,9 @@ def test_tls_registry_with_credentials_from_mirror_config(registry_tls, stack, t
 
 
 def test_token_registry_push_sign_and_verified_install(registry_token, stack, tmp_path):
-    from bincache import sign
+    from bincache import signing
 
-    key = sign.create_key("OCI Signer", "oci@example.com")
+    key = signing.create_key("OCI Signer", "oci@example.com")
     url = repo(registry_token)
     ref = MirrorRef(url, username="alice", password="secret")
     pushed = api.push(ref, ["hello"], root=stack.root, signed=True)
@@ -231,7 +231,7 @@ def test_token_registry_push_sign_and_verified_install(registry_token, stack, tm
     assert run_hello(hello).startswith("HEY! hello, world")
 
     # The same signature from a key that is no longer trusted: refused, nothing installed.
-    sign.set_trust([key.fingerprint], False)
+    signing.set_trust([key.fingerprint], False)
     with pytest.raises(BincacheError, match="NOT trusted"):
         install_from(url, tmp_path / "untrusted", "hello", ref=reader, unsigned=False)
     assert not list((tmp_path / "untrusted").rglob("spec.json"))

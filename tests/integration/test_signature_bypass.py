@@ -89,9 +89,9 @@ def _plant_trojan(cache, spec, prefix: str) -> None:
 @pytest.fixture
 def trojan_registry(registry_http, demo_stack_factory, tmp_path):
     """A registry repository holding greet, signed by a trusted key, then swapped for a trojan."""
-    from bincache import sign
+    from bincache import signing
 
-    sign.create_key("Release", "release@example.com")
+    signing.create_key("Release", "release@example.com")
     url = f"{registry_http.url}/bypass{os.getpid()}-{tmp_path.name}/cache"
     stack = demo_stack_factory
     api.push(MirrorRef(url), ["greet"], root=stack.root, signed=True)
@@ -120,9 +120,9 @@ def test_trojan_is_refused_from_gpgs_text_even_without_the_line_check(trojan_reg
                                                                        monkeypatch):
     """Defence in depth: with the line limit check out of the way, the records install uses are
     the ones gpg verified, and those name the legitimate image, not the trojan."""
-    from bincache import sign
+    from bincache.signing import cleartext
 
-    monkeypatch.setattr(sign, "_MAX_LINE", 1 << 20)
+    monkeypatch.setattr(cleartext, "MAX_LINE", 1 << 20)
     root = tmp_path / "victim"
     with pytest.raises(BincacheError, match="was made for another image"):
         api.install(["greet"], mirrors=[MirrorRef(trojan_registry)], root=str(root), unsigned=False)

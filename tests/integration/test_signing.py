@@ -8,6 +8,7 @@ manifests and the unsigned switches are tried against that. Homes are short mkdt
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ import time
 
 import pytest
 
-from bincache import sign
+from bincache import signing
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -67,7 +68,7 @@ class World:
 
     def close(self) -> None:
         for h in self.homes:
-            sign.stop_agent(h)
+            signing.stop_agent(h)
             shutil.rmtree(h, ignore_errors=True)
 
 
@@ -160,10 +161,10 @@ def test_manifest_signed_by_an_untrusted_key_is_refused(world):
     w = world
     mirror = copy_mirror(w, "m-foreign")
     path = w.manifest_path(mirror)
-    payload = sign.clearsigned_text(open(path, "rb").read())
+    payload = signing.clearsigned_text(open(path, "rb").read())
     mallory = w.home()
-    sign.create_key("Mallory", "mallory@example.com", home=mallory)
-    open(path, "wb").write(sign.Signer(home=mallory).clearsign(payload))
+    signing.create_key("Mallory", "mallory@example.com", home=mallory)
+    open(path, "wb").write(signing.Signer(home=mallory).clearsign(payload))
     root = os.path.join(w.base, "r-foreign")
     r = w.run("install", "-m", mirror, "hello", home=w.user, root=root, check=False)
     assert r.returncode == 1
@@ -176,7 +177,7 @@ def test_unsigned_manifest_is_refused_unless_asked(world):
     mirror = os.path.join(w.base, "m-unsigned")
     r = w.run("create", "--unsigned", mirror, home=w.builder, root=w.root)
     raw = open(w.manifest_path(mirror), "rb").read()
-    assert raw.startswith(b"{") and not sign.is_clearsigned(raw)
+    assert raw.startswith(b"{") and not signing.is_clearsigned(raw)
     root = os.path.join(w.base, "r-unsigned")
     r = w.run("install", "-m", mirror, "hello", home=w.user, root=root, check=False)
     assert r.returncode == 1 and "not signed" in r.stderr and "--unsigned" in r.stderr
@@ -202,10 +203,10 @@ def test_mirror_configured_signed_false_pushes_and_installs_unsigned(world):
     with open(os.path.join(scope, "mirrors.yaml"), "w") as f:
         f.write(f"mirrors:\n  local:\n    url: {mirror}\n    signed: false\n")
     w.run("create", "local", home=w.builder, root=w.root, scope=scope)
-    assert not sign.is_clearsigned(open(w.manifest_path(mirror), "rb").read())
+    assert not signing.is_clearsigned(open(w.manifest_path(mirror), "rb").read())
     # --signed wins over the mirror's setting.
     w.run("create", "--signed", "-f", "local", home=w.builder, root=w.root, scope=scope)
-    assert sign.is_clearsigned(open(w.manifest_path(mirror), "rb").read())
+    assert signing.is_clearsigned(open(w.manifest_path(mirror), "rb").read())
     # And installing from it follows the mirror's signed: false.
     w.run("create", "-f", "local", home=w.builder, root=w.root, scope=scope)
     root = os.path.join(w.base, "r-config")
@@ -222,8 +223,8 @@ def test_key_choice_on_create(world):
     r = w.run("create", mirror, home=two, root=w.root, check=False)
     assert r.returncode == 1 and "2 signing keys" in r.stderr and "--key" in r.stderr
     w.run("create", "--key", "two@example.com", mirror, home=two, root=w.root)
-    _, fpr = sign.verify_clearsigned(open(w.manifest_path(mirror), "rb").read(), two)
-    assert sign.find_key("two@example.com", two).fingerprint == fpr
+    _, fpr = signing.verify_clearsigned(open(w.manifest_path(mirror), "rb").read(), two)
+    assert signing.find_key("two@example.com", two).fingerprint == fpr
 
 
 def test_keys_commands_never_print_secrets(world):
@@ -256,9 +257,50 @@ def test_passphrase_key_fails_create_fast_without_prompt(world):
     subprocess.run(["gpg", "--homedir", locked, "--batch", "--pinentry-mode", "loopback", "--passphrase",
                     "correct horse", "--quick-gen-key", "Locked <locked@example.com>", "ed25519", "sign",
                     "never"], check=True, capture_output=True, timeout=60)
-    sign.stop_agent(locked)
+    signing.stop_agent(locked)
     t0 = time.monotonic()
     r = w.run("create", os.path.join(w.base, "m-locked"), home=locked, root=w.root, check=False)
     assert time.monotonic() - t0 < 60
     assert r.returncode == 1
     assert "protected by a passphrase" in r.stderr and "correct horse" not in r.stderr + r.stdout
+
+
+def test_a_crlf_copy_of_a_signed_manifest_installs(world):
+    """A mirror copied through a tool that rewrote line endings: gpg canonicalizes them in
+    cleartext signatures, and so does install (issue 10, finding 8)."""
+    w = world
+    mirror = copy_mirror(w, "m-crlf")
+    path = w.manifest_path(mirror)
+    raw = open(path, "rb").read()
+    open(path, "wb").write(raw.replace(b"\n", b"\r\n"))
+    root = os.path.join(w.base, "r-crlf")
+    r = w.run("install", "-m", mirror, "hello", home=w.user, root=root)
+    assert "installed hello@1.0" in r.stdout
+    assert len(installed(root)) == 1
+
+
+@pytest.mark.parametrize("trust", [False, True])
+def test_keys_install_refuses_a_mirror_serving_a_secret_key(world, trust):
+    """Issue 10, finding 4: `keys install` takes public key material only."""
+    w = world
+    mirror = copy_mirror(w, f"m-secret-{trust}")
+    secret = os.path.join(w.base, f"leak-{trust}.secret")
+    w.run("keys", "export", "--secret", secret, home=w.builder)
+    data = open(secret, "rb").read()
+    digest = hashlib.sha256(data).hexdigest()
+    blob = os.path.join(mirror, "blobs", "sha256", digest[:2], digest)
+    os.makedirs(os.path.dirname(blob), exist_ok=True)
+    open(blob, "wb").write(data)
+    (name,) = [n for n in os.listdir(os.path.join(mirror, "v3", "manifests", "key"))
+               if n != "keys.manifest.json"]
+    manifest = os.path.join(mirror, "v3", "manifests", "key", name)
+    doc = json.load(open(manifest))
+    doc["data"][0].update(checksum=digest, contentLength=len(data))
+    json.dump(doc, open(manifest, "w"))
+    victim = w.home()
+    r = w.run("keys", "install", mirror, *(["--trust"] if trust else []), home=victim, check=False)
+    assert r.returncode == 1, r.stdout
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "SECRET key material" in lines[0]
+    assert "PRIVATE KEY" not in r.stdout + r.stderr
+    assert w.run("keys", "list", "--signing", home=victim).stdout.startswith("no signing keys")
