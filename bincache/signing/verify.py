@@ -37,6 +37,7 @@ def verify_clearsigned(data: bytes, home: str | None = None, *, source: str = "s
     signature, an unknown, untrusted, revoked or expired key, a SHA-1 or future-dated signature,
     or a document that is not one clearsigned block."""
     doc = single_document(data, source)
+    home = gnupg_home(home)  # once: the configuration is read to find it
     result = run_gpg(home, ["--decrypt"], doc)
     status = result.status
     kinds = [s[0] for s in status]
