@@ -18,7 +18,7 @@ from ..errors import BincacheError, BlobNotFound, MirrorError, SignatureError, S
 from ..index import read_index
 from ..mirror import open_cache
 from ..mirror.layout_v3 import is_clearsigned
-from ..sign import clearsigned_text
+from ..signing import clearsigned_text
 from ..spec import InstallTree, Spec, parse_specfile
 from .trust import UnsignedPackage, unsigned_allowed, verified_package
 

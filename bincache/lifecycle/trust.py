@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from ..config import mask_url
 from ..errors import BincacheError, SignatureError
 from ..mirror.layout_v3 import is_clearsigned, parse_manifest
-from ..sign import clearsigned_text, list_keys, verify_clearsigned
+from ..signing import clearsigned_text, list_keys, verify_clearsigned
 
 
 class UnsignedPackage(SignatureError):
