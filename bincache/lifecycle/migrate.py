@@ -232,7 +232,7 @@ def migrate(source, dest=None, *, key: str | None = None, unsigned: bool = False
     result = MigrateResult(mask_url(src_backend.url), mask_url(dest_backend.url), in_place)
     signer = None
     if key is not None:
-        from ..sign import Signer
+        from ..signing import Signer
 
         signer = Signer(key)
         result.key = signer.fingerprint
@@ -285,7 +285,7 @@ def migrate(source, dest=None, *, key: str | None = None, unsigned: bool = False
         update_index(v3, jobs=max(1, jobs))
         result.index_updated = True
     if signer is not None and any(p.signer for p in result.packages):
-        from ..sign import publish_keys
+        from ..mirror.keys import publish_keys
 
         publish_keys(v3, [signer.fingerprint])
     if not result.failed:

@@ -9,6 +9,7 @@ from gpg's VALIDSIG status line.
 
 from __future__ import annotations
 
+import calendar
 import json
 import logging
 import threading
@@ -95,7 +96,7 @@ def _timestamp(field: str) -> float | None:
     if field.isdigit():
         return float(field)
     try:
-        return float(time.mktime(time.strptime(field, "%Y%m%dT%H%M%S")) - time.timezone)
+        return float(calendar.timegm(time.strptime(field, "%Y%m%dT%H%M%S")))
     except ValueError:
         return None
 

@@ -195,3 +195,9 @@ def test_v2_specfile(keyed, make_home):
         signing.verify_v2_specfile(signed, make_home())
     with pytest.raises(SpecError, match="not JSON"):
         signing.verify_v2_specfile(signer.clearsign(b"zlib 1.3"), home)
+
+
+def test_signature_times_read_in_both_of_gpgs_forms():
+    assert verify._timestamp("4102358400") == 4102358400.0
+    assert verify._timestamp("20991231T000000") == 4102358400.0
+    assert verify._timestamp("soon") is None
