@@ -23,6 +23,7 @@ SPECFILE_VERSION = 5  # Spack 1.0-1.2 read v5; v6 (1.3) readers also accept it
 DB_VERSION = "8"
 SPEC_DIR = ".spack"
 SPEC_JSON = "spec.json"
+DEPS_JSON = "dependency_prefixes.json"  # bincache's record, beside spec.json
 DB_DIR = ".spack-db"
 DEFAULT_PROJECTION = "{platform}-{target}/{name}-{version}-{hash}"
 # Spack's grammar (spack/parser.py): a name or an arch field starts with a letter, digit or "_",
@@ -364,9 +365,15 @@ def matches(spec: Spec, selector: str) -> bool:
 
 
 def make_node(name: str, version: str, deps: list[Spec], arch: dict | None = None,
-              parameters: dict | None = None, compiler: dict | None = None) -> dict:
+              parameters: dict | None = None, compiler: dict | None = None,
+              package_hash: str | None = None) -> dict:
     """A Spack v5 spec node (with its hash), in the key order Spack writes; with a
-    ``compiler`` ({name, version}), a v4 node (Spack 0.2x's format: compiler on the node)."""
+    ``compiler`` ({name, version}), a v4 node (Spack 0.2x's format: compiler on the node).
+
+    ``package_hash`` is where Spack puts the hash of the package's recipe; a build system that is
+    not Spack puts the hash of its build inputs there (:func:`inputs_hash`), so that it is part of
+    the DAG hash as in Spack.
+    """
     node: dict = {
         "name": name,
         "version": version,
@@ -376,6 +383,8 @@ def make_node(name: str, version: str, deps: list[Spec], arch: dict | None = Non
         node["compiler"] = dict(compiler)
     node["namespace"] = "bincache"
     node["parameters"] = dict(parameters or {})
+    if package_hash:
+        node["package_hash"] = package_hash
     if deps:
         node["dependencies"] = [
             {"name": d.name, "hash": d.hash, "parameters": {"deptypes": ["build", "link"], "virtuals": []}}
@@ -395,16 +404,104 @@ def parse_compiler(text: str) -> dict:
     return {"name": name, "version": version.lstrip("=")}
 
 
+def inputs_hash(inputs: Iterable[str]) -> str | None:
+    """The ``package_hash`` of a build's inputs: each a value, or ``@FILE`` for a file's content.
+
+    Spack's form (base32 of a SHA-256). Inputs are sorted: the same set gives the same hash
+    whatever order a build script lists them in; a file counts by its content, not its path.
+    """
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    items = []
+    for value in inputs:
+        value = str(value)
+        if value.startswith("@"):
+            path = value[1:]
+            digest = hashlib.sha256()
+            try:
+                with open(path, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        digest.update(block)
+            except OSError as e:
+                raise UsageError(f"hash input {value}: cannot read {path}: {e.strerror}") from None
+            items.append("file:" + digest.hexdigest())
+        else:
+            items.append("value:" + value)
+    if not items:
+        return None
+    text = "\n".join(sorted(items)).encode()
+    return base64.b32encode(hashlib.sha256(text).digest()).decode().lower()
+
+
+def recorded_dependency_prefixes(prefix: str) -> dict[str, str]:
+    """hash -> prefix of every dependency recorded when ``prefix`` was registered (or {})."""
+    path = os.path.join(prefix, SPEC_DIR, DEPS_JSON)
+    try:
+        with open(path, "rb") as f:
+            doc = json.load(f)
+        found = doc["hash_to_prefix"]
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SpecError(f"{path}: not a readable dependency record ({e}); register {prefix} again") from None
+    if not isinstance(found, dict):
+        raise SpecError(f"{path}: not a readable dependency record; register {prefix} again")
+    return {str(h): str(p) for h, p in found.items()}
+
+
+def _enclosing_tree(prefix: str) -> InstallTree | None:
+    """The install tree a prefix lives in (a parent holding ``.spack-db``), as Spack lays it out."""
+    d = os.path.dirname(prefix)
+    for _ in range(6):
+        if os.path.isfile(os.path.join(d, DB_DIR, "index.json")):
+            return InstallTree(d)
+        parent = os.path.dirname(d)
+        if parent == d:
+            break
+        d = parent
+    return None
+
+
+def _dependency_prefixes(dep_prefix: str, nodes: list[Spec], root: str | None) -> dict[str, str]:
+    """hash -> prefix for a dependency and everything it depends on; every node must be found."""
+    found = {nodes[0].hash: dep_prefix}
+    found.update(recorded_dependency_prefixes(dep_prefix))
+    trees = [t for t in (InstallTree(root) if root else None, _enclosing_tree(dep_prefix)) if t is not None]
+    for n in nodes[1:]:
+        if n.hash in found:
+            continue
+        for tree in trees:
+            try:
+                inst = tree.get(n.hash)
+            except SpecError:
+                inst = None
+            if inst is not None:
+                found[n.hash] = inst.prefix
+                break
+        else:
+            raise SpecError(
+                f"dependency {dep_prefix} ({nodes[0].short()}) does not record where its own "
+                f"dependency {n.short()} is installed; register {dep_prefix} again with --dep for "
+                "each of its dependencies, or give the install tree with --root")
+    return found
+
+
 def register_prefix(prefix: str, name: str, version: str, deps: Iterable[str] = (),
                     arch: dict | None = None, parameters: dict | None = None,
-                    root: str | None = None, compiler: str | None = None) -> InstalledSpec:
+                    root: str | None = None, compiler: str | None = None,
+                    hash_inputs: Iterable[str] = ()) -> InstalledSpec:
     """Write ``<prefix>/.spack/spec.json`` for a prefix another build system installed.
 
-    ``deps`` are prefixes already registered. When ``root`` is given (or the prefix is under a
-    tree with a database), the prefix is recorded in that tree's database too. ``compiler``
-    (``NAME@VERSION``) makes it a spec file v4 with the compiler on the node, which Spack < 1.0
-    needs to install the package (Spack >= 1.0 reads v4 too).
+    ``deps`` are prefixes already registered: where each one (and each of theirs) is installed
+    is recorded in ``<prefix>/.spack/dependency_prefixes.json``, so the package can be pushed
+    from outside any install tree with a complete ``hash_to_prefix``. ``hash_inputs`` (values,
+    ``@FILE`` for a file's content) become the spec's ``package_hash``. When ``root`` is given,
+    the prefix is recorded in that tree's database too. ``compiler`` (``NAME@VERSION``) makes it
+    a spec file v4 with the compiler on the node, which Spack < 1.0 needs to install the package
+    (Spack >= 1.0 reads v4 too).
     """
+    if isinstance(deps, str):
+        deps = [deps]
     compiler_node = parse_compiler(compiler) if compiler else None
     prefix = os.path.abspath(prefix)
     if not os.path.isdir(prefix):
@@ -416,24 +513,61 @@ def register_prefix(prefix: str, name: str, version: str, deps: Iterable[str] = 
                         'or "_" and holds no "/", space or control character')
     dep_nodes: list[Spec] = []
     direct: list[Spec] = []
+    hash_to_prefix: dict[str, str] = {}
     for dep_prefix in deps:
-        nodes = read_prefix_specfile(os.path.abspath(dep_prefix))
+        dep_prefix = os.path.abspath(dep_prefix)
+        if os.path.normpath(dep_prefix) == prefix:
+            raise SpecError(f"{prefix} cannot depend on itself")
+        if not os.path.isfile(os.path.join(dep_prefix, SPEC_DIR, SPEC_JSON)):
+            what = "does not exist" if not os.path.isdir(dep_prefix) else "is not registered (no .spack/spec.json)"
+            raise SpecError(f"dependency {dep_prefix} {what}: build and register it first "
+                            f"(bincache register {dep_prefix} --name NAME --version VERSION)")
+        nodes = read_prefix_specfile(dep_prefix)
+        hash_to_prefix.update(_dependency_prefixes(dep_prefix, nodes, root))
         direct.append(nodes[0])
         for n in nodes:
             if n.hash not in {d.hash for d in dep_nodes}:
                 dep_nodes.append(n)
-    node = make_node(name, str(version), direct, arch, parameters, compiler_node)
+    node = make_node(name, str(version), direct, arch, parameters, compiler_node, inputs_hash(hash_inputs))
     spec = Spec.from_node(node)
-    # The dependencies' prefixes travel in the buildinfo; remember them here for `create`.
     nodes = [spec] + dep_nodes
     spec_dir = os.path.join(prefix, SPEC_DIR)
     os.makedirs(spec_dir, exist_ok=True)
+    # A text file holding the dependencies' prefixes: relocation rewrites it on install, so an
+    # installed copy records where its dependencies were installed.
+    record = {"hash_to_prefix": {h: hash_to_prefix[h] for h in sorted(hash_to_prefix)}}
+    _write_atomic(os.path.join(spec_dir, DEPS_JSON), json.dumps(record, indent=2).encode())
     doc = specfile_dict(nodes, 4 if compiler_node else SPECFILE_VERSION)
     _write_atomic(os.path.join(spec_dir, SPEC_JSON), json.dumps(doc, indent=2).encode())
     inst = InstalledSpec(spec, prefix, tuple(nodes))
     if root is not None:
         InstallTree(root).record(inst)
     return inst
+
+
+def prefix_tree(prefix: str) -> tuple[InstallTree, InstalledSpec]:
+    """A prefix outside any install tree, with the dependencies recorded when it was registered.
+
+    Its parent directory stands for the store root. Every dependency must have a recorded prefix,
+    so that the package's buildinfo names where each one was.
+    """
+    prefix = os.path.abspath(prefix)
+    nodes = read_prefix_specfile(prefix)
+    recorded = recorded_dependency_prefixes(prefix)
+    inst = InstalledSpec(nodes[0], prefix, tuple(nodes))
+    specs = {inst.hash: inst}
+    by_hash = {n.hash: n for n in nodes}
+    for h, dep_prefix in recorded.items():
+        if h in by_hash and h != inst.hash:
+            specs[h] = InstalledSpec(by_hash[h], dep_prefix, (by_hash[h],))
+    missing = [n.short() for n in nodes[1:] if n.hash not in specs]
+    if missing:
+        raise SpecError(f"{prefix} does not record where {', '.join(missing)} is installed (it was "
+                        "registered without --dep, or by an older bincache); register it again "
+                        "with --dep for each dependency, or push it with --root")
+    tree = InstallTree(os.path.dirname(prefix))
+    tree._specs = specs
+    return tree, inst
 
 
 def _write_atomic(path: str, data: bytes) -> None:

@@ -103,7 +103,9 @@ def test_buildinfo_lists_what_to_relocate_with_offsets_that_hold_the_prefix(stac
     run_cli("--root", stack.root, "create", "--unsigned", mirror, "hello", check=True)
     with tarfile.open(_tarball(mirror, "hello"), "r:gz") as tf:
         info = yaml.safe_load(tf.extractfile(tf.getmembers()[-1]).read())
-    assert set(info["relocate_textfiles"]) == {"bin/hello-wrapper", "share/hello/README"}
+    # register's record of the dependencies' prefixes is relocated with them
+    assert set(info["relocate_textfiles"]) == {"bin/hello-wrapper", "share/hello/README",
+                                               ".spack/dependency_prefixes.json"}
     assert info["relocate_binaries"] == ["bin/hello"]
     assert info["relocate_links"] == ["share/hello/motd.txt"]
     assert info["hardlinks_deduped"] is True
