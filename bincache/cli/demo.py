@@ -17,18 +17,46 @@ def register(sub) -> None:
     p = sub.add_parser("demo", help="build an example stack, push it, install it elsewhere, run it",
                        description="Compile a small C stack with gcc into DIR/opt..., register it, "
                        "create a build cache in DIR/mirror, install it into a shorter root and run it.")
-    p.add_argument("dir", nargs="?", default="bincache-demo", help="work directory (default: ./bincache-demo)")
-    p.add_argument("--keep", action="store_true", help="reuse DIR instead of starting afresh")
+    p.add_argument("dir", nargs="?", default="bincache-demo",
+                   help="work directory: new, empty, or made by an earlier demo (default: ./bincache-demo)")
+    p.add_argument("--keep", action="store_true", help="reuse the demo's DIR instead of starting afresh")
     p.set_defaults(func=cmd_demo)
+
+
+# The demo's own mark: a directory holding it was made by the demo, so the demo may empty it.
+MARKER = ".bincache-demo"
+
+
+def _prepare(work: str, keep: bool) -> None:
+    """Make ``work`` the demo's directory: new, empty, or marked as the demo's own (then emptied
+    unless ``keep``). Anything else is the user's and is refused untouched."""
+    marker = os.path.join(work, MARKER)
+    if os.path.lexists(work):
+        if os.path.islink(work) or not os.path.isdir(work):
+            raise BincacheError(f"{work} exists and is not a directory; give the demo a new directory")
+        entries = os.listdir(work)
+        if entries and not os.path.isfile(marker):
+            raise BincacheError(f"{work} is not empty and was not made by bincache demo (it has no "
+                                f"{MARKER} file), so the demo will not write there or delete anything; "
+                                "give it a new or empty directory")
+        if not keep:
+            # Its contents, not the directory itself: it may be the current directory.
+            for name in entries:
+                path = os.path.join(work, name)
+                if name == MARKER:
+                    continue
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                else:
+                    os.unlink(path)
+    os.makedirs(work, exist_ok=True)
+    with open(marker, "w") as f:
+        f.write("made by bincache demo: `bincache demo` may empty this directory\n")
 
 
 def cmd_demo(args) -> int:
     work = os.path.abspath(args.dir)
-    if os.path.exists(work) and not args.keep:
-        if not os.path.isdir(work):
-            raise BincacheError(f"{work} exists and is not a directory")
-        shutil.rmtree(work)
-    os.makedirs(work, exist_ok=True)
+    _prepare(work, args.keep)
     build_root = padded_root(os.path.join(work, "opt"), 120)
     mirror = os.path.join(work, "mirror")
     print(f"bincache demo in {work}  (native core: {_native.BACKEND})")

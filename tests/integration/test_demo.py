@@ -26,3 +26,28 @@ def test_demo_builds_pushes_signed_installs_shorter_and_runs(tmp_path):
             assert not [f for _, _, files in os.walk(work / name) for f in files]
     # the user's own keyring was not touched
     assert not (tmp_path / "home" / ".bincache" / "gpg").exists()
+
+
+def test_demo_keeps_a_directory_it_did_not_make(tmp_path):
+    work = tmp_path / "mine"
+    work.mkdir()
+    (work / "notes.txt").write_text("my own notes\n")
+    p = run_cli("demo", str(work))
+    assert p.returncode == 1
+    assert p.stderr.startswith(f"error: {work} is not empty and was not made by bincache demo")
+    assert "Traceback" not in p.stderr
+    assert (work / "notes.txt").read_text() == "my own notes\n"
+    assert sorted(os.listdir(work)) == ["notes.txt"]
+    # --keep does not write into it either
+    assert run_cli("demo", "--keep", str(work)).returncode == 1
+    assert sorted(os.listdir(work)) == ["notes.txt"]
+
+
+def test_demo_starts_afresh_only_in_its_own_directory(tmp_path):
+    work = tmp_path / "demo"
+    run_cli("demo", str(work), check=True)
+    assert (work / ".bincache-demo").is_file()
+    (work / "mirror" / "stale").write_text("left by the last run\n")
+    run_cli("demo", str(work), check=True)  # its own directory: emptied and run again
+    assert not (work / "mirror" / "stale").exists()
+    assert (work / "mirror" / "v3" / "layout.json").is_file()
