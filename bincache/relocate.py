@@ -16,9 +16,11 @@ Two steps, so that a whole install can be checked before anything is written:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from collections.abc import Iterable, Mapping
+import stat
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import yaml
@@ -419,6 +421,27 @@ def _relocate_binary_file(root: str, fp: FilePlan, report: RelocationReport) -> 
     report.grown += sum(1 for e in fp.elf_edits if e.grow)
 
 
+@contextlib.contextmanager
+def _owner_writable(path: str) -> Iterator[None]:
+    """Owner-write on a file while it is patched, then its mode back (before the prefix is
+    renamed into place). A package from any producer may hold read-only files (Spack's 0444,
+    0555); only root with CAP_DAC_OVERRIDE could open those for writing as they are."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        st = None  # the patch itself reports what is wrong with the file
+    # Regular files only: chmod follows a symlink, which could lead out of the staging directory.
+    if st is None or not stat.S_ISREG(st.st_mode) or st.st_mode & stat.S_IWUSR:
+        yield
+        return
+    mode = stat.S_IMODE(st.st_mode)
+    os.chmod(path, mode | stat.S_IWUSR)
+    try:
+        yield
+    finally:
+        os.chmod(path, mode)
+
+
 def apply_relocation(plan: RelocationPlan, *, allow_unrelocated: bool = False) -> RelocationReport:
     """Carry out ``plan`` in its staging directory.
 
@@ -433,10 +456,11 @@ def apply_relocation(plan: RelocationPlan, *, allow_unrelocated: bool = False) -
     report = RelocationReport(unrelocated=list(plan.unrelocated))
     text = TextRelocator(plan.pairs)
     for fp in plan.files:
-        if fp.kind == "text":
-            _relocate_text_file(plan.root, fp, text, report)
-        else:
-            _relocate_binary_file(plan.root, fp, report)
+        with _owner_writable(os.path.join(plan.root, fp.rel)):
+            if fp.kind == "text":
+                _relocate_text_file(plan.root, fp, text, report)
+            else:
+                _relocate_binary_file(plan.root, fp, report)
     for rel, target in plan.links:
         path = os.path.join(plan.root, rel)
         os.unlink(path)

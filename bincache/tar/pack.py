@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import yaml
@@ -41,11 +42,12 @@ def _parents(prefix: str) -> list[str]:
     return ["/".join(parts[:i]) for i in range(1, len(parts))]
 
 
-def pack_prefix(writer, prefix: str, prefixes: list[str]) -> PackReport:
+def pack_prefix(writer, prefix: str, prefixes: list[str], tick: Callable[[int], None] | None = None) -> PackReport:
     """Add the parent directories, then the prefix, to ``writer``; return what the scan found.
 
     ``prefixes`` are the old prefixes (the writer was created with them, same order): a symlink
-    whose target contains one of them is listed for relocation.
+    whose target contains one of them is listed for relocation. ``tick`` is called with each
+    file's size after it is added (progress; it may raise to stop the walk).
     """
     prefix = os.path.abspath(prefix)
     report = PackReport()
@@ -54,18 +56,24 @@ def pack_prefix(writer, prefix: str, prefixes: list[str]) -> PackReport:
     if not os.path.isdir(prefix):
         raise PrefixError(f"prefix {prefix} does not exist or is not a directory")
     inodes: dict[tuple[int, int], str] = {}
-    _walk(writer, prefix, prefix, prefixes, report, inodes)
+    _walk(writer, prefix, prefix, prefixes, report, inodes, tick or (lambda _n: None))
     return report
 
 
+def spack_mode(st_mode: int) -> int:
+    """A file's mode in the tarball, normalized as Spack does: 0755 when the owner may execute
+    it, else 0644. A package then installs with modes its user can work with, whatever the
+    builder's umask or a file's read-only bits were."""
+    return 0o755 if st_mode & stat.S_IXUSR else 0o644
+
+
 def _walk(writer, prefix: str, directory: str, prefixes: list[str], report: PackReport,
-          inodes: dict[tuple[int, int], str]) -> None:
+          inodes: dict[tuple[int, int], str], tick: Callable[[int], None]) -> None:
     try:
-        st = os.lstat(directory)
         entries = sorted(os.scandir(directory), key=lambda e: os.fsencode(e.name))
     except OSError as e:
         raise PrefixError(f"cannot read directory {directory}: {e.strerror}") from None
-    writer.add_dir(_member(directory), stat.S_IMODE(st.st_mode) & 0o777)
+    writer.add_dir(_member(directory), 0o755)  # whatever its mode, as Spack writes directories
     subdirs = []
     cut = len(prefix) + 1  # entry paths are prefix + "/" + rel: cheaper than os.path.relpath
     for entry in entries:
@@ -88,24 +96,25 @@ def _walk(writer, prefix: str, directory: str, prefixes: list[str], report: Pack
         elif stat.S_ISREG(mode):
             key = (st.st_dev, st.st_ino)
             if st.st_nlink > 1 and key in inodes:
-                writer.add_hardlink(_member(path), _member(inodes[key]), stat.S_IMODE(mode) & 0o777)
+                writer.add_hardlink(_member(path), _member(inodes[key]), spack_mode(mode))
                 report.hardlinks[rel] = inodes[key][cut:]
                 continue
             if st.st_nlink > 1:
                 inodes[key] = path
             try:
-                scan = writer.add_file(_member(path), path, stat.S_IMODE(mode) & 0o777)
+                scan = writer.add_file(_member(path), path, spack_mode(mode))
             except NativeError as e:
                 raise PrefixError(str(e)) from None
             report.files += 1
             report.bytes_in += scan.size
             _record(report, rel, scan)
+            tick(scan.size)
         else:
             kind = ("fifo" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode)
                     else "device file")
             raise PrefixError(f"{path} is a {kind}; a binary package cannot hold one. Remove it from the prefix")
     for sub in subdirs:
-        _walk(writer, prefix, sub, prefixes, report, inodes)
+        _walk(writer, prefix, sub, prefixes, report, inodes, tick)
 
 
 def _record(report: PackReport, rel: str, scan) -> None:
