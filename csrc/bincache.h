@@ -5,7 +5,7 @@
  * static string). Results come back through pointers. Functions that can fail with a message
  * either keep it in their handle (bc_writer_error) or write it into a caller's buffer
  * (err, errlen). Nothing here keeps global state, so handles can be used from several threads
- * (one thread per handle at a time).
+ * (one thread per handle at a time, but for bc_writer_cancel).
  *
  * This header is also the cffi cdef (bincache/_native/_build.py reads the part between the
  * BC_CDEF_BEGIN and BC_CDEF_END markers), so keep that part free of preprocessor lines.
@@ -16,7 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define BC_ABI_VERSION 2
+#define BC_ABI_VERSION 3
 
 /* BC_CDEF_BEGIN */
 enum {
@@ -30,7 +30,8 @@ enum {
     BC_EDEFLATE = -7,    /* the deflate library reported an error */
     BC_ETHREAD = -8,     /* a worker thread could not be started */
     BC_EDATA = -9,       /* compressed data is damaged (bad header, CRC, length, deflate data) */
-    BC_ETRUNC = -10      /* compressed data ends too early (or there is none) */
+    BC_ETRUNC = -10,     /* compressed data ends too early (or there is none) */
+    BC_ECANCELED = -11   /* bc_writer_cancel was called */
 };
 
 enum { BC_KIND_TEXT = 0, BC_KIND_BINARY = 1, BC_KIND_ELF = 2 };
@@ -100,6 +101,10 @@ int bc_writer_add_bytes(bc_writer *w, const char *name, size_t name_len,
 /* Output produced since the last call (fd == -1 only); valid until the next call on w. */
 int bc_writer_take_output(bc_writer *w, const unsigned char **data, size_t *len);
 int bc_writer_finish(bc_writer *w, bc_result *result);
+/* Stop the writer: a bc_writer_add_file running on another thread returns BC_ECANCELED after
+ * the block it is reading, and the writer is unusable. The one call that may come from another
+ * thread while the handle is in use (Ctrl-C must not wait for the end of a large file). */
+int bc_writer_cancel(bc_writer *w);
 
 /* Every non-overlapping occurrence of any prefix, leftmost first, longest at a position.
  * *hits is allocated (free it with bc_free). */

@@ -45,6 +45,7 @@ const char *bc_strerror(int rc)
     case BC_ETHREAD: return "cannot start a worker thread";
     case BC_EDATA: return "damaged compressed data";
     case BC_ETRUNC: return "truncated compressed data";
+    case BC_ECANCELED: return "cancelled";
     default: return "unknown error";
     }
 }

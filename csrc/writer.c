@@ -12,6 +12,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +30,7 @@ struct bc_writer {
     bc_err err;
     int finished;
     int broken;
+    volatile sig_atomic_t cancelled; /* set by bc_writer_cancel from another thread */
     char first_err[1024]; /* what broke it */
     uint64_t usize;
     unsigned char *hdr;
@@ -354,6 +356,10 @@ int bc_writer_add_file(bc_writer *w, const char *name, size_t name_len, const ch
     while (rc == BC_OK && done < size) {
         unsigned char *dst;
         size_t avail;
+        if (w->cancelled) {
+            rc = bc__fail(&w->err, BC_ECANCELED, 0, "cancelled while reading %s", path);
+            break;
+        }
         rc = bc__gz_space(&w->gz, &dst, &avail, &w->err);
         if (rc)
             break;
@@ -464,6 +470,12 @@ int bc_writer_free(bc_writer *w)
     free(w->hdr);
     free(w->name);
     free(w);
+    return BC_OK;
+}
+
+int bc_writer_cancel(bc_writer *w)
+{
+    w->cancelled = 1;
     return BC_OK;
 }
 

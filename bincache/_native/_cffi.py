@@ -15,7 +15,7 @@ from ..errors import CannotGrowString, IntegrityError, NativeError, NoSpaceError
 from ._lib import ffi, lib  # type: ignore[import-not-found]
 from ._pure import KIND_BINARY, KIND_ELF, KIND_TEXT, FileScan, TarResult
 
-_ABI_VERSION = 2
+_ABI_VERSION = 3
 if lib.bc_abi_version() != _ABI_VERSION:
     raise NativeError(
         f"the compiled C core is stale (ABI {lib.bc_abi_version()}, this code needs "
@@ -181,6 +181,18 @@ class TarWriter:
         self._check(lib.bc_writer_add_file(self._w, n, len(n), p, mode, self._scan))
         self._drain()
         return self._filescan()
+
+    def cancel(self) -> None:
+        """From any thread: a running ``add_file`` stops after the block it reads (NativeError)."""
+        if self._w is not None:
+            lib.bc_writer_cancel(self._w)
+
+    def close(self) -> None:
+        """Free the writer now (its compression threads stop after the piece each is on), not
+        when the garbage collector gets to it; for an abandoned stream (finish frees too)."""
+        if self._w is not None:
+            ffi.release(self._w)
+            self._w = None
 
     def finish(self) -> TarResult:
         res = ffi.new("bc_result *")

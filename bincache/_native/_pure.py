@@ -224,6 +224,7 @@ class TarWriter:
             raise NativeError(f"compression level must be 0-9, not {level}")
         self._comp = zlib.compressobj(level, zlib.DEFLATED, -15, 9)
         self._finished = False
+        self._cancelled = False
         header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
         self._emit(header)
 
@@ -233,7 +234,19 @@ class TarWriter:
             self._gz.update(data)
             self._csize += len(data)
 
+    def cancel(self) -> None:
+        """From any thread: the next write stops with NativeError."""
+        self._cancelled = True
+
+    def close(self) -> None:
+        """Abandon the stream (finish is not called)."""
+        self._finished = True
+        if self._own and not self._out.closed:
+            self._out.close()
+
     def _feed(self, data: bytes) -> None:
+        if self._cancelled:
+            raise NativeError("cancelled")
         if self._finished:
             raise NativeError("tar writer already finished")
         self._raw.update(data)
@@ -256,7 +269,9 @@ class TarWriter:
 
     def add_bytes(self, name: str, data: bytes, mode: int = 0o644) -> FileScan:
         self._feed(tar_header(name, b"0", mode, len(data)))
-        self._feed(data)
+        view = memoryview(data)
+        for start in range(0, len(data), 1 << 20):  # slices: a cancel is seen within one
+            self._feed(view[start:start + (1 << 20)])
         pad = -len(data) % BLOCK
         if pad:
             self._feed(b"\0" * pad)
