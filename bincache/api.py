@@ -6,77 +6,137 @@ Everything the CLI does goes through here; nothing here prints.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlparse
 
+from . import autopush as _autopush
 from . import create as _create
 from . import index as _index
-from .errors import SpecError, UsageError
+from .autopush import AutopushResult
+from .create import PushInterrupted, PushProgress, PushResult
+from .errors import UsageError
 from .mirror import MirrorRef, open_cache, resolve
+from .root import optional_root, resolve_root
 from .spec import InstalledSpec, InstallTree, register_prefix
 
-
-def resolve_root(root: str | None = None) -> str:
-    """The install tree: the argument, else ``BINCACHE_ROOT``, else config ``install_tree:root``."""
-    if root:
-        return os.path.abspath(os.path.expanduser(root))
-    env = os.environ.get("BINCACHE_ROOT")
-    if env:
-        return os.path.abspath(os.path.expanduser(env))
-    try:
-        from . import config
-
-        value = config.get_value("install_tree:root")
-    except (ImportError, AttributeError):
-        value = None
-    if value:
-        return os.path.abspath(os.path.expanduser(os.path.expandvars(str(value))))
-    raise UsageError("no install tree given: use --root ROOT, set BINCACHE_ROOT, or set install_tree:root in config")
+__all__ = ["register", "push", "push_prefix", "update_index", "list_mirror", "install", "download",
+           "on_build_finished", "check", "resolve_root", "UsageError", "PushInterrupted", "PushProgress",
+           "PushResult", "AutopushResult"]
 
 
 def _mirror(mirror: str | MirrorRef, direction: str) -> MirrorRef:
-    return mirror if isinstance(mirror, MirrorRef) else resolve(mirror, direction)
+    if isinstance(mirror, MirrorRef):
+        return mirror
+    if not isinstance(mirror, (str, os.PathLike)):
+        raise UsageError(f"a mirror is a name, path or URL (str), not {type(mirror).__name__}")
+    return resolve(os.fspath(mirror), direction)
 
 
-def register(prefix: str, name: str, version: str, deps: list[str] = (), arch: dict | None = None,
-             root: str | None = None, parameters: dict | None = None,
-             compiler: str | None = None) -> InstalledSpec:
+def _mirrors(mirrors: Sequence[str | MirrorRef] | str | MirrorRef | None, direction: str) -> list[MirrorRef]:
+    return [_mirror(m, direction) for m in _as_list(mirrors, "mirrors")]
+
+
+def _refuse_unknown(function: str, unknown: dict, known: Sequence[str]) -> None:
+    """An option the function does not take is a mistake to name, not something to ignore."""
+    if not unknown:
+        return
+    import difflib
+
+    parts = []
+    for name in sorted(unknown):
+        close = difflib.get_close_matches(name, known, n=1)
+        parts.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    raise UsageError(f"{function}() got unknown option{'s' if len(parts) > 1 else ''}: {', '.join(parts)}; "
+                     f"it takes {', '.join(known)}")
+
+
+
+def _is_oci(ref: MirrorRef) -> bool:
+    return urlparse(ref.url).scheme in ("oci", "oci+http")
+
+
+def register(prefix: str, name: str, version: str, deps: Sequence[str] | str = (), arch: dict | None = None,
+             root: str | None = None, parameters: dict | None = None, compiler: str | None = None,
+             hash_inputs: Sequence[str] | str = (), **unknown: object) -> InstalledSpec:
     """Write ``<prefix>/.spack/spec.json`` (Spack's format and hash) and record it in the tree.
 
-    The prefix is recorded in the install tree's database when a tree is known (``root``,
-    ``BINCACHE_ROOT`` or config), so that ``create`` finds it and its dependencies.
+    Args:
+        prefix: the installed prefix.
+        name, version: the package.
+        deps: prefixes of registered dependencies; where each one (and each of theirs) is
+            installed is recorded with the package, so it can be pushed from outside any tree.
+        arch: ``{"platform", "platform_os", "target"}`` (default: this machine).
+        root: the install tree whose database records the prefix (default: ``BINCACHE_ROOT`` or
+            config; none: the prefix stands alone).
+        parameters: Spack variants to record.
+        compiler: ``NAME@VERSION`` of the compiler: a v4 spec file, which Spack < 1.0 installs.
+        hash_inputs: build inputs folded into the spec's ``package_hash`` (so into its hash):
+            values, or ``@FILE`` for a file's content.
     """
+    _refuse_unknown("register", unknown, ("deps", "arch", "root", "parameters", "compiler", "hash_inputs"))
+    tree_root = optional_root(root)
+    return register_prefix(prefix, name, version, _as_list(deps, "deps"), arch=arch, parameters=parameters,
+                           root=tree_root, compiler=compiler, hash_inputs=_as_list(hash_inputs, "hash_inputs"))
+
+
+def _as_list(value, what: str) -> list:
+    """A list argument; one string is one item (never its characters)."""
+    if value is None:
+        return []
+    if isinstance(value, (str, bytes, os.PathLike, MirrorRef)):
+        return [value]
     try:
-        tree_root = resolve_root(root)
-    except UsageError:
-        tree_root = None
-    return register_prefix(prefix, name, version, deps, arch=arch, parameters=parameters, root=tree_root,
-                           compiler=compiler)
+        return list(value)
+    except TypeError:
+        raise UsageError(f"{what} takes a list, not {type(value).__name__}") from None
 
 
-def push(mirror: str | MirrorRef, specs: list[str] = (), *, root: str | None = None,
+_PUSH_OPTIONS = ("root", "include_deps", "include_roots", "force", "jobs", "level", "signed", "key",
+                 "update_index", "progress", "layout", "base_image", "tag")
+
+
+def push(mirror: str | MirrorRef, specs: Sequence[str] | str = (), *, root: str | None = None,
          include_deps: bool = True, include_roots: bool = True, force: bool = False,
          jobs: int | None = None, level: int | None = None, signed: bool | None = None,
-         key: str | None = None, update_index: bool = False, progress=None, layout: str | None = None,
-         **backend_options) -> _create.PushResult:
+         key: str | None = None, update_index: bool = False,
+         progress: PushProgress | Callable[[_create.PackedPackage], None] | None = None,
+         layout: str | None = None, base_image: str | None = None, tag: str | None = None,
+         **unknown: object) -> PushResult:
     """Push installed specs (all when ``specs`` is empty) and their dependencies to a mirror.
 
-    ``layout`` ("v2" for Spack < 1.0, "v3") chooses the layout of a directory, http or s3
-    mirror; by default the one the mirror already holds, v3 on an empty mirror.
-    """
-    ref = _mirror(mirror, "push")
-    tree = InstallTree(resolve_root(root))
-    selected = _create.select_specs(tree, list(specs))
-    cache = open_cache(ref, layout, push=True)
-    for k, v in backend_options.items():
-        setattr(cache, k, v)
-    signer = _create.resolve_signer(ref, signed, key)
-    result = _create.push(tree, selected, cache, include_deps=include_deps,
-                          include_roots=include_roots, force=force, jobs=jobs, level=level,
-                          signer=signer, progress=progress)
-    if signer is not None and result.pushed and hasattr(cache, "backend"):
-        # As Spack does: a signed cache carries the public key that verifies it.
-        from .mirror.keys import publish_keys
+    Args:
+        mirror: a configured name, a path or a URL, or a :class:`MirrorRef`.
+        specs: selectors (``name``, ``name@version``, ``/hash``); one string is one selector.
+        layout: "v2" (for Spack < 1.0) or "v3": the layout of a directory, http or s3 mirror;
+            by default the one the mirror already holds, v3 on an empty mirror.
+        base_image, tag: OCI mirrors only: put each package on this base image; also tag all
+            the selected specs as one image.
+        (the others as ``bincache create`` spells them)
 
-        publish_keys(cache, [signer.fingerprint])
+    Raises:
+        UsageError: an unknown option, or an option that does not apply to this mirror.
+    """
+    _refuse_unknown("push", unknown, _PUSH_OPTIONS)
+    ref = _mirror(mirror, "push")
+    oci_only = [n for n, v in (("base_image", base_image), ("tag", tag)) if v is not None]
+    if oci_only and not _is_oci(ref):
+        raise UsageError(f"{' and '.join(oci_only)} apply only to OCI mirrors (oci://...); "
+                         f"{ref.display} is not one")
+    tree = InstallTree(resolve_root(root))
+    selected = _create.select_specs(tree, _as_list(specs, "specs"))
+    cache = open_cache(ref, layout, push=True)
+    if oci_only:
+        cache.base_image, cache.tag = base_image, tag
+    signer = _create.resolve_signer(ref, signed, key)
+    try:
+        result = _create.push(tree, selected, cache, include_deps=include_deps,
+                              include_roots=include_roots, force=force, jobs=jobs, level=level,
+                              signer=signer, progress=progress)
+    except PushInterrupted as e:
+        _publish_key(cache, signer, e.result)  # the packages pushed whole can be verified
+        raise
+    _publish_key(cache, signer, result)
     if hasattr(cache, "finish_push"):
         cache.finish_push(result)  # OCI: --tag covers every selected package, pushed or present
     if update_index:
@@ -85,33 +145,28 @@ def push(mirror: str | MirrorRef, specs: list[str] = (), *, root: str | None = N
     return result
 
 
+def _publish_key(cache, signer, result: PushResult) -> None:
+    if signer is not None and result.pushed and hasattr(cache, "backend"):
+        # As Spack does: a signed cache carries the public key that verifies it.
+        from .mirror.keys import publish_keys
+
+        publish_keys(cache, [signer.fingerprint])
+
+
 def push_prefix(mirror: str | MirrorRef, prefix: str, *, include_deps: bool = False,
-                signed: bool | None = None, key: str | None = None, root: str | None = None) -> _create.PushResult:
+                signed: bool | None = None, key: str | None = None, root: str | None = None) -> PushResult:
     """Push the package installed at ``prefix`` (used by autopush after each build)."""
-    from .spec import read_prefix_specfile
-
-    nodes = read_prefix_specfile(prefix)
-    try:
-        tree = InstallTree(resolve_root(root))
-        inst = tree.get(nodes[0].hash)
-    except (UsageError, SpecError):
-        tree, inst = None, None
-    if tree is None or inst is None:
-        # A prefix outside any tree: its parent directory stands in for the store root.
-        tree = InstallTree(os.path.dirname(os.path.abspath(prefix)))
-        inst = InstalledSpec(nodes[0], os.path.abspath(prefix), tuple(nodes))
-        tree._specs = {inst.hash: inst}
-    ref = _mirror(mirror, "push")
-    cache = open_cache(ref, push=True)
-    signer = _create.resolve_signer(ref, signed, key)
-    return _create.push(tree, [inst], cache, include_deps=include_deps, signer=signer)
+    return _create.push_prefix(_mirror(mirror, "push"), prefix, include_deps=include_deps,
+                               signed=signed, key=key, root=root)
 
 
-def update_index(mirror: str | MirrorRef, jobs: int = 8, warn=None,
-                 layout: str | None = None) -> tuple[_index.Index, int]:
+def update_index(mirror: str | MirrorRef, jobs: int = 8, warn: Callable[[str], None] | None = None,
+                 layout: str | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> tuple[_index.Index, int]:
     """Rebuild the mirror's index from its manifests (only new ones are read); ``layout`` as
-    for :func:`push`."""
-    return _index.update_index(open_cache(_mirror(mirror, "push"), layout, push=True), jobs=jobs, warn=warn)
+    for :func:`push`; ``progress(done, total)`` as manifests are read."""
+    return _index.update_index(open_cache(_mirror(mirror, "push"), layout, push=True), jobs=jobs, warn=warn,
+                               progress=progress)
 
 
 def list_mirror(mirror: str | MirrorRef) -> tuple[list[_index.IndexEntry], bool]:
@@ -130,37 +185,59 @@ def list_mirror(mirror: str | MirrorRef) -> tuple[list[_index.IndexEntry], bool]
     return entries, False
 
 
-def install(specs: list[str], *, mirrors: list[str | MirrorRef] = (), root: str | None = None, **options):
-    """Install specs from mirrors into an install tree (see :mod:`bincache.install`)."""
+def install(specs: Sequence[str] | str, *, mirrors: Sequence[str | MirrorRef] | str | MirrorRef = (),
+            root: str | None = None, unsigned: bool | None = None, force: bool = False, jobs: int = 1,
+            allow_unrelocated: bool = False, projection: str | None = None,
+            progress: Callable[[str, Any], None] | None = None, **unknown: object) -> Any:
+    """Install specs and their dependencies from mirrors into an install tree.
+
+    ``specs`` and ``mirrors`` take lists; one string is one item. The options are those of
+    :func:`bincache.install.install`; an unknown one is a :class:`UsageError`.
+    Returns a :class:`bincache.install.InstallResult`.
+    """
+    _refuse_unknown("install", unknown, ("mirrors", "root", "unsigned", "force", "jobs",
+                                         "allow_unrelocated", "projection", "progress"))
     from . import install as _install
 
-    refs = [_mirror(m, "fetch") for m in mirrors]
-    return _install.install(specs, mirrors=refs, root=resolve_root(root), **options)
+    return _install.install(_as_list(specs, "specs"), mirrors=_mirrors(mirrors, "fetch"),
+                            root=resolve_root(root), unsigned=unsigned, force=force, jobs=jobs,
+                            allow_unrelocated=allow_unrelocated, projection=projection, progress=progress)
 
 
-def on_build_finished(prefix: str, **options):
+def download(specs: Sequence[str] | str, dest: str = ".", *,
+             mirrors: Sequence[str | MirrorRef] | str | MirrorRef = (), unsigned: bool | None = None,
+             jobs: int = 1, with_dependencies: bool = True,
+             progress: Callable[[str, Any], None] | None = None, **unknown: object) -> list[Any]:
+    """Fetch and verify packages into ``dest`` without installing (see :func:`bincache.install.download`)."""
+    _refuse_unknown("download", unknown, ("mirrors", "unsigned", "jobs", "with_dependencies", "progress"))
+    from . import install as _install
+
+    return _install.download(_as_list(specs, "specs"), dest, mirrors=_mirrors(mirrors, "fetch"),
+                             unsigned=unsigned, jobs=jobs, with_dependencies=with_dependencies,
+                             progress=progress)
+
+
+def on_build_finished(prefix: str, *, root: str | None = None, key: str | None = None,
+                      mirrors: Sequence[MirrorRef] | None = None,
+                      warn: Callable[[str], None] | None = None) -> list[AutopushResult]:
     """Autopush hook: push a freshly built prefix to every autopush mirror; never raises.
 
     Returns one :class:`bincache.autopush.AutopushResult` per autopush mirror.
     """
-    from .autopush import on_build_finished as _hook
+    refs = None if mirrors is None else _mirrors(mirrors, "push")
+    return _autopush.on_build_finished(prefix, root=root, key=key, mirrors=refs, warn=warn)
 
-    return _hook(prefix, **options)
 
-
-def check(specs: list[str] = (), *, mirrors: list[str | MirrorRef] = (), root: str | None = None,
-          unsigned: bool | None = None, jobs: int = 4):
+def check(specs: Sequence[str] | str = (), *, mirrors: Sequence[str | MirrorRef] | str | MirrorRef = (),
+          root: str | None = None, unsigned: bool | None = None, jobs: int = 4) -> Any:
     """Which specs the mirrors lack (or hold without a verifiable signature); see
     :mod:`bincache.lifecycle.check`. With no specs: every installed spec of the tree."""
     from .lifecycle import check as _check
     from .mirror import configured_mirrors
 
-    try:
-        tree_root = resolve_root(root)
-    except UsageError:
-        tree_root = None
-    targets = _check.select_targets(list(specs), tree_root)
-    refs = [_mirror(m, "fetch") for m in mirrors] or configured_mirrors("fetch")
+    tree_root = optional_root(root)
+    targets = _check.select_targets(_as_list(specs, "specs"), tree_root)
+    refs = _mirrors(mirrors, "fetch") or configured_mirrors("fetch")
     return _check.check(targets, refs, unsigned=unsigned, jobs=jobs)
 
 

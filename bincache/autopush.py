@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from .create import push_prefix
 from .mirror.config import MirrorRef, autopush_mirrors
 
 
@@ -107,10 +108,7 @@ def on_build_finished(
     results = []
     for ref in refs:
         try:
-            # Late: bincache.api imports this module for its on_build_finished.
-            from . import api
-
-            pushed = api.push_prefix(ref, prefix, include_deps=False, key=key, root=root)
+            pushed = push_prefix(ref, prefix, include_deps=False, key=key, root=root)
             results.append(AutopushResult(ref.display, bool(pushed.pushed)))
         except KeyboardInterrupt:
             raise

@@ -8,14 +8,24 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import _native
 from .errors import BincacheError, MirrorError, NoSpaceError, SpecError
-from .spec import InstalledSpec, InstallTree, Spec, specfile_bytes
+from .spec import (
+    InstalledSpec,
+    InstallTree,
+    Spec,
+    prefix_tree,
+    read_prefix_specfile,
+    recorded_dependency_prefixes,
+    specfile_bytes,
+)
 from .tar.pack import buildinfo, pack_prefix, write_buildinfo
 
 
@@ -62,6 +72,11 @@ def old_prefixes(inst: InstalledSpec, tree: InstallTree) -> tuple[list[str], dic
         dep = tree.get(d.hash)
         if dep is not None:
             hash_to_prefix.setdefault(d.hash, dep.prefix)
+    # Dependencies the tree does not hold: where registration recorded them.
+    known = {n.hash for n in inst.nodes} | {d.hash for d in inst.spec.deps}
+    for h, p in recorded_dependency_prefixes(inst.prefix).items():
+        if h in known:
+            hash_to_prefix.setdefault(h, p)
     prefixes = sorted(set(hash_to_prefix.values()), key=lambda p: (-len(p), p))
     root = tree.root
     if root not in prefixes:
@@ -69,9 +84,42 @@ def old_prefixes(inst: InstalledSpec, tree: InstallTree) -> tuple[list[str], dic
     return prefixes, hash_to_prefix
 
 
+class Cancel:
+    """Stops a push: workers check it between files, and the C writers of the packages being
+    packed stop after the block they read (a large file does not make Ctrl-C wait)."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._writers: set = set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def set(self) -> None:
+        with self._lock:
+            self._event.set()
+            for w in self._writers:
+                w.cancel()
+
+    def watch(self, writer) -> None:
+        with self._lock:
+            self._writers.add(writer)
+            if self._event.is_set():
+                writer.cancel()
+
+    def unwatch(self, writer) -> None:
+        with self._lock:
+            self._writers.discard(writer)
+
+
 def pack(inst: InstalledSpec, tree: InstallTree, out_path: str, level: int | None = None,
-         threads: int = 0) -> PackedPackage:
-    """Write the tarball of one installed prefix to ``out_path``."""
+         threads: int = 0, tick: Callable[[int], None] | None = None,
+         cancel: Cancel | None = None) -> PackedPackage:
+    """Write the tarball of one installed prefix to ``out_path``.
+
+    ``tick`` is called with the size of each file once it is packed; it may raise to stop.
+    """
     t0 = time.perf_counter()
     prefixes, hash_to_prefix = old_prefixes(inst, tree)
     level = _native.DEFAULT_LEVEL if level is None else level
@@ -80,10 +128,20 @@ def pack(inst: InstalledSpec, tree: InstallTree, out_path: str, level: int | Non
             # The core writes to the descriptor itself: no Python buffer on the hot path.
             writer = _native.TarWriter(out.fileno(), prefixes=[p.encode() for p in prefixes],
                                        level=level, threads=threads)
-            report = pack_prefix(writer, inst.prefix, prefixes)
-            info = buildinfo(report, inst.prefix, tree.root, prefixes, hash_to_prefix)
-            write_buildinfo(writer, inst.prefix, info)
-            result = writer.finish()
+            if cancel is not None:
+                cancel.watch(writer)
+            try:
+                report = pack_prefix(writer, inst.prefix, prefixes, tick=tick)
+                info = buildinfo(report, inst.prefix, tree.root, prefixes, hash_to_prefix)
+                write_buildinfo(writer, inst.prefix, info)
+                result = writer.finish()
+            except BaseException:
+                if cancel is not None:
+                    cancel.unwatch(writer)  # first: no cancel() may reach a freed writer
+                writer.close()  # its deflate threads stop now, not when the exit collects it
+                raise
+            if cancel is not None:
+                cancel.unwatch(writer)
     except OSError as e:
         if e.errno == 28:
             raise NoSpaceError(f"no space left while writing {out_path}; free some space and run again") from None
@@ -120,10 +178,55 @@ def resolve_signer(ref, signed: bool | None, key: str | None):
     return Signer(key)
 
 
+@dataclass
+class PushProgress:
+    """What a caller watching a push is told (each callback optional; called from worker threads)."""
+
+    planned: Callable[[list[tuple[InstalledSpec, int]]], None] | None = None  # (package, bytes) to pack
+    started: Callable[[InstalledSpec], None] | None = None
+    packed_bytes: Callable[[int], None] | None = None  # after each file
+    pushed: Callable[[PackedPackage], None] | None = None
+
+
+class PushInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a push: what was fully pushed (manifest written) and what was not."""
+
+    def __init__(self, result: PushResult, not_pushed: list[Spec]):
+        super().__init__("interrupted")
+        self.result, self.not_pushed = result, not_pushed
+
+
+class _Cancelled(Exception):
+    """A worker stops at the next file: the push was interrupted."""
+
+
+def _prefix_bytes(prefix: str) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(prefix):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+    return total
+
+
 def push(tree: InstallTree, specs: list[InstalledSpec], cache, *, include_deps: bool = True,
          include_roots: bool = True, force: bool = False, jobs: int | None = None, level: int | None = None,
-         signer=None, progress=None) -> PushResult:
-    """Pack and upload ``specs`` (and their dependencies) to ``cache``; skip what is there."""
+         signer=None, progress: PushProgress | Callable[[PackedPackage], None] | None = None) -> PushResult:
+    """Pack and upload ``specs`` (and their dependencies) to ``cache``; skip what is there.
+
+    ``progress``: a :class:`PushProgress`, or a function called with each pushed package.
+
+    Raises:
+        PushInterrupted: Ctrl-C. Queued packages are dropped, packing stops at the next file,
+            partial tarballs are removed; the mirror keeps only packages pushed whole.
+    """
+    if progress is not None and not isinstance(progress, PushProgress):
+        progress = PushProgress(pushed=progress)
+    events = progress or PushProgress()
     t0 = time.perf_counter()
     todo = tree.closure(specs, include_deps=include_deps, include_roots=include_roots)
     result = PushResult()
@@ -147,12 +250,25 @@ def push(tree: InstallTree, specs: list[InstalledSpec], cache, *, include_deps: 
     jobs = min(jobs, len(pending))
     threads = max(1, cpus // jobs) if jobs > 1 else 0
 
+    if events.planned:
+        events.planned([(inst, _prefix_bytes(inst.prefix)) for inst in pending])
     futures: dict[str, Future] = {}
+    cancel = Cancel()
+
+    def tick(nbytes: int) -> None:
+        if cancel.is_set():
+            raise _Cancelled()
+        if events.packed_bytes:
+            events.packed_bytes(nbytes)
 
     def one(inst: InstalledSpec) -> PackedPackage:
         path = os.path.join(staging, f"{inst.spec.dag_name}.tar.gz")
         try:
-            packed = pack(inst, tree, path, level=level, threads=threads)
+            if cancel.is_set():
+                raise _Cancelled()
+            if events.started:
+                events.started(inst)
+            packed = pack(inst, tree, path, level=level, threads=threads, tick=tick, cancel=cancel)
             # Packing runs in parallel; committing waits for the dependencies pushed in this run,
             # so the mirror never holds a package whose dependency failed. Dependencies were
             # submitted first and a pool starts jobs in order, so this wait cannot deadlock.
@@ -161,8 +277,12 @@ def push(tree: InstallTree, specs: list[InstalledSpec], cache, *, include_deps: 
                     try:
                         futures[dep.hash].result()
                     except BaseException:
+                        if cancel.is_set():
+                            raise _Cancelled() from None
                         raise BincacheError(f"{inst.spec.short()} was not pushed: its dependency "
                                             f"{dep.name}/{dep.hash[:7]} failed") from None
+            if cancel.is_set():
+                raise _Cancelled()  # before any blob: an interrupted push adds nothing partial
             cache.push_package(packed, signer)
         except BaseException:
             if hasattr(cache, "push_failed"):
@@ -173,27 +293,56 @@ def push(tree: InstallTree, specs: list[InstalledSpec], cache, *, include_deps: 
                 os.unlink(path)
         with lock:
             result.pushed.append(packed)
-            if progress:
-                progress(packed)
+            if events.pushed:
+                events.pushed(packed)
         return packed
 
+    # Workers do all the packing and uploading, even with -j 1: Ctrl-C reaches only the main
+    # thread, which then stops them between files, never in the middle of writing a blob.
+    pool = ThreadPoolExecutor(max_workers=jobs)
     try:
-        if jobs == 1:
-            for inst in pending:
-                one(inst)
-        else:
-            with ThreadPoolExecutor(max_workers=jobs) as pool:
-                for inst in pending:
-                    futures[inst.hash] = pool.submit(one, inst)
-                for f in list(futures.values()):
-                    f.result()
+        for inst in pending:
+            futures[inst.hash] = pool.submit(one, inst)
+        for f in list(futures.values()):
+            f.result()
+    except KeyboardInterrupt:
+        cancel.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        done = {p.spec.hash for p in result.pushed}
+        raise PushInterrupted(result, [i.spec for i in pending if i.hash not in done]) from None
     finally:
+        pool.shutdown(wait=True)  # a failed package: the others still finish
         shutil.rmtree(staging, ignore_errors=True)
         _rmdir_quiet(os.path.dirname(staging))
     order = {inst.hash: i for i, inst in enumerate(pending)}
     result.pushed.sort(key=lambda p: order[p.spec.hash])
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def push_prefix(ref, prefix: str, *, include_deps: bool = False, signed: bool | None = None,
+                key: str | None = None, root: str | None = None) -> PushResult:
+    """Push the package installed at ``prefix`` to the mirror ``ref`` (autopush, after a build).
+
+    The prefix is looked up in the install tree when one is known (``root``, ``BINCACHE_ROOT``,
+    config); outside any tree, its dependencies are the prefixes recorded by register.
+    """
+    from .mirror import open_cache
+    from .root import optional_root
+
+    nodes = read_prefix_specfile(prefix)
+    tree_root = optional_root(root)
+    tree, inst = None, None
+    if tree_root is not None:
+        tree = InstallTree(tree_root)
+        try:
+            inst = tree.get(nodes[0].hash)
+        except SpecError:
+            inst = None
+    if tree is None or inst is None:
+        tree, inst = prefix_tree(prefix)
+    cache = open_cache(ref, push=True)
+    return push(tree, [inst], cache, include_deps=include_deps, signer=resolve_signer(ref, signed, key))
 
 
 def _rmdir_quiet(path: str) -> None:

@@ -119,10 +119,11 @@ def _fetch_entry(cache, ref) -> tuple[list[Spec], int]:
     return parse_specfile(data, f"{cache.url} spec {ref.name}/{ref.hash[:7]}"), manifest.tarball.content_length
 
 
-def update_index(cache, jobs: int = 8, warn=None) -> tuple[Index, int]:
+def update_index(cache, jobs: int = 8, warn=None, progress=None) -> tuple[Index, int]:
     """Bring the mirror's index up to date with its manifests; returns (index, fetched count).
 
-    Only manifests whose hash is not already in the index are read, in parallel.
+    Only manifests whose hash is not already in the index are read, in parallel;
+    ``progress(done, total)`` is called as they are.
     """
     if hasattr(cache, "update_index"):
         return cache.update_index(jobs=jobs)
@@ -135,11 +136,11 @@ def update_index(cache, jobs: int = 8, warn=None) -> tuple[Index, int]:
             raise MirrorError(f"no mirror at {root} (the directory does not exist)")
         lock_dir = getattr(cache, "index_dir", "v3/manifests/index")  # layout v2: build_cache
         with dir_lock(os.path.join(root, *lock_dir.split("/"))):
-            return _update_index(cache, jobs, warn)
-    return _update_index(cache, jobs, warn)
+            return _update_index(cache, jobs, warn, progress)
+    return _update_index(cache, jobs, warn, progress)
 
 
-def _update_index(cache, jobs: int, warn) -> tuple[Index, int]:
+def _update_index(cache, jobs: int, warn, progress=None) -> tuple[Index, int]:
     try:
         index = read_index(cache) or Index()
     except BincacheError as e:
@@ -155,7 +156,9 @@ def _update_index(cache, jobs: int, warn) -> tuple[Index, int]:
     missing = [r for r in refs if not (r.hash in index.entries and index.entries[r.hash].in_buildcache)]
     if missing:
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            for nodes, size in pool.map(lambda r: _fetch_entry(cache, r), missing):
+            for done, (nodes, size) in enumerate(pool.map(lambda r: _fetch_entry(cache, r), missing), 1):
                 index.add_specfile(nodes, size)
+                if progress:
+                    progress(done, len(missing))
     write_index(cache, index)
     return index, len(missing)

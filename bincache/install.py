@@ -626,7 +626,8 @@ def install(
         projection: the layout of prefixes under ``root`` (default
             ``{platform}-{target}/{name}-{version}-{hash}``, or config
             ``install_tree:projections:all``).
-        progress: called with (step, package plan) as work goes on.
+        progress: called with (step, package plan) as work goes on: "planned" for each package
+            to install, then "fetch", "fetched", "extract", "relocate", "installed".
 
     Raises:
         InstallError: listing every problem of the plan; the install tree is unchanged.
@@ -647,6 +648,8 @@ def install(
     if not plans:
         result.seconds = time.perf_counter() - t0
         return result
+    for plan in plans:
+        inst.progress("planned", plan)
     inst.open_staging()
     try:
         _stage_all(inst, plans)
@@ -692,6 +695,7 @@ def _stage_all(inst: _Installer, plans: list[PackagePlan]) -> None:
             inst.fetch(plan)
         except (BincacheError, OSError) as e:
             return _problem(plan, e)
+        inst.progress("fetched", plan)
         return None
 
     with ThreadPoolExecutor(max_workers=inst.jobs) as pool:
@@ -734,6 +738,7 @@ def download(
     unsigned: bool | None = None,
     jobs: int = 1,
     with_dependencies: bool = True,
+    progress: Callable[[str, PackagePlan], None] | None = None,
 ) -> list[DownloadedPackage]:
     """Fetch and verify packages (signature, size, SHA-256) into ``dest`` without installing.
 
@@ -751,18 +756,23 @@ def download(
     with tempfile.TemporaryDirectory(prefix=".bincache-download-", dir=dest) as scratch:
         # An empty root: nothing counts as installed, so the whole closure is fetched.
         inst = _Installer(os.path.join(scratch, "root"), force=False, jobs=jobs,
-                          allow_unrelocated=True, projection=None, progress=None)
+                          allow_unrelocated=True, projection=None, progress=progress)
         inst.local_blobs = False
         plans, _ = inst.resolve(specs, mirrors, scratch, unsigned)
         if not with_dependencies:
             plans = [p for p in plans if p.explicit]
         inst.staging = scratch
+        for plan in plans:
+            inst.progress("planned", plan)
 
         def one(plan: PackagePlan) -> tuple[str, type] | None:
+            inst.progress("fetch", plan)
             try:
                 inst.fetch(plan)
             except (BincacheError, OSError) as e:
                 return _problem(plan, e)
+            inst.progress("fetched", plan)
+            inst.progress("downloaded", plan)
             return None
 
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import warnings
 
 from .. import api
 from ..errors import MirrorError, UsageError
-from .output import Progress, human_size, print_json, table
+from .output import LiveStatus, add_verbosity, human_size, print_json, table, verbosity
 
 
 def register(sub) -> None:
@@ -35,6 +36,7 @@ def register(sub) -> None:
         p.add_argument("--base-image", metavar="IMAGE", help="OCI: put the packages on this base image")
         p.add_argument("--tag", metavar="TAG", help="OCI: also tag all pushed specs as one image")
         p.add_argument("--json", action="store_true", help="print a JSON summary")
+        add_verbosity(p, suppress=True)
         p.add_argument("-d", "--directory", help=argparse.SUPPRESS)
         p.add_argument("--mirror-url", help=argparse.SUPPRESS)
         p.add_argument("--mirror-name", help=argparse.SUPPRESS)
@@ -48,6 +50,7 @@ def register(sub) -> None:
     p.add_argument("--html", action="store_true",
                    help="also write index.html, a page listing the packages (see `bincache browse`)")
     p.add_argument("--json", action="store_true")
+    add_verbosity(p, suppress=True)
     p.set_defaults(func=cmd_update_index)
 
     p = sub.add_parser("list", help="list the packages a mirror holds")
@@ -67,6 +70,9 @@ def register(sub) -> None:
     p.add_argument("--compiler", metavar="NAME@VERSION",
                    help="the compiler that built it, e.g. gcc@12.2.0 (Spack < 1.0 installs only "
                    "packages that name one)")
+    p.add_argument("--hash-input", action="append", default=[], metavar="VALUE",
+                   help="a build input folded into the package's hash (repeatable; @FILE: the "
+                   "file's content), e.g. the source commit, so a rebuild is a new package")
     p.add_argument("--no-autopush", action="store_true", help="do not push to autopush mirrors")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_register)
@@ -95,21 +101,34 @@ def cmd_create(args) -> int:
         raise UsageError("give a mirror: bincache create MIRROR [SPECS...]")
     include_deps = args.only != "package"
     include_roots = args.only != "dependencies"
-    progress = Progress(0, "pushed")
+    level = verbosity(args)
+    live = LiveStatus(None if level >= 0 and not args.json else False)
 
-    def on_packed(p):
-        progress.step(p.spec.short())
+    def planned(items) -> None:
+        live.plan(len(items), sum(n for _, n in items))
 
+    def pushed(p) -> None:
+        live.finished(_pushed_line(p, level))
+
+    # Off a terminal nothing is drawn: no walk to size the work, no callbacks per file.
+    events = api.PushProgress(planned=planned, started=lambda inst: live.begin(inst.spec.short()),
+                              packed_bytes=live.advance, pushed=pushed) if live.enabled else None
     extra = {}
     if args.base_image:
         extra["base_image"] = args.base_image
     if args.tag:
         extra["tag"] = args.tag
-    result = api.push(args.mirror, args.specs, root=args.root, include_deps=include_deps,
-                      include_roots=include_roots, force=args.force, jobs=args.jobs,
-                      level=args.compression_level, signed=args.signed, key=args.key,
-                      update_index=args.rebuild_index, progress=on_packed, layout=args.layout, **extra)
-    progress.close()
+    try:
+        result = api.push(args.mirror, args.specs, root=args.root, include_deps=include_deps,
+                          include_roots=include_roots, force=args.force, jobs=args.jobs,
+                          level=args.compression_level, signed=args.signed, key=args.key,
+                          update_index=args.rebuild_index, progress=events, layout=args.layout,
+                          **extra)
+    except api.PushInterrupted as e:
+        live.close()
+        return _interrupted(e, args, level, printed=live.enabled)
+    finally:
+        live.close()
     if args.json:
         print_json({
             "pushed": [{"name": p.spec.name, "version": p.spec.version, "hash": p.spec.hash,
@@ -120,10 +139,12 @@ def cmd_create(args) -> int:
             "index_updated": result.index_updated,
         })
         return 0
-    for p in result.pushed:
-        print(f"pushed   {p.spec.short():40s} {human_size(p.result.compressed_size):>10s}")
-    for s in result.skipped:
-        print(f"skipped  {s.short():40s} (already in the mirror; --force to overwrite)")
+    if level >= 0:
+        if not live.enabled:  # on a terminal each line was printed as its package finished
+            for p in result.pushed:
+                print(_pushed_line(p, level))
+        for s in result.skipped:
+            print(f"skipped  {s.short():40s} (already in the mirror: the same hash; --force to overwrite)")
     if result.pushed:
         mbs = result.bytes_in / 1e6 / max(result.seconds, 1e-9)
         print(f"{len(result.pushed)} pushed, {len(result.skipped)} skipped: "
@@ -135,9 +156,50 @@ def cmd_create(args) -> int:
     return 0
 
 
+def _pushed_line(p, level: int) -> str:
+    line = f"pushed   {p.spec.short():40s} {human_size(p.result.compressed_size):>10s}"
+    if level > 0:
+        line += (f"  {p.files} files, {human_size(p.bytes_in)} in {p.seconds:.2f}s "
+                 f"({p.bytes_in / 1e6 / max(p.seconds, 1e-9):.0f} MB/s)")
+    return line
+
+
+def _interrupted(e: api.PushInterrupted, args, level: int, *, printed: bool) -> int:
+    """Ctrl-C: what is in the mirror now (whole packages only) and what is not; exit 130."""
+    result = e.result
+    if args.json:
+        print_json({
+            "interrupted": True,
+            "pushed": [{"name": p.spec.name, "version": p.spec.version, "hash": p.spec.hash} for p in result.pushed],
+            "not_pushed": [{"name": s.name, "version": s.version, "hash": s.hash} for s in e.not_pushed],
+        })
+    else:
+        if not printed and level >= 0:
+            for p in result.pushed:
+                print(_pushed_line(p, level))
+        if level >= 0:
+            for s in e.not_pushed:
+                print(f"not pushed {s.short()}")
+        sys.stdout.flush()
+    print(f"error: interrupted: {len(result.pushed)} pushed whole, {len(e.not_pushed)} not pushed "
+          "(the mirror holds no part of those)", file=sys.stderr)
+    return 130
+
+
 def cmd_update_index(args) -> int:
-    idx, fetched = api.update_index(args.mirror, jobs=args.jobs, layout=args.layout,
-                                    warn=lambda m: warnings.warn(m, stacklevel=2))
+    live = LiveStatus(None if verbosity(args) >= 0 and not args.json else False, unit=" manifests")
+
+    def progress(done: int, total: int) -> None:
+        if done == 1:
+            live.plan(total, total)
+            live.begin("reading manifests")
+        live.advance(1)
+
+    try:
+        idx, fetched = api.update_index(args.mirror, jobs=args.jobs, layout=args.layout,
+                                        warn=lambda m: warnings.warn(m, stacklevel=2), progress=progress)
+    finally:
+        live.close()
     n = len(idx.packages())
     page = api.write_cache_page(args.mirror, jobs=args.jobs) if args.html else None
     if args.json:
@@ -205,17 +267,22 @@ def cmd_register(args) -> int:
             raise UsageError("--arch takes PLATFORM-OS-TARGET, e.g. linux-debian12-x86_64")
         arch = {"platform": parts[0], "platform_os": parts[1], "target": parts[2]}
     inst = api.register(args.prefix, args.name, args.version, deps=args.dep, arch=arch, root=args.root,
-                        compiler=args.compiler)
-    if args.json:
-        print_json({"name": inst.spec.name, "version": inst.spec.version, "hash": inst.hash, "prefix": inst.prefix})
-    else:
-        print(f"registered {inst.spec.short()} at {inst.prefix}")
+                        compiler=args.compiler, hash_inputs=args.hash_input)
+    if not args.json:
+        print(f"registered {inst.spec.short()} at {inst.prefix}", flush=True)
+    results = []
     if not args.no_autopush:
-        try:
-            from ..autopush import on_build_finished
-        except ImportError:
-            return 0
-        for r in on_build_finished(inst.prefix, root=args.root):
-            if r.ok and r.pushed:
-                print(f"pushed to {r.mirror}")
+        from ..autopush import on_build_finished
+
+        results = on_build_finished(inst.prefix, root=args.root)
+    if args.json:
+        print_json({"name": inst.spec.name, "version": inst.spec.version, "hash": inst.hash, "prefix": inst.prefix,
+                    "autopush": [{"mirror": r.mirror, "pushed": r.pushed, "error": r.error} for r in results]})
+        return 0
+    for r in results:
+        if r.ok and r.pushed:
+            print(f"pushed to {r.mirror}")
+        elif r.ok:
+            print(f"skipped  {inst.spec.short()}: already in {r.mirror} (the same hash; "
+                  "--hash-input gives a rebuild a new one)")
     return 0

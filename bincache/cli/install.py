@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 
 from .. import api
-from .output import Progress, human_size, print_json
+from .output import LiveStatus, add_verbosity, human_size, print_json, verbosity
 
 
 def register(sub) -> None:
@@ -31,6 +32,7 @@ def register(sub) -> None:
         help="layout of prefixes under the root (default {platform}-{target}/{name}-{version}-{hash})",
     )
     p.add_argument("--json", action="store_true", help="print a JSON summary")
+    add_verbosity(p, suppress=True)
     p.set_defaults(func=cmd_install)
 
     p = sub.add_parser(
@@ -45,6 +47,7 @@ def register(sub) -> None:
                    help="where to write the files (default: the current directory)")
     p.add_argument("--only", choices=["package"], help="do not fetch dependencies")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
+    add_verbosity(p, suppress=True)
     p.set_defaults(func=cmd_download)
 
 
@@ -57,25 +60,53 @@ def _mirror_options(p) -> None:
                    help="packages fetched and extracted at once (default 2)")
 
 
+class _PlanProgress:
+    """The live line of install and download, from the (step, package plan) callbacks, which
+    come from worker threads."""
+
+    def __init__(self, args, done_line):
+        self.level = verbosity(args)
+        self.live = LiveStatus(None if self.level >= 0 and not args.json else False)
+        self.done_line = done_line
+        self.planned: list = []
+        self.started = False
+        self._lock = threading.Lock()
+
+    def __call__(self, step: str, plan) -> None:
+        with self._lock:
+            if step == "planned":
+                self.planned.append(plan)
+                return
+            if not self.started:
+                self.started = True
+                self.live.plan(len(self.planned), sum(p.manifest.tarball.content_length for p in self.planned))
+        if step == "fetch":
+            self.live.begin(plan.spec.short())
+        elif step in ("extract", "relocate"):
+            self.live.begin(f"{plan.spec.short()} ({step})")
+        elif step == "fetched":
+            self.live.advance(plan.manifest.tarball.content_length)
+        elif step in ("installed", "downloaded"):
+            self.live.finished(self.done_line(plan))
+
+
 def cmd_install(args) -> int:
-    progress = Progress(0, "")
-
-    def on_step(step: str, plan) -> None:
-        if step == "installed":
-            progress.step(plan.spec.short())
-
-    result = api.install(
-        args.specs,
-        mirrors=args.mirror,
-        root=args.root,
-        unsigned=args.unsigned,
-        force=args.force,
-        jobs=args.jobs,
-        allow_unrelocated=args.allow_unrelocated,
-        projection=args.projection,
-        progress=on_step,
-    )
-    progress.close()
+    progress = _PlanProgress(args, lambda plan: f"installed {plan.spec.short():30s} "
+                             f"{human_size(plan.manifest.tarball.content_length):>10s}  {plan.prefix}")
+    try:
+        result = api.install(
+            args.specs,
+            mirrors=args.mirror,
+            root=args.root,
+            unsigned=args.unsigned,
+            force=args.force,
+            jobs=args.jobs,
+            allow_unrelocated=args.allow_unrelocated,
+            projection=args.projection,
+            progress=progress,
+        )
+    finally:
+        progress.live.close()
     for prefix, u in result.unrelocated:
         print(f"warning: not relocated: {prefix}/{u}", file=sys.stderr)
     for w in result.warnings:
@@ -96,10 +127,12 @@ def cmd_install(args) -> int:
             "seconds": round(result.seconds, 3),
         })
         return 0
-    for p in result.installed:
-        print(f"installed {p.spec.short():30s} {human_size(p.size):>10s}  {p.prefix}")
-    for s in result.skipped:
-        print(f"skipped   {s.spec.short():30s} (already installed at {s.prefix})")
+    if progress.level >= 0:
+        if not progress.live.enabled:  # on a terminal each was printed as it finished
+            for p in result.installed:
+                print(f"installed {p.spec.short():30s} {human_size(p.size):>10s}  {p.prefix}")
+        for s in result.skipped:
+            print(f"skipped   {s.spec.short():30s} (already installed at {s.prefix})")
     if result.installed:
         mbs = result.bytes_extracted / 1e6 / max(result.seconds, 1e-9)
         print(f"{len(result.installed)} installed, {len(result.skipped)} already there: "
@@ -111,15 +144,18 @@ def cmd_install(args) -> int:
 
 
 def cmd_download(args) -> int:
-    from ..install import download
-
-    mirrors = [api._mirror(m, "fetch") for m in args.mirror]
-    got = download(args.specs, args.dest, mirrors=mirrors, unsigned=args.unsigned, jobs=args.jobs,
-                   with_dependencies=args.only != "package")
+    progress = _PlanProgress(args, lambda plan: f"downloaded {plan.spec.short():30s} "
+                             f"{human_size(plan.manifest.tarball.content_length):>10s}")
+    try:
+        got = api.download(args.specs, args.dest, mirrors=args.mirror, unsigned=args.unsigned, jobs=args.jobs,
+                           with_dependencies=args.only != "package", progress=progress)
+    finally:
+        progress.live.close()
     if args.json:
         print_json([{"name": d.spec.name, "version": d.spec.version, "hash": d.spec.hash,
                      "tarball": d.tarball, "specfile": d.specfile, "size": d.size} for d in got])
         return 0
-    for d in got:
-        print(f"downloaded {d.spec.short():30s} {human_size(d.size):>10s}  {os.path.relpath(d.tarball)}")
+    if progress.level >= 0 and not progress.live.enabled:
+        for d in got:
+            print(f"downloaded {d.spec.short():30s} {human_size(d.size):>10s}  {os.path.relpath(d.tarball)}")
     return 0

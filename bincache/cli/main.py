@@ -11,6 +11,7 @@ import warnings
 
 from .. import __version__
 from ..errors import BincacheError, UsageError
+from .output import add_verbosity
 
 # Each module defines register(subparsers); its parsers set `func(args) -> int`.
 VERB_MODULES = [
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-C", "--config-scope", metavar="DIR", action="append", default=[],
                         help="extra configuration scope directory (highest precedence)")
     parser.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
+    add_verbosity(parser)
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name in VERB_MODULES:
