@@ -232,9 +232,11 @@ def main(argv: list[str] | None = None) -> int:
         results["share_small"]["label"] = f"{args.packages} small packages"
         results["create_small"] = bench_create(tree, work, args.repeat, args.jobs, home)
         results["create_small"]["label"] = f"{args.packages} small packages"
+        results["create_small"]["packages"] = args.packages
         if args.jobs == 1:
             results["create_small_j2"] = bench_create(tree, work, args.repeat, 2, home)
             results["create_small_j2"]["label"] = f"{args.packages} small packages"
+            results["create_small_j2"]["packages"] = args.packages
         if args.demo:
             from bincache.demo import build_stack
 
@@ -243,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             results["share_demo"]["label"] = "the demo stack (3 packages)"
             results["create_demo"] = bench_create(demo.root, work, max(args.repeat, 5), args.jobs, home)
             results["create_demo"]["label"] = "the demo stack (3 packages)"
+            results["create_demo"]["packages"] = 3
         if args.root:
             results["create_root"] = bench_create(args.root, work, args.repeat, args.jobs, home)
             results["create_root"]["label"] = args.root
@@ -272,17 +275,19 @@ def main(argv: list[str] | None = None) -> int:
         c = results.get(key_)
         if c:
             print(f"signing inside an in-process create of {c['label']} (-j {c['jobs']}, median of {c['repeat']}): "
-                  f"{c['signing_seconds']:.3f} s of {c['create_seconds']:.2f} s: +{c['overhead_percent']:.1f}% "
-                  "(target <= +10%)")
+                  f"{c['signing_seconds']:.3f} s of {c['create_seconds']:.2f} s: +{c['overhead_percent']:.1f}%")
     for key_ in ("create_small", "create_small_j2", "create_demo", "create_root"):
         c = results.get(key_)
         if not c:
             continue
         print(f"create {c['label']} (-j {c['jobs']}, {c['repeat']} runs each, alternating):")
         for metric in ("wall", "cpu"):
+            # The budget (issue 12) is a few ms a package: one gpg --clearsign, the key in its agent.
+            extra = c[f"signed_{metric}_median"] - c[f"unsigned_{metric}_median"]
+            per = f", {extra / c['packages'] * 1e3:+.1f} ms a package" if c.get("packages") else ""
             print(f"  {metric:4s} unsigned {c[f'unsigned_{metric}_best']:6.2f} s, signed {c[f'signed_{metric}_best']:6.2f} s: "
-                  f"{c[f'{metric}_overhead_percent_best']:+5.1f}% best-of, {c[f'{metric}_overhead_percent_median']:+5.1f}% median "
-                  "(target <= +10%)")
+                  f"{c[f'{metric}_overhead_percent_best']:+5.1f}% best-of, {c[f'{metric}_overhead_percent_median']:+5.1f}% median"
+                  f"{per}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
