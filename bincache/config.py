@@ -733,12 +733,11 @@ def mask_secrets(section: str, data: Any) -> Any:
     return result
 
 
-_URL_USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)([^/@:]*):([^/]*)@")
-
-
 def mask_url(url: str) -> str:
-    """A URL with any password in it (``scheme://user:pass@host``) replaced by ``****``."""
-    return _URL_USERINFO.sub(lambda m: f"{m.group(1)}{m.group(2)}:{MASK}@", url)
+    """A URL without its secrets (a password in the user info, token-like query values)."""
+    from .redact import redact_url
+
+    return redact_url(url)
 
 
 # --------------------------------------------------------------------------------------------

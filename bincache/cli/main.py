@@ -11,6 +11,7 @@ import warnings
 
 from .. import __version__
 from ..errors import BincacheError, UsageError
+from ..redact import redact
 from .output import add_verbosity
 
 # Each module defines register(subparsers); its parsers set `func(args) -> int`.
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
     except BincacheError as e:  # e.g. a stale native build, found while importing the verbs
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(str(e))}", file=sys.stderr)
         return 1
     args, extra = parser.parse_known_args(argv)
     if extra:
@@ -75,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     # Only bincache's own logger goes to DEBUG: botocore and urllib3 log request headers
     # (tokens, signatures) at DEBUG, and python-gnupg repeats gpg's errors as warnings.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_redacting)
     logging.getLogger("bincache").setLevel(logging.DEBUG if args.debug else logging.WARNING)
     logging.getLogger("gnupg").setLevel(logging.ERROR)
     warnings.simplefilter("default")
@@ -89,12 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         if args.debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(str(e))}", file=sys.stderr)
         return 2
     except BincacheError as e:
         if args.debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
@@ -103,14 +106,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug or e.errno is None:
             raise
         where = f"{e.filename}: " if e.filename else ""
-        print(f"error: {where}{e.strerror}", file=sys.stderr)
+        print(f"error: {redact(where)}{e.strerror}", file=sys.stderr)
         return 1
     except BrokenPipeError:
         return 0
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"warning: {message}", file=sys.stderr)
+    print(f"warning: {redact(str(message))}", file=sys.stderr)
+
+
+def _redacting(record: logging.LogRecord) -> bool:
+    """Every log line, bincache's or a library's, without the secrets of the URLs it quotes."""
+    record.msg = redact(record.getMessage())
+    record.args = None
+    return True
 
 
 if __name__ == "__main__":

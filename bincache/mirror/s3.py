@@ -11,6 +11,7 @@ import os
 from urllib.parse import urlparse
 
 from ..errors import BlobNotFound, MirrorError
+from ..redact import redact_url
 
 try:
     import boto3
@@ -22,7 +23,7 @@ except ImportError as e:  # boto3 is optional: only s3:// mirrors need it
 class S3Backend:
     def __init__(self, url: str, endpoint_url: str | None = None):
         parsed = urlparse(url)
-        self.url = url.rstrip("/")
+        self.url = redact_url(url.rstrip("/"))  # for messages: never a password
         self.bucket = parsed.netloc
         self.base = parsed.path.strip("/")
         endpoint = endpoint_url or os.environ.get("BINCACHE_S3_ENDPOINT_URL") or None

@@ -10,6 +10,7 @@ import re
 from urllib.parse import urljoin
 
 from ..errors import UsageError
+from ..redact import redact_url
 
 # The grammar of github.com/distribution/reference, with uppercase accepted in names: CI systems
 # interpolate `Org/Repo` into image names, and Docker itself lowercases them (we do too).
@@ -95,11 +96,17 @@ class ImageReference:
         schemes = {"oci://": "https", "oci+http://": "http", "docker://": "https"}
         prefix = next((p for p in schemes if url.startswith(p)), None)
         if prefix is None and "://" in url:
-            raise UsageError(f"not an OCI registry URL: {url!r} (use oci://host/name)")
+            raise UsageError(f"not an OCI registry URL: {redact_url(url)!r} (use oci://host/name)")
         rest = url[len(prefix):] if prefix else url
         scheme = schemes[prefix] if prefix else "https"
         if insecure:
             scheme = "http"
+        first, slash, _ = rest.partition("/")
+        if slash and "@" in first:  # user info (`name@sha256:...` alone is a digest)
+            # Never echoed: it may hold a password.
+            raise UsageError(f"{redact_url(url)}: an OCI URL takes no user name or password; "
+                             "configure them with `bincache mirror add --oci-username NAME "
+                             "--oci-password-variable VAR`")
         return cls.from_string(rest.rstrip("/"), scheme=scheme)
 
     # --- derived references -------------------------------------------------------------
