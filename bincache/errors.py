@@ -55,6 +55,10 @@ class SignatureError(BincacheError):
     """A signature is missing, bad, or made by a key that is not trusted."""
 
 
+class LimitError(BincacheError):
+    """Untrusted input goes over one of the limits of :mod:`bincache.limits` (named in it)."""
+
+
 class ExtractError(BincacheError):
     """A tarball is unsafe or damaged (escaping paths, bad links, truncated data)."""
 

@@ -75,8 +75,10 @@ class Index:
 
     @classmethod
     def from_bytes(cls, data: bytes, origin: str = "index") -> Index:
+        from .limits import MAX_INDEX, load_json
+
         try:
-            doc = json.loads(data)
+            doc = load_json(data, origin, MAX_INDEX)
             installs = doc["database"]["installs"]
         except (ValueError, KeyError, TypeError) as e:
             raise MirrorError(f"{origin}: not a valid build cache index ({e}); run bincache update-index") from None

@@ -27,6 +27,7 @@ import yaml
 
 from . import _native, elf
 from .errors import CannotGrowString, RelocationError
+from .limits import MAX_BUILDINFO, load_yaml
 from .tar.extract import ExtractedPackage
 
 BUILDINFO = ".spack/binary_distribution"
@@ -91,8 +92,10 @@ class BuildInfo:
         path = os.path.join(prefix_dir, BUILDINFO)
         try:
             with open(path, "rb") as f:
-                # libyaml's loader: the offsets of a large package make a big document.
-                data = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+                raw = f.read(MAX_BUILDINFO + 1)
+            # libyaml's loader (the offsets of a large package make a big document), without
+            # aliases: a 1 KB document of nested aliases expands into gigabytes.
+            data = load_yaml(raw, BUILDINFO, MAX_BUILDINFO)
         except FileNotFoundError:
             raise RelocationError(
                 f"the package has no {BUILDINFO}: it was not made by bincache or Spack"

@@ -140,8 +140,10 @@ def _check_arch(arch, name: str) -> None:
 def parse_specfile(data: bytes | str | dict, origin: str = "spec file") -> list[Spec]:
     """The nodes of a Spack spec file (formats v4, v5 and v6; v2/v3 JSON too), root first."""
     if not isinstance(data, dict):
+        from .limits import MAX_SPECFILE, load_json
+
         try:
-            data = json.loads(data)
+            data = load_json(data, origin, MAX_SPECFILE)
         except (ValueError, UnicodeDecodeError) as e:
             raise SpecError(f"{origin}: not valid JSON ({e})") from None
     try:

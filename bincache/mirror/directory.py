@@ -9,6 +9,7 @@ import tempfile
 import threading
 
 from ..errors import BlobNotFound, MirrorError, NoSpaceError
+from ..limits import check_size
 
 
 def _os_error(action: str, path: str, e: OSError) -> MirrorError:
@@ -38,19 +39,25 @@ class DirectoryBackend:
     def exists(self, rel: str) -> bool:
         return os.path.exists(self._path(rel))
 
-    def read(self, rel: str) -> bytes:
+    def read(self, rel: str, max_size: int | None = None) -> bytes:
         path = self._path(rel)
         try:
             with open(path, "rb") as f:
-                return f.read()
+                if max_size is None:
+                    return f.read()
+                data = f.read(max_size + 1)
+                check_size(len(data), max_size, path)
+                return data
         except FileNotFoundError:
             raise BlobNotFound(f"{path} does not exist") from None
         except OSError as e:
             raise _os_error("read", path, e) from None
 
-    def get_file(self, rel: str, dest: str) -> None:
+    def get_file(self, rel: str, dest: str, max_size: int | None = None) -> None:
         path = self._path(rel)
         try:
+            if max_size is not None:
+                check_size(os.path.getsize(path), max_size, path, name="the manifest's size")
             shutil.copyfile(path, dest)
         except FileNotFoundError:
             raise BlobNotFound(f"{path} does not exist") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import requests
 
 from ..errors import BlobNotFound, MirrorError
+from ..limits import MAX_INDEX, read_bounded, too_large
 
 
 class HttpBackend:
@@ -50,13 +51,19 @@ class HttpBackend:
             raise MirrorError(f"cannot reach {self.url}: {e.__class__.__name__}") from None
         return r.status_code == 200
 
-    def read(self, rel: str) -> bytes:
-        return self._get(rel).content
+    def read(self, rel: str, max_size: int = MAX_INDEX) -> bytes:
+        """The whole file, cut with an error past ``max_size`` (a server may stream forever)."""
+        with self._get(rel, stream=True) as r:
+            return read_bounded(r.iter_content(1 << 16), max_size, f"{self.url}/{rel}")
 
-    def get_file(self, rel: str, dest: str) -> None:
-        r = self._get(rel, stream=True)
-        with open(dest, "wb") as f:
+    def get_file(self, rel: str, dest: str, max_size: int | None = None) -> None:
+        """Stream to ``dest``; past ``max_size`` bytes (the manifest's size) it stops."""
+        with self._get(rel, stream=True) as r, open(dest, "wb") as f:
+            got = 0
             for chunk in r.iter_content(1 << 20):
+                got += len(chunk)
+                if max_size is not None and got > max_size:
+                    raise too_large(f"{self.url}/{rel}", max_size, name="the manifest's size")
                 f.write(chunk)
 
     def local_path(self, rel: str) -> None:

@@ -36,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ..errors import BincacheError, BlobNotFound, IntegrityError, MirrorError, SpecError
+from ..limits import MAX_SPECFILE
 from .layout_v3 import LAYOUT_JSON, SpecRef, clearsigned_payload, is_clearsigned, staging_dir
 
 log = logging.getLogger(__name__)
@@ -279,7 +280,7 @@ class LayoutV2Cache:
         candidates = [f"{BUILD_CACHE}/{stem}.spec.json.sig", f"{BUILD_CACHE}/{stem}.spec.json"] if stem else []
         for rel in candidates:
             try:
-                return rel, self.backend.read(rel)
+                return rel, self.backend.read(rel, max_size=MAX_SPECFILE)
             except BlobNotFound:
                 continue
         # A name Spack formatted differently from us (or a ref without a node): by hash.
@@ -289,7 +290,7 @@ class LayoutV2Cache:
             rel = None
         if rel is not None:
             try:
-                return rel, self.backend.read(rel)
+                return rel, self.backend.read(rel, max_size=MAX_SPECFILE)
             except BlobNotFound:
                 pass
         raise BlobNotFound(f"{self.url} has no package {item.name}@{item.version}/{item.hash[:7]} "
@@ -316,7 +317,7 @@ class LayoutV2Cache:
         def read(entry: tuple[str, str]) -> SpecRef | None:
             h, rel = entry
             try:
-                raw = self.backend.read(rel)
+                raw = self.backend.read(rel, max_size=MAX_SPECFILE)
                 payload = clearsigned_payload(raw) if is_clearsigned(raw) else raw
                 node = json.loads(payload)["spec"]["nodes"][0]
                 return SpecRef(str(node["name"]), str(node.get("version", "")), h)
@@ -434,7 +435,8 @@ class LayoutV2Cache:
                 with open(tmp, "wb") as f:
                     f.write(record.data)
             else:
-                self.backend.get_file(record.path, tmp)
+                self.backend.get_file(record.path, tmp, max_size=record.content_length
+                                      if record.content_length >= 0 else None)
             self._check(tmp, record)
             os.replace(tmp, dest)
         finally:

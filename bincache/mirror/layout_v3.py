@@ -18,6 +18,7 @@ import weakref
 from dataclasses import dataclass
 
 from ..errors import BlobNotFound, IntegrityError, MirrorError, SignatureError
+from ..limits import MAX_MANIFEST, load_json
 from ..signing.cleartext import clearsigned_text, is_clearsigned
 
 LAYOUT_VERSION = 3
@@ -128,7 +129,7 @@ def clearsigned_payload(raw: bytes) -> bytes:
 
 def parse_manifest(payload: bytes, raw: bytes | None = None, origin: str = "manifest") -> PackageManifest:
     try:
-        doc = json.loads(payload)
+        doc = load_json(payload, origin, MAX_MANIFEST)
         records = [BlobRecord.from_dict(d) for d in doc["data"]]
     except (ValueError, KeyError, TypeError) as e:
         raise MirrorError(f"{origin}: not a valid build cache manifest ({e})") from None
@@ -191,7 +192,7 @@ class LayoutV3Cache:
             self.backend.put_file(record.path, path)
 
     def get_blob_bytes(self, record: BlobRecord) -> bytes:
-        data = self.backend.read(record.path)
+        data = self.backend.read(record.path, max_size=record.content_length)
         _verify(data, record, self.url)
         return data
 
@@ -199,7 +200,7 @@ class LayoutV3Cache:
         """Copy a blob to ``dest`` after checking its size and SHA-256; no partial file is left."""
         tmp = dest + ".part"
         try:
-            self.backend.get_file(record.path, tmp)
+            self.backend.get_file(record.path, tmp, max_size=record.content_length)
             with open(tmp, "rb") as f:
                 verify_blob_file(f, record, f"{self.url}/{record.path}")
             os.replace(tmp, dest)
@@ -240,7 +241,7 @@ class LayoutV3Cache:
     def fetch_manifest_raw(self, ref) -> bytes:
         path = self.manifest_path(ref.name, ref.version, ref.hash)
         try:
-            return self.backend.read(path)
+            return self.backend.read(path, max_size=MAX_MANIFEST)
         except BlobNotFound:
             raise BlobNotFound(f"{self.url} has no package {ref.name}@{ref.version}/{ref.hash[:7]}") from None
 
@@ -266,7 +267,7 @@ class LayoutV3Cache:
     # -- index ---------------------------------------------------------------------------------
     def read_index_bytes(self) -> bytes | None:
         try:
-            raw = self.backend.read(INDEX_MANIFEST)
+            raw = self.backend.read(INDEX_MANIFEST, max_size=MAX_MANIFEST)
         except BlobNotFound:
             return None
         manifest = parse_manifest(raw, origin=f"{self.url}/{INDEX_MANIFEST}")

@@ -11,6 +11,7 @@ import os
 from urllib.parse import urlparse
 
 from ..errors import BlobNotFound, MirrorError
+from ..limits import check_size
 from ..redact import redact_url
 
 try:
@@ -59,13 +60,18 @@ class S3Backend:
         except BotoCoreError as e:
             raise self._fail("check", rel, e) from None
 
-    def read(self, rel: str) -> bytes:
+    def read(self, rel: str, max_size: int | None = None) -> bytes:
         try:
-            return self._s3.get_object(Bucket=self.bucket, Key=self._key(rel))["Body"].read()
+            body = self._s3.get_object(Bucket=self.bucket, Key=self._key(rel))["Body"]
+            data = body.read() if max_size is None else body.read(max_size + 1)
         except (ClientError, BotoCoreError) as e:
             raise self._fail("read", rel, e) from None
+        if max_size is not None:
+            check_size(len(data), max_size, f"{self.url}/{rel}")
+        return data
 
-    def get_file(self, rel: str, dest: str) -> None:
+    def get_file(self, rel: str, dest: str, max_size: int | None = None) -> None:
+        # boto3's parallel download: its size is checked against the manifest right after.
         try:
             self._s3.download_file(self.bucket, self._key(rel), dest)
         except (ClientError, BotoCoreError) as e:

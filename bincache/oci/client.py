@@ -28,6 +28,7 @@ import requests
 import requests.adapters
 
 from ..errors import AuthError, BlobNotFound, IntegrityError, RegistryError, UsageError
+from ..limits import MAX_OCI_MANIFEST, read_bounded
 from .auth import Authenticator, Credentials, resolve_verify
 from .reference import ImageReference, check_digest
 
@@ -438,7 +439,7 @@ class RegistryClient:
     def _fetch_manifest(self, ref: ImageReference, accept: str = ACCEPT_ALL) -> FetchedManifest:
         """GET a manifest or index by tag or digest; a digest reference is verified."""
         r = self._request("GET", ref.manifest_url(), kind="manifest", scope=self._pull(ref),
-                          headers={"Accept": accept})
+                          headers={"Accept": accept}, stream=True)
         with r:
             if r.status_code == 404:
                 what = f"digest {ref.digest}" if ref.digest else f"tag {ref.tag!r}"
@@ -446,7 +447,8 @@ class RegistryClient:
                                    f"repository {ref.name}{_error_detail(r)}")
             if r.status_code != 200:
                 raise _unexpected(r, f"fetching manifest {ref}")
-            data = r.content
+            data = read_bounded(r.iter_content(1 << 16), MAX_OCI_MANIFEST,
+                                f"manifest {ref} from registry {self.host}")
         digest = sha256_digest(data)
         if ref.digest and digest != ref.digest:
             raise IntegrityError(f"manifest {ref.digest} from registry {self.host} does not "

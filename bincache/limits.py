@@ -1,0 +1,146 @@
+"""Limits on what untrusted input can make bincache hold in memory or write to disk.
+
+A few bytes of a hostile document must not cost gigabytes: a PAX header that claims to be
+huge, YAML aliases that expand exponentially, an http server that streams an endless manifest.
+Every limit is named in the error that enforces it (docs/internals.md lists them); real Spack and
+bincache data stay far below each one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .errors import LimitError
+
+LIMITS = {
+    # A build cache manifest: clearsigned JSON of three records (~2 KB).
+    "MAX_MANIFEST": 1 << 20,
+    # A spec file (the DAG of one package; large DAGs are ~1 MB).
+    "MAX_SPECFILE": 64 << 20,
+    # A mirror's index (Spack's index.json of a mirror of 100,000 specs is a few hundred MB).
+    "MAX_INDEX": 1 << 30,
+    # An OCI image manifest or index (GHCR refuses 4 MiB and more), or a signature document.
+    "MAX_OCI_MANIFEST": 4 << 20,
+    # A package's .spack/binary_distribution (offsets of every relocatable binary).
+    "MAX_BUILDINFO": 256 << 20,
+    # One PAX extended header or GNU long name/link member of a tarball.
+    "MAX_PAX_HEADER": 1 << 20,
+    # A member name or link target (PATH_MAX).
+    "MAX_NAME": 4096,
+    # Nesting of JSON/YAML documents (lists and mappings inside each other).
+    "MAX_NESTING": 64,
+}
+
+MAX_MANIFEST = LIMITS["MAX_MANIFEST"]
+MAX_SPECFILE = LIMITS["MAX_SPECFILE"]
+MAX_INDEX = LIMITS["MAX_INDEX"]
+MAX_OCI_MANIFEST = LIMITS["MAX_OCI_MANIFEST"]
+MAX_BUILDINFO = LIMITS["MAX_BUILDINFO"]
+MAX_PAX_HEADER = LIMITS["MAX_PAX_HEADER"]
+MAX_NAME = LIMITS["MAX_NAME"]
+MAX_NESTING = LIMITS["MAX_NESTING"]
+
+
+def _name(limit: int) -> str:
+    return next((k for k, v in LIMITS.items() if v == limit), "")
+
+
+def too_large(what: str, limit: int, *, name: str | None = None) -> LimitError:
+    """The error for ``what`` going over ``limit`` bytes."""
+    label = name or _name(limit)
+    named = f"limit {label} = {limit} bytes" if label else f"limit {limit} bytes"
+    return LimitError(f"{what} is larger than {limit} bytes ({named}): refusing it")
+
+
+def check_size(size: int, limit: int, what: str, *, name: str | None = None) -> None:
+    if size > limit:
+        raise too_large(what, limit, name=name)
+
+
+def read_bounded(chunks: Iterable[bytes], limit: int, what: str, *, name: str | None = None) -> bytes:
+    """Join ``chunks`` (a stream), cut with an error as soon as they pass ``limit`` bytes."""
+    parts = []
+    total = 0
+    for chunk in chunks:
+        total += len(chunk)
+        if total > limit:
+            raise too_large(what, limit, name=name)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def check_nesting(data, what: str, limit: int = MAX_NESTING) -> None:
+    """Refuse a parsed JSON/YAML value nested deeper than ``limit`` (no recursion used)."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > limit:
+            raise LimitError(f"{what} is nested deeper than {limit} levels "
+                             f"(limit MAX_NESTING = {limit}): refusing it")
+        stack.extend((c, depth + 1) for c in children)
+
+
+def load_json(data: bytes | str, what: str, limit: int) -> object:
+    """``json.loads`` with a size limit and a nesting limit; ValueError for bad JSON."""
+    import json
+
+    check_size(len(data), limit, what)
+    try:
+        value = json.loads(data)
+    except RecursionError:
+        raise LimitError(f"{what} is nested too deeply (limit MAX_NESTING = {MAX_NESTING}): "
+                         "refusing it") from None
+    check_nesting(value, what)
+    return value
+
+
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def _flow_depth(data: bytes) -> int:
+    depth = deepest = 0
+    for c in data.translate(None, _NOT_BRACKETS):
+        depth += 1 if c in b"[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _max_indent(data: bytes) -> int:
+    import re
+
+    return max((len(m.group(1)) for m in re.finditer(rb"\n([ \t]*)", data)), default=0)
+
+
+def load_yaml(data: bytes, what: str, limit: int) -> object:
+    """YAML through the safe loader, with a size limit, no aliases (they can expand a 1 KB
+    document into gigabytes) and a nesting limit; yaml.YAMLError for bad YAML."""
+    import yaml
+
+    check_size(len(data), limit, what)
+    # libyaml's composer recurses in C: 100,000 "[" crash the process (measured), so depth is
+    # bounded before parsing (an over-estimate: brackets in plain scalars count too).
+    if _flow_depth(data) > MAX_NESTING or _max_indent(data) > 4 * MAX_NESTING:
+        raise LimitError(f"{what} is nested deeper than {MAX_NESTING} levels "
+                         f"(limit MAX_NESTING = {MAX_NESTING}): refusing it")
+    base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+    class NoAliasLoader(base):  # type: ignore[misc, valid-type]
+        def construct_object(self, node, deep=False):
+            if node in self.constructed_objects or node in self.recursive_objects:
+                raise LimitError(f"{what} uses YAML aliases (*anchor), which bincache does not "
+                                 "accept in untrusted documents: refusing it")
+            return super().construct_object(node, deep=deep)
+
+    try:
+        value = yaml.load(data, Loader=NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise LimitError(f"{what} is nested too deeply (limit MAX_NESTING = {MAX_NESTING}): "
+                         "refusing it") from None
+    check_nesting(value, what)
+    return value
