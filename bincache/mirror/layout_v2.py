@@ -132,16 +132,6 @@ def v7_index_bytes(index) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-_warned_no_compiler: set[str] = set()
-
-
-def _warn_no_compiler(what: str) -> None:
-    if not _warned_no_compiler:
-        log.warning("%s has no compiler in its spec: Spack < 1.0 lists it but cannot install it "
-                    "(register it with --compiler NAME@VERSION)", what)
-    _warned_no_compiler.add(what)
-
-
 def _component(value: str) -> str:
     # Spack's format_path: a value never adds a directory level.
     return _UNSAFE.sub("_", value)
@@ -202,6 +192,7 @@ class LayoutV2Cache:
         self.ref = ref
         self.url = backend.url
         self._listing: dict[str, str] | None = None  # hash -> spec file path
+        self._warned_no_compiler = False
 
     def __repr__(self) -> str:
         return f"LayoutV2Cache({self.url})"
@@ -224,8 +215,10 @@ class LayoutV2Cache:
         if tar_path is None:
             raise MirrorError(f"{packed.spec.short()}: its spec has no arch (platform, os, target): "
                               "Spack's layout v2 has no place for it; register it with --arch")
-        if not isinstance(root.get("compiler"), dict):
-            _warn_no_compiler(packed.spec.short())
+        if not isinstance(root.get("compiler"), dict) and not self._warned_no_compiler:
+            self._warned_no_compiler = True  # once per push: it holds for every such package
+            log.warning("%s has no compiler in its spec: Spack < 1.0 lists it but cannot install it "
+                        "(register it with --compiler NAME@VERSION)", packed.spec.short())
         body = v2_specfile_bytes(packed.specfile, packed.result.digest)
         if signer is not None:
             body = signer.clearsign(body)
@@ -234,9 +227,13 @@ class LayoutV2Cache:
         final, other = (spec_path + ".sig", spec_path) if signer is not None else (spec_path, spec_path + ".sig")
         self.backend.write(final, body)
         self._listing = None
-        delete = getattr(self.backend, "delete", None)
-        if delete is not None and self.backend.exists(other):
-            delete(other)
+        if self.backend.exists(other):
+            delete = getattr(self.backend, "delete", None)
+            if delete is not None:
+                delete(other)
+            else:
+                log.warning("%s/%s is left from an earlier push and readers prefer it; remove it",
+                            self.url, other)
 
     def write_index(self, index) -> None:
         """``index.json`` as DB version 7 (what Spack 0.2x reads), then ``index.json.hash``."""

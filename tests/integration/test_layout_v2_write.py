@@ -23,6 +23,7 @@ from bincache.mirror.layout_v2 import LayoutV2Cache
 from bincache.mirror.layout_v3 import LayoutV3Cache
 from tests.fixtures.registered_stack import build_registered_stack, run_sqprog
 from tests.integration.test_create import _snapshot as _files
+from tests.integration.test_layout_v2 import s3_env  # noqa: F401 (a fixture)
 
 
 def _stem(inst) -> str:
@@ -188,3 +189,23 @@ def test_registered_with_a_compiler_is_a_v4_spec_in_the_compilers_directory(tmp_
               "--version", "1.0", "--compiler", "gcc 12", "--no-autopush")
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
         'error: invalid compiler "gcc 12": give NAME@VERSION, e.g. gcc@12.2.0']
+
+
+def test_signed_v2_cache_on_s3_stays_v2_and_installs(demo_stack_factory, tmp_path, cli, s3_env):  # noqa: F811
+    env, client = s3_env
+    stack = demo_stack_factory
+    cli("keys", "create", "V2 Builder", "v2@example.org", check=True)
+    url = "s3://cache/spack0"
+    cli("--root", stack.root, "create", "--layout", "v2", url, "greet", env=env, check=True)
+    # No --layout: the key index the signed push published marks the mirror as v2.
+    cli("--root", stack.root, "create", url, "hello", env=env, check=True)
+    cli("update-index", url, env=env, check=True)
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket="cache", Prefix="spack0/")["Contents"]}
+    assert all(k.startswith("spack0/build_cache/") for k in keys), sorted(keys)
+    assert "spack0/" + _tarball_rel(stack.hello) in keys
+    assert f"spack0/build_cache/{_stem(stack.hello)}.spec.json.sig" in keys
+    index = client.get_object(Bucket="cache", Key="spack0/build_cache/index.json")["Body"].read()
+    assert json.loads(index)["database"]["version"] == "7"
+    new_root = tmp_path / "new"
+    cli("--root", str(new_root), "install", "--mirror", url, "hello", env=env, check=True)
+    assert "HEY! hello, v2" in _hello(new_root)
