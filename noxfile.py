@@ -1,4 +1,5 @@
-"""Developer sessions: `nox -s tests`, `nox -s tests-python`, `nox -s lint`, `nox -s bench`, `nox -s build`.
+"""Developer sessions: `nox -s tests`, `nox -s tests-python`, `nox -s tests-asan`, `nox -s lint`,
+`nox -s bench`, `nox -s build`.
 
 System packages (gcc, gpg, docker-registry, skopeo, umoci...) come from ./scripts/setup.
 Posargs go to pytest.
@@ -20,6 +21,14 @@ def tests_python(session):
     """The same suite on the pure-Python twin of the C core."""
     session.install("-e", ".[test]")
     session.run("pytest", "-q", *session.posargs, env={"BINCACHE_NATIVE": "python"})
+
+
+@nox.session(name="tests-asan")
+def tests_asan(session):
+    """The native and property tests on the C core built with ASan and UBSan (scripts/test-asan);
+    any finding fails the session. The normal build of the core is not touched."""
+    session.install(".[test]")  # the dependencies; the tests import this tree
+    session.run("./scripts/test-asan", *session.posargs, external=True)
 
 
 @nox.session

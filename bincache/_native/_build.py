@@ -5,6 +5,11 @@ ISA-L (igzip deflate, ``libisal-dev``) and OpenSSL's libcrypto (SHA-256, ``libss
 Without them the core falls back to zlib deflate and a portable SHA-256.
 ``BINCACHE_NO_ISAL=1`` / ``BINCACHE_NO_OPENSSL=1`` turn detection off (to test the fallbacks).
 zlib is required; Debian's python3-dev already depends on zlib1g-dev.
+
+``python bincache/_native/_build.py --sanitize`` builds the same core with AddressSanitizer and
+UBSan as ``bincache._native._lib_asan`` (objects under build/asan/), next to the normal ``_lib``,
+which it does not touch; ``BINCACHE_SANITIZE=1`` at run time makes ``_cffi`` load that one.
+scripts/test-asan builds it and runs the native and property tests under it.
 """
 
 from __future__ import annotations
@@ -12,10 +17,12 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sysconfig
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from cffi import FFI
 
@@ -94,22 +101,57 @@ def _path(p: Path) -> str:
     return str(p.relative_to(ROOT)) if Path.cwd().resolve() == ROOT else str(p)
 
 
+SANITIZE_FLAGS = [
+    "-fsanitize=address,undefined",
+    "-fno-omit-frame-pointer",
+    # A UBSan finding stops the run instead of printing and carrying on.
+    "-fno-sanitize-recover=undefined",
+]
+# Python's CFLAGS carry -fwrapv, which defines signed overflow and so hides it from UBSan.
+SANITIZE_COMPILE = ["-fno-wrapv", "-O1", "-g"]
+
 _macros, _libs = _configure()
 
-ffibuilder = FFI()
-ffibuilder.cdef(_cdef())
-ffibuilder.set_source(
-    "bincache._native._lib",
-    '#include "bincache.h"',
-    sources=[_path(p) for p in sorted(CSRC.glob("*.c"))],
-    include_dirs=[_path(CSRC)],
-    # Listed so that a header change rebuilds (the sdist carries them through MANIFEST.in).
-    depends=[_path(p) for p in sorted(CSRC.glob("*.h"))],
-    define_macros=_macros,
-    libraries=[*_libs, "pthread"],
-    extra_compile_args=["-std=gnu99", "-O2", "-pthread", "-fvisibility=hidden"],
-    extra_link_args=["-pthread"],
-)
+
+def _builder(
+    module: str, paths: Callable[[Path], str], cflags: list[str], ldflags: list[str]
+) -> FFI:
+    ffi = FFI()
+    ffi.cdef(_cdef())
+    ffi.set_source(
+        module,
+        '#include "bincache.h"',
+        sources=[paths(p) for p in sorted(CSRC.glob("*.c"))],
+        include_dirs=[paths(CSRC)],
+        # Listed so that a header change rebuilds (the sdist carries them through MANIFEST.in).
+        depends=[paths(p) for p in sorted(CSRC.glob("*.h"))],
+        define_macros=_macros,
+        libraries=[*_libs, "pthread"],
+        extra_compile_args=["-std=gnu99", "-O2", "-pthread", "-fvisibility=hidden", *cflags],
+        extra_link_args=["-pthread", *ldflags],
+    )
+    return ffi
+
+
+ffibuilder = _builder("bincache._native._lib", _path, [], [])
+
+
+def build_sanitized() -> Path:
+    """Compile ``bincache._native._lib_asan`` (ASan + UBSan, -O1 -g) and put it next to _lib."""
+    tmp = ROOT / "build" / "asan"
+    tmp.mkdir(parents=True, exist_ok=True)
+    ffi = _builder("bincache._native._lib_asan", str, [*SANITIZE_FLAGS, *SANITIZE_COMPILE],
+                   SANITIZE_FLAGS)
+    built = Path(ffi.compile(tmpdir=str(tmp)))
+    dest = Path(__file__).resolve().parent / built.name
+    shutil.copyfile(built, dest)
+    return dest
+
 
 if __name__ == "__main__":
-    ffibuilder.compile(verbose=True)
+    import sys
+
+    if sys.argv[1:] == ["--sanitize"]:
+        print(build_sanitized())
+    else:
+        ffibuilder.compile(verbose=True)

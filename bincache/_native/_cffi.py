@@ -12,7 +12,12 @@ import os
 from typing import BinaryIO
 
 from ..errors import CannotGrowString, IntegrityError, NativeError, NoSpaceError
-from ._lib import ffi, lib  # type: ignore[import-not-found]
+
+if os.environ.get("BINCACHE_SANITIZE", "") not in ("", "0"):
+    # The ASan/UBSan build of the same sources (scripts/test-asan); never a silent fallback.
+    from ._lib_asan import ffi, lib  # type: ignore[import-not-found]
+else:
+    from ._lib import ffi, lib  # type: ignore[import-not-found]
 from ._pure import KIND_BINARY, KIND_ELF, KIND_TEXT, FileScan, TarResult
 
 _ABI_VERSION = 3
