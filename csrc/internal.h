@@ -9,9 +9,7 @@
 
 #include "bincache.h"
 
-#ifdef BC_HAVE_OPENSSL
 #include <openssl/evp.h>
-#endif
 #ifdef BC_HAVE_ISAL
 #include <isa-l.h>
 #endif
@@ -40,22 +38,53 @@ typedef struct bc_err {
 BC_HIDDEN int bc__fail(bc_err *e, int rc, int sys_errno, const char *fmt, ...) BC_PRINTF(4, 5);
 BC_HIDDEN void bc__copy_err(const bc_err *e, char *buf, size_t len);
 
-/* SHA-256: OpenSSL's libcrypto (SHA-NI class) when built with it, else portable C. */
+/* SHA-256 is OpenSSL's only (EVP picks SHA-NI/AVX2 code at run time): with the portable C it
+ * replaced, the tar writer at level 0 did 3-4x fewer MB per CPU-second. */
 typedef struct bc_sha256 {
-#ifdef BC_HAVE_OPENSSL
     EVP_MD_CTX *ctx;
-#else
-    uint32_t h[8];
-    uint64_t total;
-    unsigned char block[64];
-    size_t fill;
-#endif
 } bc_sha256;
 
-BC_HIDDEN int bc__sha256_init(bc_sha256 *s);
-BC_HIDDEN int bc__sha256_update(bc_sha256 *s, const void *data, size_t len);
-BC_HIDDEN int bc__sha256_hex(bc_sha256 *s, char hex[65]);
-BC_HIDDEN void bc__sha256_free(bc_sha256 *s);
+static inline int bc__sha256_init(bc_sha256 *s)
+{
+    s->ctx = EVP_MD_CTX_new();
+    if (s->ctx == NULL)
+        return BC_ENOMEM;
+    if (EVP_DigestInit_ex(s->ctx, EVP_sha256(), NULL) != 1) {
+        EVP_MD_CTX_free(s->ctx);
+        s->ctx = NULL;
+        return BC_ENOMEM;
+    }
+    return BC_OK;
+}
+
+static inline int bc__sha256_update(bc_sha256 *s, const void *data, size_t len)
+{
+    if (len == 0)
+        return BC_OK;
+    return EVP_DigestUpdate(s->ctx, data, len) == 1 ? BC_OK : BC_ENOMEM;
+}
+
+static inline int bc__sha256_hex(bc_sha256 *s, char hex[65])
+{
+    static const char digits[] = "0123456789abcdef";
+    unsigned char d[32];
+    unsigned int n = 0;
+    if (EVP_DigestFinal_ex(s->ctx, d, &n) != 1 || n != 32)
+        return BC_ENOMEM;
+    for (int i = 0; i < 32; i++) {
+        hex[2 * i] = digits[d[i] >> 4];
+        hex[2 * i + 1] = digits[d[i] & 15];
+    }
+    hex[64] = '\0';
+    return BC_OK;
+}
+
+static inline void bc__sha256_free(bc_sha256 *s)
+{
+    if (s->ctx != NULL)
+        EVP_MD_CTX_free(s->ctx);
+    s->ctx = NULL;
+}
 
 /* Level -> implementation. Valid levels are 0..9. */
 BC_HIDDEN int bc__check_level(int level, bc_err *e);

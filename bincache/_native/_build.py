@@ -1,10 +1,10 @@
 """cffi build script of the C core (out-of-line API mode), named in setup.py's cffi_modules.
 
-The optional fast libraries are detected by compiling and linking a tiny program:
-ISA-L (igzip deflate, ``libisal-dev``) and OpenSSL's libcrypto (SHA-256, ``libssl-dev``).
-Without them the core falls back to zlib deflate and a portable SHA-256.
-``BINCACHE_NO_ISAL=1`` / ``BINCACHE_NO_OPENSSL=1`` turn detection off (to test the fallbacks).
-zlib is required; Debian's python3-dev already depends on zlib1g-dev.
+Libraries are detected by compiling and linking a tiny program. Required: zlib (Debian's
+python3-dev already depends on zlib1g-dev) and OpenSSL's libcrypto, the only SHA-256
+(``libssl-dev``); a build without either stops with what to install. Optional: ISA-L (igzip
+deflate, ``libisal-dev``), else zlib deflate; ``BINCACHE_NO_ISAL=1`` turns its detection off
+(to test that fallback).
 
 ``python bincache/_native/_build.py --sanitize`` builds the same core with AddressSanitizer and
 UBSan as ``bincache._native._lib_asan`` (objects under build/asan/), next to the normal ``_lib``,
@@ -85,14 +85,16 @@ def _configure() -> tuple[list[tuple[str, None]], list[str]]:
         raise SystemExit(
             "bincache: zlib headers not found; install zlib1g-dev (Debian) or zlib-devel"
         )
+    if not _probe("openssl"):
+        raise SystemExit(
+            "bincache: OpenSSL's libcrypto (SHA-256) not found; install libssl-dev (Debian) "
+            "or openssl-devel"
+        )
     macros: list[tuple[str, None]] = []
-    libs = ["z"]
+    libs = ["z", "crypto"]
     if _enabled("isal") and _probe("isal"):
         macros.append(("BC_HAVE_ISAL", None))
         libs.append("isal")
-    if _enabled("openssl") and _probe("openssl"):
-        macros.append(("BC_HAVE_OPENSSL", None))
-        libs.append("crypto")
     return macros, libs
 
 

@@ -1,4 +1,4 @@
-"""The C core builds and works without its optional fast libraries (ISA-L, OpenSSL)."""
+"""The C core builds and works without its optional ISA-L; without OpenSSL it does not build."""
 
 from __future__ import annotations
 
@@ -29,21 +29,27 @@ print(n.BACKEND, n.DEFAULT_LEVEL)
 """
 
 
-@pytest.mark.slow
-def test_fallback_build_uses_zlib_and_portable_sha256(tmp_path):
+BUILD = (
+    "import sys; sys.path.insert(0, 'bincache/_native'); "
+    "from _build import ffibuilder; ffibuilder.compile(tmpdir='.')"
+)
+
+
+def copy_sources(tmp_path):
     shutil.copytree(ROOT / "csrc", tmp_path / "csrc")
     shutil.copytree(
         ROOT / "bincache",
         tmp_path / "bincache",
         ignore=shutil.ignore_patterns("_lib*.so", "__pycache__"),
     )
-    env = {**os.environ, "BINCACHE_NO_ISAL": "1", "BINCACHE_NO_OPENSSL": "1"}
-    build = (
-        "import sys; sys.path.insert(0, 'bincache/_native'); "
-        "from _build import ffibuilder; ffibuilder.compile(tmpdir='.')"
-    )
+
+
+@pytest.mark.slow
+def test_fallback_build_uses_zlib_deflate(tmp_path):
+    copy_sources(tmp_path)
+    env = {**os.environ, "BINCACHE_NO_ISAL": "1"}
     subprocess.run(
-        [sys.executable, "-c", build], cwd=tmp_path, env=env, check=True, capture_output=True
+        [sys.executable, "-c", BUILD], cwd=tmp_path, env=env, check=True, capture_output=True
     )
     built = list((tmp_path / "bincache" / "_native").glob("_lib*.so"))
     assert built, "no module was built"
@@ -56,6 +62,24 @@ def test_fallback_build_uses_zlib_and_portable_sha256(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["zlib", "1"]
-    # and it really linked neither library
+    # and it really did without ISA-L; SHA-256 is libcrypto's in every build
     libs = subprocess.run(["ldd", str(built[0])], capture_output=True, text=True).stdout
-    assert "libisal" not in libs and "libcrypto" not in libs
+    assert "libisal" not in libs and "libcrypto" in libs
+
+
+def test_a_build_without_openssl_stops_and_says_what_to_install(tmp_path):
+    """No portable SHA-256 to fall back on: the build fails before compiling, in one line."""
+    copy_sources(tmp_path)
+    # The compiler sees an <openssl/evp.h> that does not compile, as on a machine without
+    # libssl-dev (which the test machine has installed).
+    hidden = tmp_path / "no-openssl" / "openssl"
+    hidden.mkdir(parents=True)
+    (hidden / "evp.h").write_text("#error libssl-dev is not installed\n")
+    env = {**os.environ, "CC": f"gcc -I{hidden.parent}"}
+    proc = subprocess.run(
+        [sys.executable, "-c", BUILD], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode != 0
+    assert "OpenSSL's libcrypto (SHA-256) not found; install libssl-dev" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not list((tmp_path / "bincache" / "_native").glob("_lib*.so"))
