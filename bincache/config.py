@@ -447,7 +447,11 @@ def parse_yaml(text: str, file: str) -> tuple[Any, dict[Path, int]]:
     Raises ConfigError naming the file and line for a syntax error or a duplicate key.
     """
     lines: dict[Path, int] = {}
-    loader = yaml.SafeLoader(text)
+    try:
+        # The reader checks the characters of the whole text already here.
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{file}: invalid YAML: {e}") from None
     try:
         node = loader.get_single_node()
         if node is None:
@@ -460,6 +464,8 @@ def parse_yaml(text: str, file: str) -> tuple[Any, dict[Path, int]]:
         raise ConfigError(f"{where}: invalid YAML: {problem}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{file}: invalid YAML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{file}: invalid YAML: nested too deeply") from None
     finally:
         loader.dispose()
     return data, lines

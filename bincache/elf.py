@@ -23,6 +23,7 @@ import subprocess
 from dataclasses import dataclass
 
 from elftools.common.exceptions import ELFError
+from elftools.construct.core import ConstructError
 from elftools.elf.dynamic import DynamicSegment
 from elftools.elf.elffile import ELFFile
 from elftools.elf.gnuversions import GNUVerDefSection, GNUVerNeedSection
@@ -128,6 +129,14 @@ def _string_refs(elf: ELFFile, dyn: DynamicSegment) -> set[int]:
     return refs
 
 
+# What pyelftools raises on a malformed file besides ELFError (found by the fuzz test: sizes
+# past the end, impossible offsets, a header field of the wrong width...).
+_PARSE_ERRORS = (ELFError, ConstructError, ValueError, AssertionError, struct.error, KeyError,
+                 IndexError, AttributeError, TypeError, OverflowError, MemoryError)
+# No path field is longer than this; a header claiming more is not read whole.
+_MAX_FIELD = 1 << 20
+
+
 def read_elf_strings(path: str) -> list[ElfString]:
     """The RPATH, RUNPATH and interpreter of an ELF file (those it has).
 
@@ -141,7 +150,7 @@ def read_elf_strings(path: str) -> list[ElfString]:
             for seg in elf.iter_segments():
                 if seg.header.p_type == "PT_INTERP":
                     f.seek(seg.header.p_offset)
-                    raw = f.read(seg.header.p_filesz)
+                    raw = f.read(min(seg.header.p_filesz, _MAX_FIELD))
                     value = raw.split(b"\0", 1)[0]
                     out.append(ElfString("interp", seg.header.p_offset, seg.header.p_filesz, value))
             dyn = next((s for s in elf.iter_segments() if isinstance(s, DynamicSegment)), None)
@@ -167,17 +176,18 @@ def read_elf_strings(path: str) -> list[ElfString]:
                 if index >= strsz:
                     raise ElfFormatError(f"{path}: {kind} string offset {index} past the string table")
                 f.seek(base + index)
-                raw = f.read(strsz - index)
+                raw = f.read(min(strsz - index, _MAX_FIELD))
                 if b"\0" not in raw:
                     raise ElfFormatError(f"{path}: {kind} string is not NUL-terminated")
                 value = raw.split(b"\0", 1)[0]
                 shared = any(index < r < index + len(value) for r in refs)
                 out.append(ElfString(kind, base + index, len(value) + 1, value, shared))
             return out
-    except ELFError as e:
-        raise ElfFormatError(f"{path}: not a valid ELF file ({e})") from None
     except OSError as e:
         raise ElfFormatError(f"{path}: {e.strerror}") from None
+    except _PARSE_ERRORS as e:
+        why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise ElfFormatError(f"{path}: not a valid ELF file ({why})") from None
 
 
 def unloaded_sections(path: str) -> list[tuple[int, int, str]]:
@@ -193,7 +203,7 @@ def unloaded_sections(path: str) -> list[tuple[int, int, str]]:
                 if not h.sh_flags & 0x2:  # SHF_ALLOC
                     out.append((h.sh_offset, h.sh_offset + h.sh_size, sec.name))
             return out
-    except (ELFError, OSError, ValueError):
+    except (OSError, *_PARSE_ERRORS):
         return []
 
 

@@ -59,6 +59,15 @@ class BuildInfo:
         """Parse a buildinfo mapping; ``old_prefix`` is needed for Spack's own (no ``bincache:``)."""
         if not isinstance(d, Mapping):
             raise RelocationError("the package's buildinfo is not a mapping")
+        try:
+            return cls._from_dict(d, old_prefix)
+        except (TypeError, ValueError, AttributeError) as e:
+            # Package data: any field of the wrong shape is a damaged buildinfo, not a crash.
+            raise RelocationError(f"{BUILDINFO} is not a valid buildinfo ({type(e).__name__}: "
+                                  f"{str(e)[:200]})") from None
+
+    @classmethod
+    def _from_dict(cls, d: Mapping, old_prefix: str | None) -> BuildInfo:
         ours = d.get("bincache") or {}
         prefix = ours.get("prefix") or old_prefix
         store = ours.get("store_root") or d.get("buildpath") or ""

@@ -76,14 +76,23 @@ class Spec:
         if not isinstance(h, str) or not _SPEC_HASH_RE.fullmatch(h):
             raise SpecError(f"{name}: invalid hash {h!r}")
         _check_arch(node.get("arch"), name)
+        raw = node.get("dependencies") or []
+        if isinstance(raw, dict):  # spec files v1-v3: {name: {hash, type}}
+            raw = [dict(v, name=k) for k, v in raw.items() if isinstance(v, dict)]
+        if not isinstance(raw, list):
+            raise SpecError(f"{name}: 'dependencies' is not a list")
         deps = []
-        try:
-            for d in node.get("dependencies", []) or []:
-                params = d.get("parameters") or {}
-                types = params.get("deptypes") or d.get("type") or ("build", "link")
-                deps.append(DepRef(d["name"], d.get("hash") or d.get("dag_hash", ""), tuple(types)))
-        except (KeyError, TypeError, AttributeError) as e:
-            raise SpecError(f"{name}: a dependency entry without a valid {e}") from None
+        for d in raw:
+            params = d.get("parameters") if isinstance(d, dict) else None
+            params = params if isinstance(params, dict) else {}
+            types = (params.get("deptypes") or d.get("type") or ("build", "link")) if isinstance(d, dict) else None
+            dep_hash = (d.get("hash") or d.get("dag_hash", "")) if isinstance(d, dict) else None
+            if isinstance(types, str):
+                types = (types,)
+            if not (isinstance(d, dict) and isinstance(d.get("name"), str) and isinstance(dep_hash, str)
+                    and isinstance(types, (list, tuple)) and all(isinstance(t, str) for t in types)):
+                raise SpecError(f"{name}: a dependency entry without a valid name, hash or type")
+            deps.append(DepRef(d["name"], dep_hash, tuple(types)))
         return cls(name, version, h, node, tuple(deps))
 
     @property
