@@ -162,11 +162,13 @@ def push_prefix(mirror: str | MirrorRef, prefix: str, *, include_deps: bool = Fa
 
 def update_index(mirror: str | MirrorRef, jobs: int = 8, warn: Callable[[str], None] | None = None,
                  layout: str | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> tuple[_index.Index, int]:
+                 progress: Callable[[int, int], None] | None = None,
+                 db_version: str | None = None) -> tuple[_index.Index, int]:
     """Rebuild the mirror's index from its manifests (only new ones are read); ``layout`` as
-    for :func:`push`; ``progress(done, total)`` as manifests are read."""
+    for :func:`push`; ``progress(done, total)`` as manifests are read; in Spack database
+    version ``db_version`` (default: the version the index has; see index.choose_db_version)."""
     return _index.update_index(open_cache(_mirror(mirror, "push"), layout, push=True), jobs=jobs, warn=warn,
-                               progress=progress)
+                               progress=progress, db_version=db_version)
 
 
 def list_mirror(mirror: str | MirrorRef) -> tuple[list[_index.IndexEntry], bool]:

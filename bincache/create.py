@@ -62,20 +62,16 @@ class PushResult:
 
 
 def old_prefixes(inst: InstalledSpec, tree: InstallTree) -> tuple[list[str], dict[str, str]]:
-    """The prefixes to look for in a package: its own, each dependency's, then the store root."""
-    hash_to_prefix = {inst.hash: inst.prefix}
-    for node in inst.nodes[1:] or ():
-        dep = tree.get(node.hash)
-        if dep is not None:
-            hash_to_prefix[node.hash] = dep.prefix
-    for d in inst.spec.deps:
-        dep = tree.get(d.hash)
-        if dep is not None:
-            hash_to_prefix.setdefault(d.hash, dep.prefix)
+    """The prefixes to look for in a package: its own, each dependency's, then the store root.
+
+    Externals are left out, as Spack leaves them out of ``hash_to_prefix``: ``/usr`` is never
+    an old prefix to relocate.
+    """
+    hash_to_prefix = tree.dependency_prefixes(inst)
     # Dependencies the tree does not hold: where registration recorded them.
     known = {n.hash for n in inst.nodes} | {d.hash for d in inst.spec.deps}
     for h, p in recorded_dependency_prefixes(inst.prefix).items():
-        if h in known:
+        if h in known and not tree.is_external_dependency(inst, h):
             hash_to_prefix.setdefault(h, p)
     prefixes = sorted(set(hash_to_prefix.values()), key=lambda p: (-len(p), p))
     root = tree.root
@@ -160,6 +156,8 @@ def pack(inst: InstalledSpec, tree: InstallTree, out_path: str, level: int | Non
 def _buildcache_specfile(nodes, tarball_digest: str) -> bytes:
     import json
 
+    # The nodes stay in the format the prefix's spec file has (a v4 tree gives v4 documents);
+    # a layout that needs another format converts them as Spack does (mirror/layout_v3.py).
     doc = json.loads(specfile_bytes(nodes))
     # Spack keeps these keys in spec files of build caches (layout v3 still writes 2 here).
     doc["buildcache_layout_version"] = 2
@@ -356,7 +354,8 @@ def _rmdir_quiet(path: str) -> None:
 def select_specs(tree: InstallTree, selectors: list[str]) -> list[InstalledSpec]:
     if selectors:
         return tree.select(selectors)
-    specs = list(tree.specs().values())
+    specs = list(tree.packages().values())
     if not specs:
-        raise SpecError(f"no installed packages in {tree.root}")
+        raise SpecError(f"no installed packages in {tree.root}: {tree.looked_for()}; give the "
+                        "install tree (or Spack's config.yaml) with --root")
     return sorted(specs, key=lambda s: (s.name, s.spec.version, s.hash))

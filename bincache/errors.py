@@ -43,6 +43,10 @@ class BlobNotFound(MirrorError):
     """A file or blob that should be in a mirror is not there."""
 
 
+class IndexVersionError(MirrorError):
+    """A mirror's index is in a Spack database version bincache does not know."""
+
+
 class NoSpaceError(MirrorError):
     """The target file system is full."""
 

@@ -4,6 +4,12 @@ Its shape is Spack's database (``{"database": {"version": "8", "installs": {hash
 so Spack reads it; bincache's own facts (tarball sizes) sit in a top-level ``bincache`` key,
 which Spack ignores (its install records reject unknown keys).
 Updating is incremental: only manifests not yet in the index are fetched.
+
+The database version is chosen for the readers of the cache (:func:`choose_db_version`): an
+update keeps the version the index has; a new index is v7 (Spack 0.2x reads nothing newer)
+when every node is a v4 one and the cache is one Spack 0.2x reads (layout v2, OCI), and v8 on
+layout v3, whose only readers (Spack >= 1.0) look for ``db.v8`` there. In a v8 index, v4 nodes
+are converted as Spack >= 1.0 converts them; externals are records with ``in_buildcache: false``.
 """
 
 from __future__ import annotations
@@ -14,8 +20,12 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .errors import BincacheError, MirrorError
-from .spec import DB_VERSION, Spec, parse_specfile
+from .errors import BincacheError, IndexVersionError, MirrorError, SpecError, UsageError
+from .spec import DB_NODE_FORMAT, DB_VERSION, Spec, db_node, node_format, parse_specfile
+
+#: Database versions bincache reads (Spack 0.17-0.20 wrote 6, 0.21-0.23 7, 1.x 8) and writes.
+READ_DB_VERSIONS = tuple(DB_NODE_FORMAT)
+WRITE_DB_VERSIONS = ("7", "8")
 
 
 @dataclass
@@ -28,6 +38,7 @@ class IndexEntry:
 @dataclass
 class Index:
     entries: dict[str, IndexEntry] = field(default_factory=dict)
+    db_version: str | None = None  # the version it was read in (None: a new index)
 
     def add(self, spec: Spec, size: int = 0, in_buildcache: bool = True) -> None:
         old = self.entries.get(spec.hash)
@@ -50,7 +61,11 @@ class Index:
 
         return [e for e in self.packages() if matches(e.spec, selector)]
 
-    def to_bytes(self) -> bytes:
+    def to_bytes(self, db_version: str | None = None) -> bytes:
+        db_version = db_version or self.db_version or DB_VERSION
+        if db_version not in WRITE_DB_VERSIONS:
+            raise UsageError(f"database version {db_version} cannot be written; choose one of "
+                             f"{', '.join(WRITE_DB_VERSIONS)}")
         installs = {}
         ref_counts: dict[str, int] = {}
         for e in self.entries.values():
@@ -59,7 +74,7 @@ class Index:
         for h in sorted(self.entries):
             e = self.entries[h]
             installs[h] = {
-                "spec": e.spec.node,
+                "spec": db_node(e.spec, db_version),
                 "path": None,
                 "installed": False,
                 "ref_count": ref_counts.get(h, 0),
@@ -68,7 +83,7 @@ class Index:
                 "in_buildcache": e.in_buildcache,
             }
         doc = {
-            "database": {"version": DB_VERSION, "installs": installs},
+            "database": {"version": db_version, "installs": installs},
             "bincache": {"version": 1, "sizes": {h: self.entries[h].size for h in sorted(self.entries) if self.entries[h].in_buildcache}},
         }
         return json.dumps(doc, separators=(",", ":"), sort_keys=False).encode()
@@ -82,15 +97,21 @@ class Index:
             installs = doc["database"]["installs"]
         except (ValueError, KeyError, TypeError) as e:
             raise MirrorError(f"{origin}: not a valid build cache index ({e}); run bincache update-index") from None
-        idx = cls()
+        version = str(doc["database"].get("version", ""))
+        if version not in READ_DB_VERSIONS:
+            raise IndexVersionError(
+                f"{origin}: a Spack database of version {version or '(none)'}, which bincache does "
+                f"not read (it reads {', '.join(READ_DB_VERSIONS)}); use the Spack that wrote it, "
+                "or a newer bincache")
+        idx = cls(db_version=version)
         try:
             sizes = (doc.get("bincache") or {}).get("sizes", {})
             for h, rec in installs.items():
                 node = dict(rec["spec"])
                 node.setdefault("hash", h)
-                spec = Spec.from_node(node)
+                spec = Spec.from_node(node, DB_NODE_FORMAT[version])
                 idx.entries[h] = IndexEntry(spec, int(sizes.get(h, 0)), bool(rec.get("in_buildcache", True)))
-        except (AttributeError, KeyError, TypeError, ValueError, BincacheError) as e:
+        except (AttributeError, KeyError, TypeError, ValueError, SpecError) as e:
             raise MirrorError(f"{origin}: not a valid build cache index ({e}); "
                               "run bincache update-index") from None
         return idx
@@ -106,11 +127,29 @@ def read_index(cache) -> Index | None:
     return Index.from_bytes(data, f"{cache.url} index")
 
 
-def write_index(cache, index: Index) -> None:
+def choose_db_version(index: Index, requested: str | None, kind: str | None) -> str:
+    """The database version to write: the one asked for, else the one the index has, else v7
+    when every node is a v4 one and Spack 0.2x reads the cache (not layout v3), else v8."""
+    if requested:
+        if str(requested) not in WRITE_DB_VERSIONS:
+            raise UsageError(f"--db-version {requested}: bincache writes Spack database versions "
+                             f"{' and '.join(WRITE_DB_VERSIONS)}")
+        return str(requested)
+    if index.db_version in WRITE_DB_VERSIONS:
+        return index.db_version
+    if kind == "layout-v2":
+        return "7"  # its only readers, Spack 0.2x, drop a newer index whole
+    if kind != "layout-v3" and all(node_format(e.spec) <= 4 for e in index.entries.values()):
+        return "7"
+    return DB_VERSION
+
+
+def write_index(cache, index: Index, db_version: str | None = None) -> None:
+    db_version = db_version or choose_db_version(index, None, getattr(cache, "kind", None))
     if hasattr(cache, "write_index"):
-        cache.write_index(index)
+        cache.write_index(index, db_version)
         return
-    cache.write_index_bytes(index.to_bytes(), DB_VERSION)
+    cache.write_index_bytes(index.to_bytes(db_version), db_version)
 
 
 def _fetch_entry(cache, ref) -> tuple[list[Spec], int]:
@@ -121,14 +160,18 @@ def _fetch_entry(cache, ref) -> tuple[list[Spec], int]:
     return parse_specfile(data, f"{cache.url} spec {ref.name}/{ref.hash[:7]}"), manifest.tarball.content_length
 
 
-def update_index(cache, jobs: int = 8, warn=None, progress=None) -> tuple[Index, int]:
+def update_index(cache, jobs: int = 8, warn=None, progress=None,
+                 db_version: str | None = None) -> tuple[Index, int]:
     """Bring the mirror's index up to date with its manifests; returns (index, fetched count).
 
     Only manifests whose hash is not already in the index are read, in parallel;
-    ``progress(done, total)`` is called as they are.
+    ``progress(done, total)`` is called as they are. The database version is ``db_version``,
+    else the one the index has (see :func:`choose_db_version`).
     """
+    if db_version is not None:
+        choose_db_version(Index(), db_version, None)  # refuse a wrong version before any work
     if hasattr(cache, "update_index"):
-        return cache.update_index(jobs=jobs)
+        return cache.update_index(jobs=jobs, db_version=db_version)
     root = getattr(getattr(cache, "backend", None), "root", None)
     if root:
         # Two runs on one directory mirror take turns: the second sees the first's packages.
@@ -138,13 +181,15 @@ def update_index(cache, jobs: int = 8, warn=None, progress=None) -> tuple[Index,
             raise MirrorError(f"no mirror at {root} (the directory does not exist)")
         lock_dir = getattr(cache, "index_dir", "v3/manifests/index")  # layout v2: build_cache
         with dir_lock(os.path.join(root, *lock_dir.split("/"))):
-            return _update_index(cache, jobs, warn, progress)
-    return _update_index(cache, jobs, warn, progress)
+            return _update_index(cache, jobs, warn, progress, db_version)
+    return _update_index(cache, jobs, warn, progress, db_version)
 
 
-def _update_index(cache, jobs: int, warn, progress=None) -> tuple[Index, int]:
+def _update_index(cache, jobs: int, warn, progress=None, db_version: str | None = None) -> tuple[Index, int]:
     try:
         index = read_index(cache) or Index()
+    except IndexVersionError:
+        raise  # a newer Spack's index is not replaced by an older format
     except BincacheError as e:
         if warn:
             warn(f"the existing index is unreadable ({e}); rebuilding it")
@@ -162,5 +207,5 @@ def _update_index(cache, jobs: int, warn, progress=None) -> tuple[Index, int]:
                 index.add_specfile(nodes, size)
                 if progress:
                     progress(done, len(missing))
-    write_index(cache, index)
+    write_index(cache, index, choose_db_version(index, db_version, getattr(cache, "kind", None)))
     return index, len(missing)

@@ -33,6 +33,7 @@ from . import index as _index
 from .errors import (
     BincacheError,
     CannotGrowString,
+    IndexVersionError,
     InstallError,
     MirrorError,
     RelocationError,
@@ -172,6 +173,8 @@ class _Catalog:
             self.caches.append(cache)
             try:
                 idx = _index.read_index(cache)
+            except IndexVersionError:
+                raise  # listing the manifests would hide that a newer tool owns this cache
             except BincacheError as e:
                 log.warning("%s: index unreadable (%s); reading its manifests", cache.url, e)
                 idx = None
@@ -240,11 +243,13 @@ class _Installer:
         self.template = _projection(projection)
         self.progress = progress or (lambda *_: None)
         self.tree = InstallTree(self.root)
+        self.root = self.tree.root  # Spack's configured root: its padded store below it
         self.created_dirs: list[str] = []  # deepest first
         self.local_blobs = True  # extract local mirrors' blobs in place (download copies them)
         self.staging_base: str | None = None
         self.staging: str | None = None
         self.staging_dir: PrivateDir | None = None
+        self.externals: dict[str, Spec] = {}  # external dependencies to record, by hash
 
     # -- staging ---------------------------------------------------------------------------
     def open_staging(self) -> str:
@@ -297,14 +302,23 @@ class _Installer:
         problems: list[tuple[str, type]] = []
         order: list[str] = []
         visiting: set[str] = set()
+        missing_externals: dict[str, tuple[str, str | None, list]] = {}
         prefetched = self._prefetch(catalog, roots, installed, explicit, scratch, allow_unsigned)
 
-        def visit(h: str, name: str, needed_by: str | None) -> None:
+        def visit(h: str, name: str, needed_by: str | None, node: Spec | None = None) -> None:
             if h in plans or h in skipped or h in visiting:
                 return
             inst = installed.get(h)
             if inst is not None and not (self.force and h in explicit):
                 skipped[h] = inst
+                return
+            if node is not None and node.is_external:
+                # As Spack does: an external is never fetched; it is there, or the install stops.
+                path = node.external_path
+                if path and os.path.isdir(path):
+                    self.externals[h] = node
+                else:
+                    missing_externals.setdefault(h, (name, path, []))[2].append(needed_by)
                 return
             entry = catalog.entries.get(h)
             if entry is None:
@@ -330,13 +344,19 @@ class _Installer:
                                  "package", SpecError))
                 return
             plan.replace = inst is not None
+            nodes = {n.hash: n for n in plan.nodes}
             for dep in plan.spec.link_run_deps():
-                visit(dep.hash, dep.name, plan.spec.short())
+                visit(dep.hash, dep.name, plan.spec.short(), nodes.get(dep.hash))
             plans[h] = plan
             order.append(h)
 
         for item, _ in roots:
             visit(item.hash, item.name, None)
+        for h, (name, path, needed_by) in missing_externals.items():
+            problems.append((f"{name}/{h[:7]} (needed by {', '.join(needed_by)}) is an external "
+                             f"expected at {path or '(no path: a module)'}, which does not exist "
+                             "here; install it there, or install from a cache built against this "
+                             "system's packages", SpecError))
         if problems:
             raise _fail(problems)
         return [plans[h] for h in order], list(skipped.values())
@@ -656,6 +676,9 @@ def install(
         for plan in plans:
             inst.progress("relocate", plan)
             inst.finish(plan)
+        for node in inst.externals.values():
+            # Recorded as Spack records an external: its own path, installed, implicit.
+            inst.tree.record(InstalledSpec(node, node.external_path or "", (node,)), explicit=False)
         for plan in plans:
             inst.publish(plan)
             assert plan.report is not None and plan.extracted is not None

@@ -19,8 +19,12 @@ from dataclasses import dataclass, field
 
 from .errors import SpecError, UsageError
 
-SPECFILE_VERSION = 5  # Spack 1.0-1.2 read v5; v6 (1.3) readers also accept it
-DB_VERSION = "8"
+SPECFILE_VERSION = 5  # what `register` writes: the format of Spack 1.0-1.2 (1.3 reads it too)
+#: Spec file formats bincache reads (DESIGN.md): v1 (Spack <= 0.16) to v6 (Spack 1.3).
+KNOWN_SPECFILE_VERSIONS = range(1, 7)
+DB_VERSION = "8"  # Spack >= 1.0's database; Spack 0.2x reads "7" only
+#: Database versions bincache reads, and the spec file format of their nodes.
+DB_NODE_FORMAT = {"6": 3, "7": 4, "8": 5}
 SPEC_DIR = ".spack"
 SPEC_JSON = "spec.json"
 DEPS_JSON = "dependency_prefixes.json"  # bincache's record, beside spec.json
@@ -58,9 +62,11 @@ class Spec:
     hash: str
     node: dict = field(compare=False, repr=False, hash=False)
     deps: tuple[DepRef, ...] = field(default=(), compare=False, repr=False, hash=False)
+    #: The format of the spec file (or database) the node was read from: never relabelled.
+    specfile_version: int = field(default=SPECFILE_VERSION, compare=False, repr=False, hash=False)
 
     @classmethod
-    def from_node(cls, node: dict) -> Spec:
+    def from_node(cls, node: dict, specfile_version: int = SPECFILE_VERSION) -> Spec:
         try:
             name = node["name"]
             version = str(node.get("version", ""))
@@ -93,7 +99,23 @@ class Spec:
                     and isinstance(types, (list, tuple)) and all(isinstance(t, str) for t in types)):
                 raise SpecError(f"{name}: a dependency entry without a valid name, hash or type")
             deps.append(DepRef(d["name"], dep_hash, tuple(types)))
-        return cls(name, version, h, node, tuple(deps))
+        external = node.get("external")
+        if external is not None and not isinstance(external, dict):
+            raise SpecError(f"{name}: 'external' is not a mapping")
+        path = (external or {}).get("path")
+        if path is not None and not (isinstance(path, str) and os.path.isabs(path) and "\0" not in path):
+            raise SpecError(f"{name}: external path {path!r} is not an absolute path")
+        return cls(name, version, h, node, tuple(deps), specfile_version)
+
+    @property
+    def is_external(self) -> bool:
+        """Spack's externals (glibc at /usr on every Linux DAG since 0.22): never packed, never
+        fetched, never relocated; satisfied where their path exists."""
+        return bool(self.node.get("external"))
+
+    @property
+    def external_path(self) -> str | None:
+        return (self.node.get("external") or {}).get("path") if self.is_external else None
 
     @property
     def arch(self) -> dict:
@@ -146,8 +168,24 @@ def _check_arch(arch, name: str) -> None:
             raise SpecError(f"{name}: invalid arch {key} {str(value)[:80]!r}")
 
 
+def specfile_version(doc: dict, origin: str = "spec file") -> int:
+    """``spec._meta.version`` of a spec file (1 when ``spec`` is a list, as Spack reads it)."""
+    spec = doc.get("spec") if isinstance(doc, dict) else None
+    if isinstance(spec, list):
+        return 1
+    try:
+        version = int(spec["_meta"]["version"])
+    except (KeyError, TypeError, ValueError):
+        raise SpecError(f"{origin}: no 'spec._meta.version': not a Spack spec file") from None
+    if version not in KNOWN_SPECFILE_VERSIONS:
+        raise SpecError(f"{origin}: spec file format v{version} is not one bincache reads "
+                        f"(v{KNOWN_SPECFILE_VERSIONS[0]}-v{KNOWN_SPECFILE_VERSIONS[-1]}); "
+                        "a newer bincache may read it")
+    return version
+
+
 def parse_specfile(data: bytes | str | dict, origin: str = "spec file") -> list[Spec]:
-    """The nodes of a Spack spec file (formats v4, v5 and v6; v2/v3 JSON too), root first."""
+    """The nodes of a Spack spec file (formats v1-v6), root first, each knowing the format."""
     if not isinstance(data, dict):
         from .limits import MAX_SPECFILE, load_json
 
@@ -160,24 +198,93 @@ def parse_specfile(data: bytes | str | dict, origin: str = "spec file") -> list[
         nodes = spec["nodes"] if isinstance(spec, dict) else spec
     except (KeyError, TypeError):
         raise SpecError(f"{origin}: no 'spec.nodes': not a Spack spec file") from None
+    version = specfile_version(data, origin)
     out = []
     for node in nodes:
         if isinstance(node, dict) and "name" not in node and len(node) == 1:
             # v1 spec files: {name: {...}}
             (name, body), = node.items()
             node = dict(body, name=name)
-        out.append(Spec.from_node(node))
+        out.append(Spec.from_node(node, version))
     if not out:
         raise SpecError(f"{origin}: spec file has no nodes")
     return out
 
 
-def specfile_dict(nodes: Iterable[Spec], version: int = SPECFILE_VERSION) -> dict:
+def specfile_dict(nodes: Iterable[Spec], version: int | None = None) -> dict:
+    """A spec file of ``nodes`` in the format they were read in (``version`` only names it when
+    the nodes are already in that format: a document is never relabelled)."""
+    nodes = list(nodes)
+    if version is None:
+        version = nodes[0].specfile_version if nodes else SPECFILE_VERSION
     return {"spec": {"_meta": {"version": version}, "nodes": [n.node for n in nodes]}}
 
 
-def specfile_bytes(nodes: Iterable[Spec], version: int = SPECFILE_VERSION) -> bytes:
+def specfile_bytes(nodes: Iterable[Spec], version: int | None = None) -> bytes:
     return json.dumps(specfile_dict(nodes, version), separators=(",", ":")).encode()
+
+
+# ---------------------------------------------------------------------------------------------
+# Converting older formats as Spack >= 1.0 does (lib/spack/spack/spec.py, to_node_dict of a node
+# read by SpecfileV4): the node-level ``compiler`` becomes ``annotations.compiler`` (a spec
+# string, ``gcc@=12.2.0``), ``annotations.original_specfile_version`` records the format the
+# node was first read from, and the stored ``hash`` is kept (Spack never recomputes it on read).
+
+
+def legacy_compiler(compiler: dict) -> str:
+    """``{"name": "gcc", "version": "12.2.0"}`` as Spack 1.x writes it: ``gcc@=12.2.0``."""
+    name = compiler.get("name", "")
+    versions = compiler.get("versions")
+    if versions is None:
+        versions = [compiler.get("version", "")]
+    elif isinstance(versions, str):
+        versions = [versions]
+    # Spack's VersionList of one concrete version prints "=1.2"; ranges print as they are.
+    text = ",".join(v if (v.startswith("=") or ":" in v) else f"={v}" for v in map(str, versions) if v)
+    return f"{name}@{text}" if text else str(name)
+
+
+def upgrade_node(node: dict, from_version: int) -> dict:
+    """A node of format ``from_version`` (< 5) as Spack >= 1.0 writes it into a v5 document."""
+    if "annotations" in node:
+        return node
+    out = {k: v for k, v in node.items() if k not in ("compiler", "hash")}
+    annotations: dict = {"original_specfile_version": from_version}
+    if isinstance(node.get("compiler"), dict):
+        annotations["compiler"] = legacy_compiler(node["compiler"])
+    out["annotations"] = annotations
+    if "hash" in node:
+        out["hash"] = node["hash"]
+    return out
+
+
+def node_format(spec: Spec) -> int:
+    """The format of one node: an ``annotations`` key means v5 or later, whatever the file."""
+    if "annotations" in spec.node:
+        return max(spec.specfile_version, 5)
+    return min(spec.specfile_version, 4)
+
+
+def v5_readable(nodes: Iterable[Spec]) -> tuple[list[dict], int]:
+    """(nodes, format) of a document Spack >= 1.0's v5 reader accepts: v5/v6 documents as they
+    are, older ones converted as Spack converts them (its v5 reader raises on a node-level
+    ``compiler``: "The 'compiler' option is unexpected in specfiles at v5 or greater")."""
+    nodes = list(nodes)
+    version = nodes[0].specfile_version if nodes else SPECFILE_VERSION
+    if version >= 5:
+        return [n.node for n in nodes], version
+    return [upgrade_node(n.node, n.specfile_version) for n in nodes], 5
+
+
+def v5_specfile(doc: dict, origin: str = "spec file") -> tuple[dict, int]:
+    """A whole spec file (buildcache keys kept) in a format Spack >= 1.0 reads: (doc, version)."""
+    nodes = parse_specfile(doc, origin)
+    upgraded, version = v5_readable(nodes)
+    if version == nodes[0].specfile_version:
+        return doc, version
+    out = dict(doc)
+    out["spec"] = {"_meta": {"version": version}, "nodes": upgraded}
+    return out, version
 
 
 def read_prefix_specfile(prefix: str) -> list[Spec]:
@@ -223,16 +330,79 @@ class InstalledSpec:
         return self.spec.hash
 
 
+PADDING_PLACEHOLDER = "__spack_path_placeholder__"
+_SCAN_DEPTH = 4
+
+
+def _is_padding(name: str) -> bool:
+    # Spack pads with whole placeholders and cuts the last one to the padded length.
+    return len(name) > 2 and name.startswith("__") and PADDING_PLACEHOLDER.startswith(name)
+
+
+def spack_config_root(path: str) -> str:
+    """``config:install_tree:root`` of a Spack ``config.yaml`` (``$spack`` cannot be resolved
+    without Spack itself: that is an error that says what to give instead)."""
+    import yaml
+
+    try:
+        with open(path, "rb") as f:
+            doc = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise SpecError(f"cannot read the Spack configuration {path}: {e}") from None
+    tree = ((doc.get("config") or {}) if isinstance(doc, dict) else {}).get("install_tree")
+    root = tree.get("root") if isinstance(tree, dict) else tree
+    if not isinstance(root, str) or not root:
+        raise SpecError(f"{path} has no config:install_tree:root; give the install tree with --root")
+    root = os.path.expanduser(os.path.expandvars(root))
+    if "$" in root:
+        raise SpecError(f"{path}: install_tree:root {root!r} names Spack variables that bincache "
+                        "cannot resolve; give the expanded path with --root")
+    if not os.path.isabs(root):
+        root = os.path.join(os.path.dirname(os.path.abspath(path)), root)
+    return root
+
+
+def find_store(root: str) -> str:
+    """Where Spack's store is, given its configured root: a ``config.yaml`` is read, and the
+    ``__spack_path_placeholder__`` directories of ``install_tree:padded_length`` are followed
+    down to the directory that holds ``.spack-db``."""
+    root = os.path.abspath(root)
+    if os.path.isfile(root) and root.endswith((".yaml", ".yml")):
+        root = spack_config_root(root)
+    path = root
+    while not os.path.exists(os.path.join(path, DB_DIR)):
+        try:
+            entries = [e for e in os.listdir(path) if not e.startswith(".") or _is_padding(e)]
+        except OSError:
+            return root
+        padding = [e for e in entries if _is_padding(e)]
+        if len(padding) != 1 or not os.path.isdir(os.path.join(path, padding[0])):
+            return root
+        path = os.path.join(path, padding[0])
+    return path
+
+
 class InstallTree:
-    """The prefixes under a root: from ``<root>/.spack-db/index.json`` when present, else a scan."""
+    """The prefixes under a root: from ``<root>/.spack-db/index.json`` when present, else a scan.
+
+    ``root`` may be Spack's configured root (its padded store is found below it) or Spack's
+    ``config.yaml``. Externals (records whose spec has ``external``) are known but never packed.
+    """
 
     def __init__(self, root: str):
-        self.root = os.path.abspath(root)
+        self.given = os.path.abspath(root)
+        self.root = find_store(root) if os.path.exists(root) else self.given
         self._specs: dict[str, InstalledSpec] | None = None
 
     @property
     def db_path(self) -> str:
         return os.path.join(self.root, DB_DIR, "index.json")
+
+    def looked_for(self) -> str:
+        """What discovery looked for, for the message of an empty tree."""
+        where = self.root if self.root == self.given else f"{self.given} (store {self.root})"
+        return (f"looked in {where} for {DB_DIR}/index.json, for {SPEC_DIR}/{SPEC_JSON} up to "
+                f"{_SCAN_DEPTH} levels down, and below {PADDING_PLACEHOLDER} padding directories")
 
     def specs(self) -> dict[str, InstalledSpec]:
         if self._specs is None:
@@ -241,6 +411,10 @@ class InstallTree:
             self._specs = self._from_db() if os.path.exists(self.db_path) else self._scan()
         return self._specs
 
+    def packages(self) -> dict[str, InstalledSpec]:
+        """The installed specs bincache can pack (externals left out)."""
+        return {h: i for h, i in self.specs().items() if not i.spec.is_external}
+
     def _from_db(self) -> dict[str, InstalledSpec]:
         try:
             with open(self.db_path, "rb") as f:
@@ -248,15 +422,23 @@ class InstallTree:
             installs = db["installs"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise SpecError(f"{self.db_path}: not a readable Spack database ({e})") from None
+        node_format = DB_NODE_FORMAT.get(str(db.get("version")), SPECFILE_VERSION)
         found: dict[str, InstalledSpec] = {}
         for h, rec in installs.items():
             path = rec.get("path")
-            if not path or not rec.get("installed", True) or not os.path.isdir(path):
+            if not rec.get("installed", True):
+                continue
+            spec_node = rec.get("spec")
+            if isinstance(spec_node, dict) and spec_node.get("external"):
+                spec = Spec.from_node(dict(spec_node, hash=h), node_format)
+                found[h] = InstalledSpec(spec, path or spec.external_path or "", (spec,))
+                continue
+            if not path or not os.path.isdir(path):
                 continue
             try:
                 nodes = read_prefix_specfile(path)
             except SpecError:
-                nodes = [Spec.from_node(dict(rec["spec"], hash=h))]
+                nodes = [Spec.from_node(dict(rec["spec"], hash=h), node_format)]
             found[nodes[0].hash] = InstalledSpec(nodes[0], path, tuple(nodes))
         # Prefixes registered after the database was written are found by a scan too.
         for h, inst in self._scan().items():
@@ -272,7 +454,7 @@ class InstallTree:
                 found[nodes[0].hash] = InstalledSpec(nodes[0], dirpath, tuple(nodes))
                 dirnames[:] = []
                 continue
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if depth < 4 else []
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if depth < _SCAN_DEPTH else []
         return found
 
     def get(self, h: str) -> InstalledSpec | None:
@@ -280,13 +462,20 @@ class InstallTree:
 
     def select(self, selectors: Iterable[str]) -> list[InstalledSpec]:
         """Installed specs matching ``name``, ``name@version``, ``/hashprefix`` (or combinations)."""
-        specs = list(self.specs().values())
+        specs = list(self.packages().values())
+        externals = [s for s in self.specs().values() if s.spec.is_external]
         chosen: list[InstalledSpec] = []
         for sel in selectors:
             found = [s for s in specs if matches(s.spec, sel)]
             if not found:
+                ext = [s for s in externals if matches(s.spec, sel)]
+                if ext:
+                    raise SpecError(f'"{sel}" is an external ({ext[0].spec.short()} at '
+                                    f"{ext[0].spec.external_path}): externals are never packed; "
+                                    "they are used where they are installed")
                 names = sorted({s.name for s in specs})
-                hint = f" Installed: {', '.join(names[:20])}" if names else " The install tree is empty."
+                hint = (f" Installed: {', '.join(names[:20])}" if names
+                        else f" The install tree is empty ({self.looked_for()}).")
                 raise SpecError(f'no installed spec matches "{sel}" in {self.root}.{hint}')
             if len(found) > 1:
                 listing = ", ".join(sorted(m.spec.short() for m in found))
@@ -295,18 +484,28 @@ class InstallTree:
                 chosen.append(found[0])
         return chosen
 
+    def is_external_dependency(self, inst: InstalledSpec, h: str) -> bool:
+        node = next((n for n in inst.nodes if n.hash == h), None)
+        if node is not None and node.is_external:
+            return True
+        dep = self.get(h)
+        return dep is not None and dep.spec.is_external
+
     def closure(self, roots: Iterable[InstalledSpec], include_deps: bool = True,
                 include_roots: bool = True) -> list[InstalledSpec]:
-        """Roots and their link/run dependencies, dependencies first (each once)."""
+        """Roots and their link/run dependencies, dependencies first (each once); externals are
+        never part of it (Spack never pushes one)."""
         ordered: list[InstalledSpec] = []
         seen: set[str] = set()
 
         def visit(inst: InstalledSpec, is_root: bool) -> None:
-            if inst.hash in seen:
+            if inst.hash in seen or inst.spec.is_external:
                 return
             seen.add(inst.hash)
             if include_deps:
                 for dep in inst.spec.link_run_deps():
+                    if self.is_external_dependency(inst, dep.hash):
+                        continue
                     dep_inst = self.get(dep.hash)
                     if dep_inst is None:
                         raise SpecError(
@@ -321,25 +520,44 @@ class InstallTree:
             visit(r, True)
         return ordered
 
+    def dependency_prefixes(self, inst: InstalledSpec) -> dict[str, str]:
+        """hash -> prefix of a package and its installed dependencies, externals left out (as
+        Spack leaves them out of ``hash_to_prefix``: they are never relocated)."""
+        out = {inst.hash: inst.prefix}
+        for h in [n.hash for n in inst.nodes[1:]] + [d.hash for d in inst.spec.deps]:
+            if h in out or self.is_external_dependency(inst, h):
+                continue
+            dep = self.get(h)
+            if dep is not None:
+                out[h] = dep.prefix
+        return out
+
     def record(self, inst: InstalledSpec, explicit: bool = True) -> None:
-        """Add a prefix to ``<root>/.spack-db/index.json`` (atomically, one writer at a time)."""
+        """Add a prefix (or an external) to ``<root>/.spack-db/index.json`` (atomically, one
+        writer at a time)."""
         from .locks import dir_lock
 
         with dir_lock(os.path.dirname(self.db_path)):
             self._record(inst, explicit)
 
     def _record(self, inst: InstalledSpec, explicit: bool) -> None:
-        db = {"database": {"version": DB_VERSION, "installs": {}}}
+        # A new database takes the version Spack 0.2x reads when the node is a v4 one (so Spack
+        # 0.2x can use the tree); an existing one keeps its version, its nodes converted to fit.
+        version = "7" if node_format(inst.spec) <= 4 else DB_VERSION
+        db = {"database": {"version": version, "installs": {}}}
         if os.path.exists(self.db_path):
             try:
                 with open(self.db_path, "rb") as f:
                     db = json.load(f)
             except (OSError, ValueError) as e:
                 raise SpecError(f"{self.db_path}: cannot read the database ({e})") from None
-        installs = db.setdefault("database", {}).setdefault("installs", {})
+        database = db.setdefault("database", {})
+        version = str(database.setdefault("version", version))
+        installs = database.setdefault("installs", {})
         ref_counts = {h: 0 for h in installs}
+        node = db_node(inst.spec, version)
         installs[inst.hash] = {
-            "spec": {k: v for k, v in inst.spec.node.items() if k != "hash"},
+            "spec": {k: v for k, v in node.items() if k != "hash"},
             "path": inst.prefix,
             "installed": True,
             "ref_count": installs.get(inst.hash, {}).get("ref_count", 0),
@@ -353,6 +571,14 @@ class InstallTree:
         _write_atomic(self.db_path, json.dumps(db, separators=(",", ":")).encode())
         if self._specs is not None:
             self._specs[inst.hash] = inst
+
+
+def db_node(spec: Spec, db_version: str) -> dict:
+    """A node as a database of ``db_version`` holds it: v8 (Spack >= 1.0, read with the v5
+    reader) needs v4 nodes converted; older databases hold nodes as they were read."""
+    if db_version == "8" and node_format(spec) <= 4:
+        return upgrade_node(spec.node, spec.specfile_version)
+    return spec.node
 
 
 def matches(spec: Spec, selector: str) -> bool:

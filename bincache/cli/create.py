@@ -49,6 +49,10 @@ def register(sub) -> None:
                    help="which layout's index to update (default: the one the mirror holds)")
     p.add_argument("--html", action="store_true",
                    help="also write index.html, a page listing the packages (see `bincache browse`)")
+    p.add_argument("--db-version", choices=["7", "8"], default=None,
+                   help="Spack database version of the index (default: the one the index has; "
+                        "for a new one, 7 when every package is a Spack 0.2x one and the mirror "
+                        "is layout v2 or OCI, else 8)")
     p.add_argument("--json", action="store_true")
     add_verbosity(p, suppress=True)
     p.set_defaults(func=cmd_update_index)
@@ -197,6 +201,7 @@ def cmd_update_index(args) -> int:
 
     try:
         idx, fetched = api.update_index(args.mirror, jobs=args.jobs, layout=args.layout,
+                                        db_version=args.db_version,
                                         warn=lambda m: warnings.warn(m, stacklevel=2), progress=progress)
     finally:
         live.close()

@@ -35,7 +35,14 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from ..errors import BincacheError, BlobNotFound, IntegrityError, MirrorError, SpecError
+from ..errors import (
+    BincacheError,
+    BlobNotFound,
+    IndexVersionError,
+    IntegrityError,
+    MirrorError,
+    SpecError,
+)
 from ..limits import MAX_SPECFILE
 from .layout_v3 import LAYOUT_JSON, SpecRef, clearsigned_payload, is_clearsigned, staging_dir
 
@@ -126,10 +133,8 @@ def v2_specfile_bytes(specfile: bytes, tarball_sha256: str) -> bytes:
 
 def v7_index_bytes(index) -> bytes:
     """The index as Spack's database version 7: Spack 0.2x raises on a newer version and drops
-    the whole index. The records themselves are the same in v7 and v8."""
-    doc = json.loads(index.to_bytes())
-    doc["database"]["version"] = INDEX_DB_VERSION
-    return json.dumps(doc, separators=(",", ":")).encode()
+    the whole index. Its nodes stay as they were read (a v7 database holds v4 nodes)."""
+    return index.to_bytes(INDEX_DB_VERSION)
 
 
 def _component(value: str) -> str:
@@ -235,9 +240,10 @@ class LayoutV2Cache:
                 log.warning("%s/%s is left from an earlier push and readers prefer it; remove it",
                             self.url, other)
 
-    def write_index(self, index) -> None:
-        """``index.json`` as DB version 7 (what Spack 0.2x reads), then ``index.json.hash``."""
-        data = v7_index_bytes(index)
+    def write_index(self, index, db_version: str | None = None) -> None:
+        """``index.json`` as DB version 7 (what Spack 0.2x reads; another version only when
+        asked for), then ``index.json.hash``."""
+        data = index.to_bytes(db_version) if db_version else v7_index_bytes(index)
         self.backend.write(INDEX_JSON, data)
         self.backend.write(INDEX_HASH, hashlib.sha256(data).hexdigest().encode())
 
@@ -464,5 +470,7 @@ class LayoutV2Cache:
             return None
         try:
             return Index.from_bytes(data, f"{self.url}/{INDEX_JSON}")
+        except IndexVersionError:
+            raise
         except BincacheError as e:  # the advice to run bincache update-index does not apply
             raise self._listing_error(e) from None

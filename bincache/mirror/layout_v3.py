@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from ..errors import BlobNotFound, IntegrityError, MirrorError, SignatureError
 from ..limits import MAX_MANIFEST, load_json
 from ..signing.cleartext import clearsigned_text, is_clearsigned
+from ..spec import v5_specfile
 
 LAYOUT_VERSION = 3
 MT_TARBALL = "application/vnd.spack.install.v2.tar+gzip"
@@ -137,6 +138,15 @@ def parse_manifest(payload: bytes, raw: bytes | None = None, origin: str = "mani
     return PackageManifest(records, raw, is_clearsigned(raw))
 
 
+def v5_specfile_bytes(specfile: bytes) -> tuple[bytes, int]:
+    """A buildcache spec file in the format Spack >= 1.0 reads from layout v3: (bytes, version)."""
+    doc = json.loads(specfile)
+    upgraded, version = v5_specfile(doc)
+    if upgraded is doc:
+        return specfile, version
+    return json.dumps(upgraded, separators=(",", ":")).encode(), version
+
+
 def gzip_bytes(data: bytes) -> bytes:
     return gzip.compress(data, compresslevel=6, mtime=0)
 
@@ -227,11 +237,12 @@ class LayoutV3Cache:
         self.backend.check_writable()
         tar_rec = BlobRecord(packed.result.compressed_size, MT_TARBALL, "gzip", packed.result.digest)
         self.put_blob_file(packed.tarball, tar_rec)
-        spec_rec = self.put_blob_bytes(gzip_bytes(packed.specfile), f"{MT_SPEC_PREFIX}5+json", "gzip")
-        # Spack matches the media type exactly: 1.0-1.2 look for spec.v5, 1.3 for spec.v6. One
-        # blob serves both (readers take the format version from the file's own _meta).
-        spec_v6 = BlobRecord(spec_rec.content_length, f"{MT_SPEC_PREFIX}6+json", "gzip", spec_rec.checksum)
-        body = manifest_bytes([tar_rec, spec_rec, spec_v6])
+        spec_data, version = v5_specfile_bytes(packed.specfile)
+        # Spack >= 1.0 finds the spec file by its exact media type, and reads it with the reader
+        # of that version: the media type is the document's own version, and a v4 document
+        # (Spack 0.2x) is converted as Spack converts it, since no Spack reads v4 from layout v3.
+        spec_rec = self.put_blob_bytes(gzip_bytes(spec_data), f"{MT_SPEC_PREFIX}{version}+json", "gzip")
+        body = manifest_bytes([tar_rec, spec_rec])
         if signer is not None:
             body = signer.clearsign(body)
         s = packed.spec

@@ -22,7 +22,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ..errors import BincacheError, BlobNotFound, MirrorError, SignatureError
+from ..errors import BincacheError, BlobNotFound, IndexVersionError, MirrorError, SignatureError
 from ..oci import image as img
 from ..oci.auth import Credentials
 from ..oci.blobcache import BlobCache
@@ -474,8 +474,10 @@ class OciCache:
                                             max_size=1 << 30)
         return Index.from_bytes(data, f"{self.url} index")
 
-    def write_index(self, index: Any) -> None:
-        data = index.to_bytes()
+    def write_index(self, index: Any, db_version: str | None = None) -> None:
+        from ..index import choose_db_version
+
+        data = index.to_bytes(db_version or choose_db_version(index, None, self.kind))
         digest = sha256_digest(data)
         self.client.upload_blob(self.image, data, digest)
         self.client.upload_blob(self.image, img.EMPTY_JSON, sha256_digest(img.EMPTY_JSON))
@@ -487,12 +489,14 @@ class OciCache:
         self.client.put_manifest(self.image.with_tag(img.INDEX_TAG), img.dumps(doc),
                                  OCI_MANIFEST)
 
-    def update_index(self, jobs: int = 8) -> tuple[Any, int]:
+    def update_index(self, jobs: int = 8, db_version: str | None = None) -> tuple[Any, int]:
         """Bring `index.spack` up to date with the tags; only new tags' configs are fetched."""
-        from ..index import Index, IndexEntry
+        from ..index import Index, IndexEntry, choose_db_version
 
         try:
             index = self.read_index() or Index()
+        except IndexVersionError:
+            raise  # a newer Spack's index is not replaced by an older format
         except BincacheError as exc:
             log.warning("%s: the existing index is unreadable (%s); rebuilding it", self.url, exc)
             index = Index()
@@ -519,7 +523,7 @@ class OciCache:
                 if found is not None:
                     nodes, size = found
                     index.add_specfile(nodes, size)
-        self.write_index(index)
+        self.write_index(index, choose_db_version(index, db_version, self.kind))
         return index, len(missing)
 
     def _read_package_config(self, tag: str) -> tuple[list[Any], int]:
