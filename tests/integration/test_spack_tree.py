@@ -189,3 +189,19 @@ def test_an_index_of_an_unknown_db_version_is_one_error_and_nothing_is_written(c
     assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "version 9" in proc.stderr
     assert not root.exists()
+
+
+def test_discovery_follows_padding_and_reads_spack_config(tmp_path):
+    from bincache.errors import SpecError
+    from bincache.spec import find_store
+
+    store = tmp_path / "opt" / "__spack_path_placeholder__" / "__spack_path_placeholder__" / "__spack_pa"
+    (store / ".spack-db").mkdir(parents=True)
+    (tmp_path / "opt" / "bin").mkdir()  # Spack's sbang sits beside the padding
+    assert find_store(str(tmp_path / "opt")) == str(store)
+    config = tmp_path / "config.yaml"
+    config.write_text("config:\n  install_tree:\n    root: opt\n    padded_length: 64\n")
+    assert find_store(str(config)) == str(store)
+    config.write_text("config:\n  install_tree:\n    root: $spack/opt/spack\n")
+    with pytest.raises(SpecError, match=r"\$spack.*--root"):
+        find_store(str(config))
