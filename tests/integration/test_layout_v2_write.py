@@ -22,6 +22,7 @@ from bincache.mirror.config import MirrorRef
 from bincache.mirror.layout_v2 import LayoutV2Cache
 from bincache.mirror.layout_v3 import LayoutV3Cache
 from tests.fixtures.registered_stack import build_registered_stack, run_sqprog
+from tests.fixtures.spack_tree import MIRROR_UNSIGNED, spack_tree
 from tests.integration.test_create import _snapshot as _files
 from tests.integration.test_layout_v2 import s3_env  # noqa: F401 (a fixture)
 
@@ -209,3 +210,28 @@ def test_signed_v2_cache_on_s3_stays_v2_and_installs(demo_stack_factory, tmp_pat
     new_root = tmp_path / "new"
     cli("--root", str(new_root), "install", "--mirror", url, "hello", env=env, check=True)
     assert "HEY! hello, v2" in _hello(new_root)
+
+
+def test_v2_push_of_a_spack_tree_writes_what_spack_pushed(tmp_path, cli):
+    """Real Spack 0.23 output as the reference: the committed fixture mirror is what `spack
+    buildcache push --unsigned --update-index` wrote for this tree. bincache's v2 push of the
+    same tree writes the same files, spec files byte for byte but for the tarball checksum (the
+    tarballs are bincache's own), and an index with Spack's version, records and nodes."""
+    info = spack_tree()
+    mirror = str(tmp_path / "mirror")
+    cli("--root", info["configured_root"], "create", "--unsigned", "--layout", "v2", mirror, "--rebuild-index",
+        check=True)
+    ours, spacks = _files(mirror), _files(MIRROR_UNSIGNED)
+    assert sorted(ours) == sorted(spacks)
+    specfiles = [rel for rel in spacks if rel.endswith(".spec.json")]
+    assert len(specfiles) == 2
+    for rel in specfiles:
+        mine = json.loads(ours[rel])["binary_cache_checksum"]["hash"]
+        theirs = json.loads(spacks[rel])["binary_cache_checksum"]["hash"]
+        tar_rel = [r for r in ours if r.endswith(".spack") and os.path.basename(rel)[:-len(".spec.json")] in r]
+        assert len(tar_rel) == 1 and hashlib.sha256(ours[tar_rel[0]]).hexdigest() == mine
+        assert ours[rel].replace(mine.encode(), theirs.encode()) == spacks[rel]
+    db, spack_db = json.loads(ours["build_cache/index.json"])["database"], json.loads(spacks["build_cache/index.json"])["database"]
+    assert db["version"] == spack_db["version"] == "7"
+    assert {h: (r["spec"], r["in_buildcache"], r["ref_count"]) for h, r in db["installs"].items()} == {
+        h: (r["spec"], r["in_buildcache"], r["ref_count"]) for h, r in spack_db["installs"].items()}

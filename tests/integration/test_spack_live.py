@@ -19,6 +19,7 @@ import tempfile
 import pytest
 
 from tests.fixtures.registered_stack import build_registered_stack, run_sqprog
+from tests.fixtures.registry import needs_registry, start_registry
 
 SPACK = os.environ.get("BINCACHE_SPACK")
 pytestmark = [pytest.mark.spack, pytest.mark.slow,
@@ -138,3 +139,16 @@ def test_spack_installs_bincaches_signed_v2_mirror_and_the_program_runs(stack, s
     cli("update-index", spack_made, check=True)
     spack.configure(f"file://{spack_made}")
     assert_listed(spack, stack)
+@needs_registry
+def test_spack_installs_from_bincaches_oci_cache_and_the_program_runs(stack, spack, tmp_path, cli):
+    reg = start_registry(tmp_path / "registry", "tls-anonymous")
+    try:
+        url = f"{reg.url}/spack/cache"
+        cli("--root", stack.root, "create", "--unsigned", url, "--rebuild-index", env=reg.env(), check=True)
+        spack.configure(url, ssl_certs=str(reg.ca_file))
+        # Spack lists the packages from bincache's OCI index (index.spack).
+        assert_listed(spack, stack)
+        # Spack 0.23 verifies no OCI package: it installs them only as unsigned.
+        assert_installed_and_runs(spack, stack, "--no-check-signature")
+    finally:
+        reg.stop()
