@@ -245,7 +245,15 @@ def write_in_place(path: str, edits: list[ElfEdit]) -> None:
 
 
 def grow(path: str, edits: list[ElfEdit], *, display: str | None = None) -> None:
-    """Apply the edits that need more room with `patchelf`, then check the result."""
+    """Apply the edits that need more room with `patchelf`, then check the result.
+
+    patchelf is the only way we grow (issue 12): our own segment rewrite, removed, passed the
+    same cases (PIE and not, RPATH/RUNPATH, interpreter, shared library, 64 KiB pages, stripped)
+    and patchelf is what Spack itself relocates with. What ours did better: growing a file twice
+    reused its segment, where patchelf adds about 4 KiB and a LOAD segment each time (growth is
+    rare: padded install paths make prefixes shrink), and it read files without section headers,
+    which patchelf refuses (a clear error here; build tools do not produce such files).
+    """
     todo = [e for e in edits if e.grow]
     if not todo:
         return
@@ -283,250 +291,16 @@ def grow(path: str, edits: list[ElfEdit], *, display: str | None = None) -> None
 
 
 def apply_edits(path: str, edits: list[ElfEdit], *, display: str | None = None) -> None:
-    """In-place edits first (growth may move the string table), then growth: by bincache's own
-    segment rewrite when the file allows it, else by patchelf (``BINCACHE_ELF_GROW=patchelf``
-    forces patchelf, ``native`` forbids it)."""
+    """In-place edits first (growth may move the string table), then growth by patchelf."""
     write_in_place(path, edits)
-    if not any(e.grow for e in edits):
-        return
-    how = os.environ.get("BINCACHE_ELF_GROW", "auto")
-    if how != "patchelf" and grow_native(path, edits):
-        _check_values(path, [e for e in edits if e.grow], display or path, "growing")
-        return
-    if how == "native":
-        raise RelocationError(f"{display or path}: no room to grow its "
-                              f"{[e for e in edits if e.grow][0].field.kind} without patchelf")
     grow(path, edits, display=display)
 
 
 def growth_problem(path: str, edits: list[ElfEdit]) -> str | None:
     """Why the growing edits of ``path`` cannot be done (None: they can), before writing."""
     todo = [e for e in edits if e.grow]
-    if not todo:
-        return None
-    how = os.environ.get("BINCACHE_ELF_GROW", "auto")
-    if how != "patchelf":
-        try:
-            if grow_native(path, todo, dry_run=True):
-                return None
-        except (ElfFormatError, struct.error, ValueError):
-            pass
-    if how != "native" and patchelf_program() is not None:
+    if not todo or patchelf_program() is not None:
         return None
     field = todo[0].field
-    return (f"its {field.kind} must grow from {len(field.value)} to {len(todo[0].new)} bytes, "
-            "the file has no room for a new segment and `patchelf` is not installed "
-            "(apt-get install patchelf)")
-
-
-def _check_values(path: str, edits: list[ElfEdit], name: str, how: str) -> None:
-    got = {s.kind: s.value for s in read_elf_strings(path)}
-    for e in edits:
-        if got.get(e.field.kind) != e.new:
-            raise RelocationError(f"{name}: after {how} the {e.field.kind} is "
-                                  f"{got.get(e.field.kind)!r}, expected {e.new!r}")
-
-
-# -- growth without patchelf --------------------------------------------------------------------
-PT_NULL, PT_LOAD, PT_DYNAMIC, PT_INTERP, PT_NOTE, PT_GNU_PROPERTY = 0, 1, 2, 3, 4, 0x6474E553
-PF_R = 4
-DT_NULL, DT_STRTAB, DT_STRSZ, DT_RPATH, DT_RUNPATH = 0, 5, 10, 15, 29
-
-
-class _Layout:
-    """The program headers and dynamic entries of an ELF image, as plain numbers."""
-
-    def __init__(self, data: bytearray):
-        if data[:4] != ELF_MAGIC or data[4] not in (1, 2) or data[5] not in (1, 2):
-            raise ElfFormatError("not an ELF file")
-        self.is64 = data[4] == 2
-        self.end = "<" if data[5] == 1 else ">"
-        e = self.end
-        if self.is64:
-            self.phoff, self.shoff = struct.unpack_from(e + "QQ", data, 0x20)
-            self.phentsize, self.phnum, self.shentsize, self.shnum, self.shstrndx = \
-                struct.unpack_from(e + "HHHHH", data, 0x36)
-            self.ph_fmt = e + "IIQQQQQQ"  # type flags offset vaddr paddr filesz memsz align
-            self.dyn_fmt = e + "qQ"
-            self.sh_fmt = e + "IIQQQQIIQQ"
-        else:
-            self.phoff, self.shoff = struct.unpack_from(e + "II", data, 0x1C)
-            self.phentsize, self.phnum, self.shentsize, self.shnum, self.shstrndx = \
-                struct.unpack_from(e + "HHHHH", data, 0x2A)
-            self.ph_fmt = e + "IIIIIIII"  # type offset vaddr paddr filesz memsz flags align
-            self.dyn_fmt = e + "iI"
-            self.sh_fmt = e + "IIIIIIIIII"
-        if self.phentsize != struct.calcsize(self.ph_fmt):
-            raise ElfFormatError("unexpected program header size")
-        self.phdrs = [self._read_ph(data, i) for i in range(self.phnum)]
-
-    def _read_ph(self, data: bytearray, i: int) -> dict:
-        v = struct.unpack_from(self.ph_fmt, data, self.phoff + i * self.phentsize)
-        if self.is64:
-            t, flags, off, vaddr, paddr, filesz, memsz, align = v
-        else:
-            t, off, vaddr, paddr, filesz, memsz, flags, align = v
-        return dict(type=t, flags=flags, offset=off, vaddr=vaddr, paddr=paddr, filesz=filesz,
-                    memsz=memsz, align=align)
-
-    def pack_ph(self, ph: dict) -> bytes:
-        if self.is64:
-            return struct.pack(self.ph_fmt, ph["type"], ph["flags"], ph["offset"], ph["vaddr"],
-                               ph["paddr"], ph["filesz"], ph["memsz"], ph["align"])
-        return struct.pack(self.ph_fmt, ph["type"], ph["offset"], ph["vaddr"], ph["paddr"],
-                           ph["filesz"], ph["memsz"], ph["flags"], ph["align"])
-
-    def offset_of(self, vaddr: int) -> int:
-        for ph in self.phdrs:
-            if ph["type"] == PT_LOAD and ph["vaddr"] <= vaddr < ph["vaddr"] + ph["filesz"]:
-                return vaddr - ph["vaddr"] + ph["offset"]
-        raise ElfFormatError(f"address {vaddr:#x} is in no loadable segment")
-
-
-def _align(value: int, to: int) -> int:
-    return (value + to - 1) // to * to
-
-
-def grow_native(path: str, edits: list[ElfEdit], *, dry_run: bool = False) -> bool:
-    """Grow RPATH/RUNPATH/interpreter by adding a loadable segment at the end of the file.
-
-    The new segment holds a copy of the dynamic string table with the new strings appended
-    (every old offset stays valid, so symbols and version records need no change) and the new
-    interpreter. Its program header takes the slot of a PT_NOTE (notes stay in their sections,
-    and PT_GNU_PROPERTY still describes the property note the loader reads), so the program
-    header table does not move; a segment added by an earlier growth is rebuilt in place.
-    Returns False, changing nothing, when the layout offers no way (the caller uses patchelf);
-    ``dry_run`` only says whether it would work.
-    """
-    todo = [e for e in edits if e.grow]
-    if not todo:
-        return True
-    with open(path, "rb") as f:
-        data = bytearray(f.read())
-    lay = _Layout(data)
-    loads = [ph for ph in lay.phdrs if ph["type"] == PT_LOAD]
-    dyn = next((ph for ph in lay.phdrs if ph["type"] == PT_DYNAMIC), None)
-    if not loads or dyn is None:
-        return False
-    dsize = struct.calcsize(lay.dyn_fmt)
-    entries = []
-    for i in range(dyn["filesz"] // dsize):
-        tag, val = struct.unpack_from(lay.dyn_fmt, data, dyn["offset"] + i * dsize)
-        entries.append([tag, val])
-        if tag == DT_NULL:
-            break
-    tags = {t: v for t, v in entries}
-    if DT_STRTAB not in tags or DT_STRSZ not in tags:
-        return False
-    strtab = bytes(data[lay.offset_of(tags[DT_STRTAB]):][: tags[DT_STRSZ]])
-    page = max([0x1000] + [ph["align"] for ph in loads])
-
-    # Reuse the segment of an earlier growth when it is the last thing in the file and memory.
-    own = next((ph for ph in loads if ph["vaddr"] <= tags[DT_STRTAB] < ph["vaddr"] + ph["filesz"]), None)
-    reuse = (own is not None and own["offset"] + own["filesz"] == len(data)
-             and own["vaddr"] == max(ph["vaddr"] for ph in loads) and own["vaddr"] == tags[DT_STRTAB]
-             and own["flags"] == PF_R)
-    if reuse:
-        assert own is not None
-        new_off, new_vaddr, slot = own["offset"], own["vaddr"], lay.phdrs.index(own)
-    else:
-        notes = [i for i, ph in enumerate(lay.phdrs) if ph["type"] == PT_NOTE]
-        nulls = [i for i, ph in enumerate(lay.phdrs) if ph["type"] == PT_NULL]
-        if not notes and not nulls:
-            return False
-        slot = nulls[0] if nulls else notes[-1]
-        new_off = _align(len(data), page)
-        new_vaddr = _align(max(ph["vaddr"] + ph["memsz"] for ph in loads), page)
-
-    table = bytearray(strtab)
-    new_tags = {}
-    interp = None
-    for e in todo:
-        if e.field.kind == "interp":
-            interp = e
-            continue
-        new_tags[DT_RPATH if e.field.kind == "rpath" else DT_RUNPATH] = len(table)
-        table += e.new + b"\0"
-    segment = bytes(table)
-    interp_at = None
-    if interp is not None:
-        interp_at = len(segment)
-        segment += interp.new + b"\0"
-    for tag in new_tags:
-        if tag not in tags:
-            return False
-    if dry_run:
-        return True
-
-    # Everything is known: write. The program header slot becomes the new PT_LOAD, moved to
-    # just after the last PT_LOAD (loadable segments must be sorted by address).
-    new_ph = dict(type=PT_LOAD, flags=PF_R, offset=new_off, vaddr=new_vaddr, paddr=new_vaddr,
-                  filesz=len(segment), memsz=len(segment), align=page)
-    phdrs = [ph for i, ph in enumerate(lay.phdrs) if i != slot]
-    last_load = max(i for i, ph in enumerate(phdrs) if ph["type"] == PT_LOAD)
-    phdrs.insert(last_load + 1, new_ph)
-    if interp_at is not None:
-        for ph in phdrs:
-            if ph["type"] == PT_INTERP:
-                ph.update(offset=new_off + interp_at, vaddr=new_vaddr + interp_at,
-                          paddr=new_vaddr + interp_at, filesz=len(interp.new) + 1,
-                          memsz=len(interp.new) + 1)
-    for i, ph in enumerate(phdrs):
-        struct.pack_into(f"{lay.phentsize}s", data, lay.phoff + i * lay.phentsize, lay.pack_ph(ph))
-    for i, (tag, val) in enumerate(entries):
-        if tag == DT_STRTAB:
-            val = new_vaddr
-        elif tag == DT_STRSZ:
-            val = len(table)
-        elif tag in new_tags:
-            val = new_tags[tag]
-        struct.pack_into(lay.dyn_fmt, data, dyn["offset"] + i * dsize, tag, val)
-    # The old strings are dead now (nothing reads the old table or the old interpreter slot):
-    # blank them, in the old places and in the copy, so the file no longer names the old
-    # prefix - unless another string shares a tail with one, which must keep its bytes.
-    old_table = lay.offset_of(tags[DT_STRTAB])
-    for e in todo:
-        if e.field.tail_shared:
-            continue
-        blank = b"\0" * len(e.field.value)
-        data[e.field.offset : e.field.offset + len(blank)] = blank
-        if e.field.kind != "interp":
-            at = e.field.offset - old_table
-            if 0 <= at < len(strtab):
-                table[at : at + len(blank)] = blank
-    segment = bytes(table) + segment[len(table):]
-    _update_sections(data, lay, new_off, new_vaddr, len(table), interp_at, interp)
-    del data[new_off:]
-    data += b"\0" * (new_off - len(data)) + segment
-    with open(path, "r+b") as f:
-        f.write(data)
-        f.truncate()
-    return True
-
-
-def _update_sections(data: bytearray, lay: _Layout, off: int, vaddr: int, size: int,
-                     interp_at: int | None, interp: ElfEdit | None) -> None:
-    """Point the .dynstr (and .interp) section headers at the new copies, for tools that read
-    sections; the loader does not."""
-    if not lay.shoff or not lay.shnum or lay.shentsize != struct.calcsize(lay.sh_fmt):
-        return
-    if lay.shoff + lay.shnum * lay.shentsize > len(data) or lay.shstrndx >= lay.shnum:
-        return
-    headers = [list(struct.unpack_from(lay.sh_fmt, data, lay.shoff + i * lay.shentsize))
-               for i in range(lay.shnum)]
-    names_off = headers[lay.shstrndx][4]
-
-    def name(h: list) -> bytes:
-        start = names_off + h[0]
-        return bytes(data[start:data.index(b"\0", start)])
-
-    for i, h in enumerate(headers):
-        n = name(h)
-        # sh_addr, sh_offset, sh_size are fields 3, 4, 5 in both classes.
-        if n == b".dynstr":
-            h[3], h[4], h[5] = vaddr, off, size
-        elif n == b".interp" and interp is not None and interp_at is not None:
-            h[3], h[4], h[5] = vaddr + interp_at, off + interp_at, len(interp.new) + 1
-        else:
-            continue
-        struct.pack_into(lay.sh_fmt, data, lay.shoff + i * lay.shentsize, *h)
+    return (f"its {field.kind} must grow from {len(field.value)} to {len(todo[0].new)} bytes "
+            "and `patchelf` is not installed (apt-get install patchelf)")

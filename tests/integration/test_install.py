@@ -529,7 +529,6 @@ def test_failure_while_relocating_leaves_nothing_behind(cache, tmp_path, monkeyp
     broken.write_text("#!/bin/sh\necho 'patchelf: cannot do it' >&2\nexit 1\n")
     broken.chmod(0o755)
     monkeypatch.setenv("BINCACHE_PATCHELF", str(broken))
-    monkeypatch.setenv("BINCACHE_ELF_GROW", "patchelf")
     root = pad_root(str(tmp_path), 180)
     with pytest.raises(BincacheError, match="patchelf could not grow"):
         api.install(["prog"], mirrors=[cache[False]["mirror"]], root=root, unsigned=True)

@@ -111,16 +111,11 @@ def test_shorter_prefix_is_written_in_place_and_runs(tmp_path, new_dtags, tag):
     assert f"loaded {new}/lib/libfoo.so" in out
 
 
-GROWTH = ["native", "patchelf"]
-
-
-@pytest.fixture(params=GROWTH)
-def growth(request, monkeypatch):
-    """Each way of growing: bincache's own segment rewrite, and patchelf."""
-    if request.param == "patchelf" and shutil.which("patchelf") is None:
+@pytest.fixture
+def growth():
+    """Growth is patchelf's (the one way bincache grows a field)."""
+    if shutil.which("patchelf") is None:
         pytest.skip("patchelf is not installed")
-    monkeypatch.setenv("BINCACHE_ELF_GROW", request.param)
-    return request.param
 
 
 def readelf_clean(path: str) -> None:
@@ -145,8 +140,7 @@ def test_longer_prefix_grows_the_string_table_and_runs(tmp_path, new_dtags, tag,
     assert old.encode() + b"/lib\0" not in open(f"{new}/bin/prog", "rb").read()
 
 
-def test_growing_twice_reuses_the_added_segment(tmp_path, monkeypatch):
-    monkeypatch.setenv("BINCACHE_ELF_GROW", "native")
+def test_growing_twice_runs_and_stays_small(tmp_path, growth):
     old = str(tmp_path / "o")
     build(old)
     sizes = []
@@ -157,10 +151,8 @@ def test_growing_twice_reuses_the_added_segment(tmp_path, monkeypatch):
         readelf_clean(f"{new}/bin/prog")
         sizes.append(os.path.getsize(f"{new}/bin/prog"))
         old = new
-    loads = subprocess.run(["readelf", "-lW", f"{old}/bin/prog"], capture_output=True,
-                           text=True).stdout.count("  LOAD ")
-    assert loads == 5  # gcc's four, and one added (rebuilt the second time, not a sixth)
-    assert sizes[1] - sizes[0] < 4096
+    # patchelf adds a page-aligned segment per growth (about 4 KiB), not a copy of the file
+    assert sizes[1] - sizes[0] < 8192
 
 
 def test_shared_library_grows_and_still_loads(tmp_path, growth):
@@ -198,7 +190,6 @@ def test_growth_without_patchelf_is_a_clear_error(tmp_path, monkeypatch):
     old = str(tmp_path / "o")
     new = str(tmp_path / ("longer" * 10))
     build(old)
-    monkeypatch.setenv("BINCACHE_ELF_GROW", "patchelf")
     monkeypatch.setenv("BINCACHE_PATCHELF", str(tmp_path / "no-such-patchelf"))
     assert elf.patchelf_program() is None
     runpath = next(f for f in elf.read_elf_strings(f"{old}/bin/prog") if f.kind == "runpath")
