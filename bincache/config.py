@@ -17,24 +17,37 @@ Every value keeps where it came from (file and line): ``bincache config blame`` 
 relative paths are expanded against the directory of the scope that wrote them, and a bad
 file is reported as ``<file>:<line>: <key>: <what is wrong>``.
 
-Files are edited surgically (:func:`write_entry`): only the entry that changes is re-emitted,
-every other byte of the file (comments, other entries, their quoting) stays as it was.
+Files are parsed once per process (again only when they change) and edited in place
+(:func:`update_entry`) through ruamel.yaml's round-trip mode: only the entry that changes is
+re-emitted; comments, other entries and their quoting stay as they were. What each section may
+hold is in :mod:`bincache.config_schema`, the YAML handling in :mod:`bincache.yamlfile`.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import difflib
 import logging
 import os
 import re
-import tempfile
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
+from ruamel.yaml.comments import CommentedMap
 
+from . import yamlfile
+from .config_schema import (  # noqa: F401  (re-exported: the configuration's one surface)
+    DEFAULT_DATA,
+    MIRROR_NAME,
+    SCHEMAS,
+    Path,
+    _check_section,
+    _key,
+    forget_warnings,
+    register_section,
+)
 from .errors import ConfigError, UsageError
 from .locks import dir_lock
 
@@ -48,9 +61,6 @@ COMMAND_LINE = "command_line"
 
 #: Shown instead of a secret in every output and log line.
 MASK = "****"
-
-Path = tuple  # a key path inside a section, e.g. ("mirrors", "local", "url")
-
 
 # --------------------------------------------------------------------------------------------
 # Scopes
@@ -106,299 +116,6 @@ class Section:
 
 
 # --------------------------------------------------------------------------------------------
-# Schemas: small, explicit validators so an error names the key and says what was expected.
-
-
-class _Schema:
-    """A validator: ``check(value, path, where)`` raises ConfigError naming the key."""
-
-    def check(
-        self, value: Any, path: Path, where: Callable[[Path], str], complete: bool = True
-    ) -> None:
-        """Raise ConfigError if ``value`` does not fit. ``complete=False`` checks one scope's
-        part, which may leave out required keys that a lower scope provides."""
-        raise NotImplementedError
-
-
-def _key(path: Path) -> str:
-    return ":".join(str(p) for p in path)
-
-
-def _fail(where: Callable[[Path], str], path: Path, message: str) -> ConfigError:
-    return ConfigError(f"{where(path)}{_key(path)}: {message}")
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, (dict, list)):
-        return "a mapping" if isinstance(value, dict) else "a list"
-    return repr(value) if isinstance(value, str) else str(value).lower()
-
-
-class Bool(_Schema):
-    def check(self, value, path, where, complete=True):
-        if not isinstance(value, bool):
-            raise _fail(where, path, f"expected true or false, got {_show(value)}")
-
-
-class Int(_Schema):
-    def __init__(self, minimum: int | None = None) -> None:
-        self.minimum = minimum
-
-    def check(self, value, path, where, complete=True):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise _fail(where, path, f"expected a whole number, got {_show(value)}")
-        if self.minimum is not None and value < self.minimum:
-            raise _fail(where, path, f"must be at least {self.minimum}, got {value}")
-
-
-class Str(_Schema):
-    def __init__(self, pattern: str | None = None, what: str = "") -> None:
-        self.pattern = re.compile(pattern) if pattern else None
-        self.what = what
-
-    def check(self, value, path, where, complete=True):
-        if not isinstance(value, str):
-            raise _fail(where, path, f"expected a string, got {_show(value)}")
-        if self.pattern and not self.pattern.fullmatch(value):
-            raise _fail(where, path, f"{value!r} is not {self.what}")
-
-
-class AnyOf(_Schema):
-    """The first alternative whose type matches decides (so its error is the precise one)."""
-
-    def __init__(self, *alternatives: tuple[type | tuple[type, ...], _Schema], what: str) -> None:
-        self.alternatives = alternatives
-        self.what = what
-
-    def check(self, value, path, where, complete=True):
-        for types, schema in self.alternatives:
-            if isinstance(value, types):
-                schema.check(value, path, where, complete)
-                return
-        raise _fail(where, path, f"expected {self.what}, got {_show(value)}")
-
-
-class ListOf(_Schema):
-    def __init__(self, item: _Schema, length: int | None = None) -> None:
-        self.item = item
-        self.length = length
-
-    def check(self, value, path, where, complete=True):
-        if not isinstance(value, list):
-            raise _fail(where, path, f"expected a list, got {_show(value)}")
-        if self.length is not None and len(value) != self.length:
-            raise _fail(where, path, f"expected {self.length} items, got {len(value)}")
-        for i, item in enumerate(value):
-            self.item.check(item, (*path, i), where, complete)
-
-
-class Null(_Schema):
-    def check(self, value, path, where, complete=True):
-        if value is not None:
-            raise _fail(where, path, f"expected nothing, got {_show(value)}")
-
-
-#: Spack settings already warned about in this process (a file is checked more than once).
-_warned_ignored: set[str] = set()
-
-
-def _warn_ignored(where: Callable[[Path], str], path: Path) -> None:
-    prefix = where(path)
-    seen = prefix.split(":", 1)[0] + " " + _key(path)  # once per file and key, with or without line
-    if seen not in _warned_ignored:
-        _warned_ignored.add(seen)
-        message = f"{prefix}{_key(path)}: a Spack setting that bincache does not use; ignored"
-        warnings.warn(message, UserWarning, stacklevel=2)
-
-
-class Mapping(_Schema):
-    """A mapping with known keys (unknown ones are an error, with a suggestion), or with
-    arbitrary keys matching ``key_pattern`` whose values all follow ``values``.
-
-    ``spack`` names keys that Spack defines in the same place and bincache does not use: a file
-    shared with Spack may hold them, so they are accepted with a warning (Spack checks them)."""
-
-    def __init__(
-        self,
-        keys: dict[str, _Schema] | None = None,
-        *,
-        values: _Schema | None = None,
-        key_pattern: str | None = None,
-        key_what: str = "a valid name",
-        required: Callable[[dict, Path, Callable[[Path], str]], None] | None = None,
-        spack: Iterable[str] = (),
-    ) -> None:
-        self.keys = keys or {}
-        self.values = values
-        self.key_pattern = re.compile(key_pattern) if key_pattern else None
-        self.key_what = key_what
-        self.required = required
-        self.spack = frozenset(spack)
-
-    def check(self, value, path, where, complete=True):
-        if not isinstance(value, dict):
-            raise _fail(where, path, f"expected a mapping, got {_show(value)}")
-        for key, item in value.items():
-            sub = (*path, key)
-            if self.values is not None:
-                if not isinstance(key, str) or (
-                    self.key_pattern and not self.key_pattern.fullmatch(key)
-                ):
-                    raise _fail(where, sub, f"{key!r} is not {self.key_what}")
-                self.values.check(item, sub, where, complete)
-            elif key in self.keys:
-                self.keys[key].check(item, sub, where, complete)
-            elif key in self.spack:
-                _warn_ignored(where, sub)
-            else:
-                close = difflib.get_close_matches(str(key), [*self.keys, *self.spack], n=1)
-                hint = f' (did you mean "{close[0]}"?)' if close else ""
-                known = ", ".join(self.keys)
-                raise _fail(where, sub, f"unknown key{hint}; known keys: {known}")
-        if self.required is not None and complete:
-            self.required(value, path, where)
-
-
-# mirrors.yaml. access_pair elements: a literal, null, or {variable: NAME} read at use.
-_VARIABLE_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
-_credential = AnyOf(
-    (str, Str()),
-    (type(None), Null()),
-    (dict, Mapping({"variable": Str(_VARIABLE_NAME, "an environment variable name")})),
-    what="a string or {variable: NAME}",
-)
-_access_pair = AnyOf(
-    (list, ListOf(_credential, length=2)),
-    # Spack >= 0.23 spells it as a mapping; read it too, never write it.
-    (
-        dict,
-        Mapping(
-            {
-                "id": Str(),
-                "id_variable": Str(_VARIABLE_NAME, "an environment variable name"),
-                "secret_variable": Str(_VARIABLE_NAME, "an environment variable name"),
-            }
-        ),
-    ),
-    what="[user, password]",
-)
-
-
-# A fetch:/push: subsection without its own url uses the mirror's url with its own credentials.
-# Per-connection keys of Spack's mirrors.yaml (0.23 and 1.x) that bincache does not use.
-_SPACK_CONNECTION = (
-    "access_token",
-    "access_token_variable",
-    "profile",
-    "endpoint_url",
-    "view",
-    "include_binary",
-    "exclude_binary",
-)
-
-_connection = AnyOf(
-    (str, Str()),
-    (dict, Mapping({"url": Str(), "access_pair": _access_pair}, spack=_SPACK_CONNECTION)),
-    what="a URL or a mapping with url and access_pair",
-)
-
-
-def _has_url(conn: Any) -> bool:
-    return isinstance(conn, str) or (isinstance(conn, dict) and "url" in conn)
-
-
-def _mirror_requires_url(value: dict, path: Path, where: Callable[[Path], str]) -> None:
-    if "url" not in value and not _has_url(value.get("fetch")) and not _has_url(value.get("push")):
-        raise _fail(where, path, 'needs "url", or "fetch" and/or "push" with their own url')
-
-
-MIRROR_NAME = r"\w[\w.-]*"
-
-_mirror = AnyOf(
-    (str, Str()),
-    (
-        dict,
-        Mapping(
-            {
-                "url": Str(),
-                "fetch": _connection,
-                "push": _connection,
-                "access_pair": _access_pair,
-                "signed": Bool(),
-                "autopush": Bool(),
-                "insecure": Bool(),
-                # Spack's: a mirror that holds sources only has binary: false.
-                "binary": Bool(),
-                "source": Bool(),
-            },
-            required=_mirror_requires_url,
-            spack=_SPACK_CONNECTION,
-        ),
-    ),
-    what="a URL or a mapping",
-)
-
-# The keys of Spack's config.yaml (0.23 and 1.x, lib/spack/spack/schema/config.py) besides
-# install_tree.
-_SPACK_CONFIG = (
-    "flags", "shared_linking", "install_hash_length", "install_path_scheme", "build_stage",
-    "stage_name", "develop_stage_link", "test_stage", "extensions", "template_dirs",
-    "license_dir", "source_cache", "misc_cache", "environments_root", "connect_timeout",
-    "verify_ssl", "ssl_certs", "suppress_gpg_warnings", "install_missing_compilers", "debug",
-    "checksum", "deprecated", "locks", "dirty", "build_language", "build_jobs",
-    "concurrent_packages", "ccache", "concretizer", "db_lock_timeout", "package_lock_timeout",
-    "allow_sgid", "install_status", "binary_index_root", "url_fetch_method",
-    "additional_external_search_paths", "binary_index_ttl", "aliases", "installer",
-    "terminal_title",
-)
-
-#: Section name -> schema of its value. Other modules may add sections with register_section.
-SCHEMAS: dict[str, _Schema] = {
-    "mirrors": Mapping(
-        values=_mirror,
-        key_pattern=MIRROR_NAME,
-        key_what="a mirror name (letters, digits, _ . -, no slash)",
-    ),
-    # config.yaml, laid out as Spack's: config: {install_tree: {root: ...}, ...}
-    # Keys some module reads are checked; Spack's other keys are accepted with a warning (a
-    # config.yaml may be shared with Spack); a key neither defines is an error.
-    "config": Mapping(
-        {
-            "install_tree": Mapping(
-                {
-                    # the install tree, when neither --root nor BINCACHE_ROOT is given
-                    "root": Str(),
-                    # prefix layout under the root, Spack's spelling: {all: "{name}-{version}"}
-                    "projections": Mapping(values=Str(), key_what="a spec selector or all"),
-                },
-                spack=("padded_length",),
-            ),
-            "gnupghome": Str(),  # bincache's own GnuPG home (BINCACHE_GNUPGHOME wins)
-        },
-        spack=_SPACK_CONFIG,
-    ),
-}
-
-#: What the built-in defaults scope holds.
-DEFAULT_DATA: dict[str, Any] = {"mirrors": {}, "config": {}}
-
-
-def register_section(name: str, schema: _Schema, default: Any = None) -> None:
-    """Let another module own a configuration section (``<name>.yaml``)."""
-    SCHEMAS[name] = schema
-    DEFAULT_DATA[name] = {} if default is None else default
-
-
-def _check_section(section: str) -> None:
-    if section not in SCHEMAS:
-        close = difflib.get_close_matches(section, list(SCHEMAS), n=1)
-        hint = f' Did you mean "{close[0]}"?' if close else ""
-        raise UsageError(
-            f'no configuration section "{section}".{hint} Sections: {", ".join(SCHEMAS)}'
-        )
-
-
-# --------------------------------------------------------------------------------------------
 # Reading YAML with line numbers
 
 
@@ -413,62 +130,18 @@ class FileData:
     text: str = ""
 
 
-def _node_to_data(
-    loader: yaml.SafeLoader, node: yaml.Node, path: Path, lines: dict[Path, int], file: str
-) -> Any:
-    lines.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        loader.flatten_mapping(node)  # resolves "<<" merge keys
-        result: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
-            if not isinstance(key, (str, int, float, bool)) or key is None:
-                raise ConfigError(f"{file}:{key_node.start_mark.line + 1}: a key must be a name")
-            if key in result:
-                raise ConfigError(
-                    f"{file}:{key_node.start_mark.line + 1}: {_key((*path, key))}: "
-                    "duplicate key (the first one is on line "
-                    f"{lines[(*path, key)]})"
-                )
-            lines[(*path, key)] = key_node.start_mark.line + 1
-            result[key] = _node_to_data(loader, value_node, (*path, key), lines, file)
-            lines[(*path, key)] = key_node.start_mark.line + 1
-        return result
-    if isinstance(node, yaml.SequenceNode):
-        return [
-            _node_to_data(loader, item, (*path, i), lines, file) for i, item in enumerate(node.value)
-        ]
-    return loader.construct_object(node, deep=True)
-
-
 def parse_yaml(text: str, file: str) -> tuple[Any, dict[Path, int]]:
     """Parse YAML text; return the data and the 1-based line of every key path.
 
     Raises ConfigError naming the file and line for a syntax error or a duplicate key.
     """
-    lines: dict[Path, int] = {}
-    try:
-        # The reader checks the characters of the whole text already here.
-        loader = yaml.SafeLoader(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{file}: invalid YAML: {e}") from None
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None, lines
-        data = _node_to_data(loader, node, (), lines, file)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        where = f"{file}:{mark.line + 1}" if mark else file
-        problem = e.problem or e.context or "invalid YAML"
-        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{file}: invalid YAML: {e}") from None
-    except RecursionError:
-        raise ConfigError(f"{file}: invalid YAML: nested too deeply") from None
-    finally:
-        loader.dispose()
-    return data, lines
+    return yamlfile.parse(text, file)
+
+
+#: Files already read and checked in this process, by path: (identity of the file, its data).
+#: A file is parsed once per process however often its section is asked for (every
+#: signature check asks where the GnuPG home is); a changed file is read again.
+_file_cache: dict[str, tuple[tuple[int, int, int], FileData]] = {}
 
 
 def read_scope_section(scope: Scope, section: str) -> FileData:
@@ -479,6 +152,12 @@ def read_scope_section(scope: Scope, section: str) -> FileData:
     path = scope.file(section)
     try:
         with open(path, encoding="utf-8") as f:
+            st = os.fstat(f.fileno())
+            identity = (st.st_ino, st.st_mtime_ns, st.st_size)
+            cached = _file_cache.get(path)
+            if cached is not None and cached[0] == identity and cached[1].scope == scope:
+                # A copy: callers may change what they get.
+                return dataclasses.replace(cached[1], data=copy.deepcopy(cached[1].data))
             text = f.read()
     except FileNotFoundError:
         return FileData(scope, path, None)
@@ -487,6 +166,12 @@ def read_scope_section(scope: Scope, section: str) -> FileData:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read: {getattr(e, 'strerror', None) or e}") from None
     log.debug("reading %s", path)
+    result = _parse_scope_file(scope, section, path, text)
+    _file_cache[path] = (identity, result)
+    return result
+
+
+def _parse_scope_file(scope: Scope, section: str, path: str, text: str) -> FileData:
     data, lines = parse_yaml(text, path)
     if data is None:
         return FileData(scope, path, None, lines, text)
@@ -686,20 +371,12 @@ def _yaml_lines(value: Any, path: Path, depth: int) -> Iterator[tuple[Path, str]
     if isinstance(value, dict):
         for key, item in value.items():
             sub = (*path, key)
-            k = _flow(key)
+            k = yamlfile.flow(key)
             if isinstance(item, dict) and item:
                 yield sub, f"{indent}{k}:"
                 yield from _yaml_lines(item, sub, depth + 1)
             else:
-                yield sub, f"{indent}{k}: {_flow(item)}"
-
-
-def _flow(value: Any) -> str:
-    text = yaml.dump(value, Dumper=_Dumper, default_flow_style=True, width=1 << 30)
-    text = text.strip()
-    if text.endswith("\n..."):
-        text = text[:-4].strip()
-    return text[:-3].strip() if text.endswith("...") else text
+                yield sub, f"{indent}{k}: {yamlfile.flow(item)}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -750,99 +427,31 @@ def mask_url(url: str) -> str:
 # Writing
 
 
-class _Dumper(yaml.SafeDumper):
-    """Block mappings, flow lists (``access_pair: [user, {variable: TOKEN}]``), no aliases."""
-
-    def ignore_aliases(self, data: Any) -> bool:
-        return True
-
-
-def _represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
-    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True)
-
-
-_Dumper.add_representer(list, _represent_list)
-
-
 def dump_yaml(data: Any) -> str:
     """YAML in bincache's stable style: block mappings, insertion order, flow lists."""
-    return yaml.dump(
-        data, Dumper=_Dumper, default_flow_style=False, sort_keys=False, width=1 << 30, indent=2
-    )
+    return yamlfile.dump_plain(data)
 
 
-def _max_end(node: yaml.Node) -> int:
-    """Index just after the last character of a node's own text (not the comments after it)."""
-    if isinstance(node, yaml.MappingNode):
-        ends = [_max_end(v) for pair in node.value for v in pair]
-        return max(ends) if ends else node.end_mark.index
-    if isinstance(node, yaml.SequenceNode) and not node.flow_style:
-        ends = [_max_end(v) for v in node.value]
-        return max(ends) if ends else node.end_mark.index
-    return node.end_mark.index
-
-
-def _line_end(text: str, index: int) -> int:
-    """Index after the newline ending the line that holds ``index - 1`` (a node's last char)."""
-    if index > 0 and text[index - 1] == "\n":
-        return index  # block scalars end at the start of the next line
-    nl = text.find("\n", index)
-    return len(text) if nl < 0 else nl + 1
-
-
-def _entry_text(key: str, value: Any, indent: int) -> str:
-    pad = " " * indent
-    return "".join(pad + line + "\n" for line in dump_yaml({key: value}).splitlines())
-
-
-def _splice(text: str, section: str, key: str, value: Any) -> str | None:
-    """Edit ``section:key`` in place in YAML text; None when the text is not in a shape that
-    can be edited in place (then the caller rewrites the whole file)."""
-    loader = yaml.SafeLoader(text)
-    try:
-        root = loader.get_single_node()
-    except yaml.YAMLError:
-        return None
-    finally:
-        loader.dispose()
-    if not isinstance(root, yaml.MappingNode) or root.flow_style:
-        return None
-    sec_node = sec_key = None
-    for k, v in root.value:
-        if isinstance(k, yaml.ScalarNode) and k.value == section:
-            sec_key, sec_node = k, v
-    if sec_node is None:
+def _edited_text(text: str, path: str, section: str, key: str, value: Any) -> list[str]:
+    """Candidates for the file's text with ``section:key`` set to ``value`` (None: removed),
+    best first: the user's own lines kept wherever the edit did not touch them, then ruamel's
+    rendering of the whole file (comments kept, spacing normalized)."""
+    doc = yamlfile.load(text, path) if text.strip() else None
+    if not isinstance(doc, CommentedMap):
+        doc = yamlfile.node({})
+    before = yamlfile.dump(doc) if text.strip() else ""
+    if not isinstance(doc.get(section), CommentedMap):
         if value is None:
-            return text
-        body = text if not text or text.endswith("\n") else text + "\n"
-        return body + dump_yaml({section: {key: value}})
-    if isinstance(sec_node, yaml.MappingNode) and sec_node.flow_style and not sec_node.value:
-        if value is None:
-            return text
-        # "mirrors: {}" (what removing the last mirror leaves) becomes a block mapping again.
-        head = text[: sec_node.start_mark.index].rstrip(" ")
-        entry = _entry_text(key, value, 2).rstrip("\n")
-        return head + "\n" + entry + text[sec_node.end_mark.index :]
-    if not isinstance(sec_node, yaml.MappingNode) or sec_node.flow_style or not sec_node.value:
-        return None
-    for k, v in sec_node.value:
-        if isinstance(k, yaml.ScalarNode) and k.value == key:
-            start = k.start_mark.index - k.start_mark.column
-            if text[start : k.start_mark.index].strip():
-                return None  # the key does not start its line
-            end = _line_end(text, _max_end(v))
-            new = "" if value is None else _entry_text(key, value, k.start_mark.column)
-            if value is None and len(sec_node.value) == 1:
-                # The last entry goes: "mirrors: {}" rather than a null section.
-                colon = text.index(":", sec_key.end_mark.index) + 1
-                return text[:colon] + " {}" + text[colon:start] + text[end:]
-            return text[:start] + new + text[end:]
-    if value is None:
-        return text
-    first, last = sec_node.value[0][0], sec_node.value[-1][1]
-    end = _line_end(text, _max_end(last))
-    head = text[:end] if text[:end].endswith("\n") or not text[:end] else text[:end] + "\n"
-    return head + _entry_text(key, value, first.start_mark.column) + text[end:]
+            return [text]
+        yamlfile.assign(doc, section, {})
+    if value is None and list(doc[section]) == [key]:
+        # The last entry goes: "mirrors: {}" rather than a null section.
+        yamlfile.assign(doc[section], key, None)
+        doc[section].fa.set_flow_style()
+    else:
+        yamlfile.assign(doc[section], key, value)
+    after = yamlfile.dump(doc)
+    return [yamlfile.keep_original_lines(text, before, after), after]
 
 
 #: ``update(current)`` for :func:`update_entry`: the entry's new value, or None to remove it.
@@ -870,14 +479,15 @@ def update_entry(scope: Scope, section: str, key: str, update: Update) -> str:
         # One scope's part: required keys may come from a lower scope (checked when merged).
         SCHEMAS[section].check(data, (section,), lambda p: f"{path}: ", complete=False)
 
-        new_text = _splice(fd.text, section, key, value) if fd.text.strip() else None
-        if new_text is not None:
-            check, _ = parse_yaml(new_text, path)
-            if not isinstance(check, dict) or (check.get(section) or {}) != data:
-                log.debug("in-place edit of %s did not round-trip; rewriting the file", path)
-                new_text = None
-        if new_text is None:
-            new_text = dump_yaml({section: data})
+        for new_text in _edited_text(fd.text, path, section, key, value):
+            try:
+                check, _ = parse_yaml(new_text, path)
+            except ConfigError:
+                continue
+            if isinstance(check, dict) and (check.get(section) or {}) == data:
+                break
+        else:
+            raise ConfigError(f"{path}: the edit did not read back as intended; file unchanged")
         # A file that holds a password in plain text is readable by its owner only.
         _write_atomic(path, new_text, private=mask_secrets(section, data) != data)
     return path
@@ -895,24 +505,7 @@ def _locked(directory: str):
         raise ConfigError(f"{directory}: cannot create or open: {e.strerror or e}") from None
 
 
-def _write_atomic(path: str, text: str, private: bool = False) -> None:
-    directory = os.path.dirname(path)
-    try:
-        os.makedirs(directory, exist_ok=True)
-        mode = os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o644
-        if private:
-            mode &= 0o600
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".yaml", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.chmod(tmp, mode)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot write: {e.strerror or e}") from None
+_write_atomic = yamlfile.write_atomic
 
 
 # --------------------------------------------------------------------------------------------
@@ -975,7 +568,8 @@ def reset() -> None:
     """Forget what :func:`configure` set; the environment decides again."""
     global _current
     _current = None
-    _warned_ignored.clear()
+    forget_warnings()
+    _file_cache.clear()
 
 
 def get(section: str, scope: str | None = None) -> Any:
