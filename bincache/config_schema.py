@@ -198,16 +198,18 @@ _access_pair = AnyOf(
 _SPACK_CONNECTION = (
     "access_token",
     "access_token_variable",
-    "profile",
-    "endpoint_url",
     "view",
     "include_binary",
     "exclude_binary",
 )
 
+# Spack's S3 settings, per mirror or per direction.
+_string_or_null = AnyOf((str, Str()), (type(None), Null()), what="a string")
+_S3 = {"profile": _string_or_null, "endpoint_url": _string_or_null}
+
 _connection = AnyOf(
     (str, Str()),
-    (dict, Mapping({"url": Str(), "access_pair": _access_pair}, spack=_SPACK_CONNECTION)),
+    (dict, Mapping({"url": Str(), "access_pair": _access_pair, **_S3}, spack=_SPACK_CONNECTION)),
     what="a URL or a mapping with url and access_pair",
 )
 
@@ -233,6 +235,7 @@ _mirror = AnyOf(
                 "fetch": _connection,
                 "push": _connection,
                 "access_pair": _access_pair,
+                **_S3,
                 "signed": Bool(),
                 "autopush": Bool(),
                 "insecure": Bool(),

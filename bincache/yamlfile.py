@@ -208,10 +208,16 @@ def assign(m: CommentedMap, key: Any, value: Any) -> None:
         if key not in m:
             return
         keys = list(m)
-        follow = _take_following(m, key) if keys[-1] == key else None
+        # The comment lines after an entry lead into the next one (or end the file): they stay.
+        follow = _take_following(m, key)
         del m[key]
-        if len(keys) > 1 and follow is not None:
-            _put_following(m, keys[-2], follow)
+        at = keys.index(key)
+        if follow is not None and at > 0:
+            _put_following(m, keys[at - 1], follow)
+        elif follow is not None and len(keys) > 1:
+            lines = [line.strip() for line in follow.value.splitlines() if line.strip()]
+            text = "\n".join(line[1:].lstrip() if line.startswith("#") else line for line in lines)
+            m.yaml_set_start_comment(text, indent=m.lc.col or 0)
         return
     if key not in m:
         keys = list(m)

@@ -94,15 +94,25 @@ def _signed_args(p: argparse.ArgumentParser) -> None:
 
 
 def _credential_args(p: argparse.ArgumentParser) -> None:
+    # Spack's spellings; OCI and S3 share the one access_pair (user or key id, and secret).
     u = p.add_mutually_exclusive_group()
     u.add_argument("--oci-username", metavar="USER", help="registry user name")
     u.add_argument("--oci-username-variable", metavar="VAR",
                    help="environment variable holding the user name (read when used)")
+    u.add_argument("--s3-access-key-id", metavar="ID", help="S3 access key id")
+    u.add_argument("--s3-access-key-id-variable", metavar="VAR",
+                   help="environment variable holding the S3 access key id (read when used)")
     w = p.add_mutually_exclusive_group()
     w.add_argument("--oci-password-variable", metavar="VAR",
                    help="environment variable holding the password or token (read when used)")
     w.add_argument("--oci-password", metavar="PASSWORD",
                    help="password stored in plain text (prefer --oci-password-variable)")
+    w.add_argument("--s3-access-key-secret-variable", metavar="VAR",
+                   help="environment variable holding the S3 secret access key (read when used)")
+    p.add_argument("--s3-profile", metavar="PROFILE",
+                   help="AWS profile (~/.aws/config) for this S3 mirror")
+    p.add_argument("--s3-endpoint-url", metavar="URL",
+                   help="S3-compatible server for this mirror, e.g. http://127.0.0.1:9000")
 
 
 def _configure(args) -> None:
@@ -114,13 +124,16 @@ def _configure(args) -> None:
 def _changes(args, url: str | None = None) -> mirrors.MirrorChanges:
     Cred = mirrors.Credential
     username = password = None
-    if getattr(args, "oci_username", None) is not None:
-        username = Cred(literal=args.oci_username)
-    elif getattr(args, "oci_username_variable", None) is not None:
-        username = Cred(variable=_variable_name(args.oci_username_variable))
-    if getattr(args, "oci_password_variable", None) is not None:
-        password = Cred(variable=_variable_name(args.oci_password_variable))
-    elif getattr(args, "oci_password", None) is not None:
+    for literal, variable in (("oci_username", "oci_username_variable"),
+                              ("s3_access_key_id", "s3_access_key_id_variable")):
+        if getattr(args, literal, None) is not None:
+            username = Cred(literal=getattr(args, literal))
+        elif getattr(args, variable, None) is not None:
+            username = Cred(variable=_variable_name(getattr(args, variable)))
+    for variable in ("oci_password_variable", "s3_access_key_secret_variable"):
+        if getattr(args, variable, None) is not None:
+            password = Cred(variable=_variable_name(getattr(args, variable)))
+    if getattr(args, "oci_password", None) is not None:
         password = Cred(literal=args.oci_password)
     return mirrors.MirrorChanges(
         url=url,
@@ -129,6 +142,8 @@ def _changes(args, url: str | None = None) -> mirrors.MirrorChanges:
         signed=getattr(args, "signed", None),
         autopush=getattr(args, "autopush", None),
         insecure=getattr(args, "insecure", None),
+        profile=getattr(args, "s3_profile", None),
+        endpoint_url=getattr(args, "s3_endpoint_url", None),
     )
 
 
@@ -160,9 +175,10 @@ def cmd_set(args) -> int:
     _configure(args)
     changes = _changes(args, url=args.url)
     if changes == mirrors.MirrorChanges():
-        raise UsageError("nothing to change: give --url, a credential or a flag")
+        raise UsageError("nothing to change: give --url, a credential, an --s3-* setting or a flag")
     if args.direction and not changes.connection_changed:
-        raise UsageError(f"--{args.direction} applies to --url and credentials; give one")
+        raise UsageError(f"--{args.direction} applies to --url, credentials and --s3-* settings; "
+                         "give one")
     result = mirrors.set_mirror(args.name, changes, direction=args.direction, scope=args.scope)
     print(f'changed mirror "{args.name}" in {result.files[0]}')
     _report(result)

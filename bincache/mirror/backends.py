@@ -63,7 +63,10 @@ def open_cache(ref: MirrorRef, layout: str | None = None, push: bool = False):
             from .s3 import S3Backend
         except ImportError as e:
             raise MirrorError(f"s3 mirrors need boto3 ({e}); pip install boto3") from None
-        return _layout_cache(S3Backend(url), ref, layout, push)
+        keys = (ref.username, ref.password or "") if ref.username else None
+        backend = S3Backend(url, endpoint_url=ref.s3_endpoint_url, profile=ref.s3_profile,
+                            access_key=keys)
+        return _layout_cache(backend, ref, layout, push)
     if scheme in ("oci", "oci+http"):
         if layout is not None:
             raise UsageError(f"{url}: --layout is for directory, http and s3 mirrors; an OCI "

@@ -8,8 +8,9 @@ has a ``url``, or ``fetch:``/``push:`` subsections with their own url and creden
       local: {url: ./cache, autopush: true}          # relative to this file's directory
       ghcr:
         url: oci://ghcr.io/org/cache
-        push: {access_pair: [alice, {variable: GHCR_TOKEN}]}
+        push: {access_pair: {id: alice, secret_variable: GHCR_TOKEN}}
         signed: false
+      minio: {url: s3://bucket/c, endpoint_url: "http://127.0.0.1:9000", profile: ci}
 
 Values are kept in the file as written (relative paths, ``$VARIABLES``, ``{variable: NAME}``)
 and expanded only when a :class:`MirrorRef` is made for use: paths against the directory of
@@ -25,20 +26,16 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlparse
 
 from .. import config as _config
 from ..errors import ConfigError, MirrorError, MirrorNotFound, UsageError
+from .urls import SCHEMES, check_url, expand_variables, path_to_url  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 FETCH = "fetch"
 PUSH = "push"
 DIRECTIONS = (FETCH, PUSH)
-
-#: URL schemes a mirror may use; a string without a scheme is a local path.
-SCHEMES = ("file", "http", "https", "s3", "oci", "oci+http")
-
 
 @dataclass(frozen=True)
 class MirrorRef:
@@ -51,6 +48,8 @@ class MirrorRef:
     insecure: bool = False
     username: str | None = field(default=None, repr=False)
     password: str | None = field(default=None, repr=False)
+    s3_profile: str | None = None  # Spack's profile: an AWS profile for an s3:// mirror
+    s3_endpoint_url: str | None = None  # Spack's endpoint_url: an S3-compatible server
 
     @property
     def display(self) -> str:
@@ -59,58 +58,6 @@ class MirrorRef:
 
     def __str__(self) -> str:
         return self.display
-
-
-# --------------------------------------------------------------------------------------------
-# Paths, URLs and variables
-
-
-_VAR = re.compile(r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)\}|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))")
-
-
-def expand_variables(text: str, what: str = "value") -> str:
-    """``$NAME``/``${NAME}`` from the environment and a leading ``~``; unset is an error."""
-
-    def sub(m: re.Match) -> str:
-        name = m.group("braced") or m.group("plain")
-        value = os.environ.get(name)
-        if value is None:
-            shown = _config.mask_url(text)
-            raise ConfigError(f"{what} {shown!r} uses ${name}, which is not set in the environment")
-        return value
-
-    text = _VAR.sub(sub, text)
-    if text.startswith("~"):
-        text = os.path.expanduser(text)
-    return text
-
-
-def _has_scheme(text: str) -> bool:
-    parsed = urlparse(text)
-    return bool(parsed.scheme) and len(parsed.scheme) > 1 and "://" in text
-
-
-def path_to_url(path: str, base_dir: str | None = None) -> str:
-    """A local path or URL as an absolute URL; a relative path is taken against ``base_dir``
-    (default: the current directory)."""
-    if _has_scheme(path):
-        return path
-    path = os.path.expanduser(path)
-    if not os.path.isabs(path):
-        path = os.path.join(base_dir or os.getcwd(), path)
-    return "file://" + os.path.normpath(path)
-
-
-def check_url(url: str) -> None:
-    """Refuse a URL whose scheme no backend serves (a path without a scheme is fine)."""
-    if not _has_scheme(url):
-        return
-    scheme = urlparse(url).scheme.lower()
-    if scheme not in SCHEMES:
-        raise UsageError(
-            f'unsupported mirror URL scheme "{scheme}" in {_config.mask_url(url)}; '
-            f"use a path or one of {', '.join(s + '://' for s in SCHEMES)}"
-        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -157,6 +104,8 @@ class Connection:
     base_dir: str  # the directory of the scope that wrote the url
     username: Credential | None = None
     password: Credential | None = None
+    profile: str | None = None
+    endpoint_url: str | None = None
 
     def absolute_url(self, what: str) -> str:
         url = expand_variables(self.url, what)
@@ -223,6 +172,8 @@ class MirrorConfig:
             insecure=self.insecure,
             username=username,
             password=password,
+            s3_profile=conn.profile,
+            s3_endpoint_url=conn.endpoint_url,
         )
 
     def _log(self, direction: str, url: str) -> None:
@@ -254,12 +205,15 @@ class MirrorConfig:
             except ConfigError:
                 url = None
             self._log(direction, url or conn.url)
-            return {
+            described = {
                 "url": url,
                 "configured_url": _config.mask_url(conn.url),
                 "username": conn.username.show(False) if conn.username else None,
                 "password": conn.password.show(True) if conn.password else None,
             }
+            s3 = {"profile": conn.profile, "endpoint_url": conn.endpoint_url}
+            described.update((k, v) for k, v in s3.items() if v is not None)
+            return described
 
         return {
             "name": self.name,
@@ -305,7 +259,8 @@ def _mirror_config(section: _config.Section, name: str) -> MirrorConfig:
     def conn(direction: str) -> Connection | None:
         sub = entry.get(direction)
         if isinstance(sub, str):
-            return Connection(sub, _base_dir(section.origin(name, direction)), *top_pair)
+            return Connection(sub, _base_dir(section.origin(name, direction)), *top_pair,
+                              entry.get("profile"), entry.get("endpoint_url"))
         sub = sub or {}
         if "url" in sub:
             url, origin = sub["url"], section.origin(name, direction, "url")
@@ -314,7 +269,9 @@ def _mirror_config(section: _config.Section, name: str) -> MirrorConfig:
         else:
             return None
         pair = _pair(sub["access_pair"]) if "access_pair" in sub else top_pair
-        return Connection(url, _base_dir(origin), *pair)
+        # As Spack: a direction's own setting, else the mirror's.
+        profile, endpoint = (sub.get(k, entry.get(k)) for k in ("profile", "endpoint_url"))
+        return Connection(url, _base_dir(origin), *pair, profile, endpoint)
 
     return MirrorConfig(
         name,
@@ -455,10 +412,22 @@ class MirrorChanges:
     signed: bool | None = None
     autopush: bool | None = None
     insecure: bool | None = None
+    profile: str | None = None
+    endpoint_url: str | None = None
+
+    @property
+    def settings(self) -> dict[str, str]:
+        """The connection settings that change besides credentials: url, profile, endpoint."""
+        return {
+            k: v
+            for k, v in (("url", self.url), ("profile", self.profile),
+                         ("endpoint_url", self.endpoint_url))
+            if v is not None
+        }
 
     @property
     def connection_changed(self) -> bool:
-        return self.url is not None or self.username is not None or self.password is not None
+        return bool(self.settings) or self.username is not None or self.password is not None
 
 
 @dataclass
@@ -495,10 +464,24 @@ def _set_pair(container: dict, changes: MirrorChanges, inherited: Any = None) ->
         user = changes.username
     if changes.password is not None:
         password = changes.password
-    container["access_pair"] = [
-        user.to_yaml() if user else None,
-        password.to_yaml() if password else None,
-    ]
+    container["access_pair"] = _pair_yaml(user, password)
+
+
+def _pair_yaml(user: Credential | None, password: Credential | None) -> Any:
+    """An access_pair as Spack reads it. A secret from a variable: the mapping
+    ``{id | id_variable, secret_variable}`` (Spack >= 0.23 and 1.x; the only form 1.x reads).
+    A plain-text secret: ``[id, secret]``, which Spack 0.2x reads and 1.x refuses (it takes no
+    plain-text secret)."""
+    if password is not None and password.variable is not None:
+        if user is None:
+            raise UsageError(
+                "a secret from a variable needs a user name or access key id too (Spack's "
+                "access_pair has both): add --oci-username[-variable] or "
+                "--s3-access-key-id[-variable]"
+            )
+        first = {"id_variable": user.variable} if user.variable else {"id": user.literal or ""}
+        return {**first, "secret_variable": password.variable}
+    return [user.to_yaml() if user else None, password.to_yaml() if password else None]
 
 
 def _apply_flags(entry: dict, changes: MirrorChanges) -> None:
@@ -526,6 +509,15 @@ def _url_warnings(name: str, url: str | None, path: str) -> list[str]:
     return []
 
 
+def _spack_warnings(name: str, changes: MirrorChanges) -> list[str]:
+    if changes.insecure:
+        return [
+            f'"insecure" (mirror "{name}") is bincache\'s own setting: Spack refuses a '
+            "mirrors.yaml that holds it, so keep this mirror in a scope Spack does not read"
+        ]
+    return []
+
+
 def add_mirror(
     name: str, url: str, changes: MirrorChanges = MirrorChanges(), scope: str | None = None
 ) -> EditResult:
@@ -539,6 +531,7 @@ def add_mirror(
     target = _config.current().write_scope(scope)
     entry: dict[str, Any] = {"url": url}
     _set_pair(entry, changes)
+    entry.update((k, v) for k, v in changes.settings.items() if k != "url")
     _apply_flags(entry, changes)
 
     def add(current: Any) -> Any:
@@ -550,7 +543,7 @@ def add_mirror(
         return entry
 
     path = _config.update_entry(target, "mirrors", name, add)
-    result = EditResult([path], _url_warnings(name, url, path))
+    result = EditResult([path], _url_warnings(name, url, path) + _spack_warnings(name, changes))
     if changes.password is not None and changes.password.literal is not None:
         result.warnings.append(_plaintext_warning(name, path))
     return result
@@ -573,8 +566,11 @@ def _changed_entry(current: Any, changes: MirrorChanges, direction: str | None) 
         subsections = [d for d in DIRECTIONS if d in entry]
         if direction is None:
             # Both directions: the top level, and every subsection that would shadow it.
-            if changes.url is not None and ("url" in entry or not subsections):
-                entry["url"] = changes.url
+            for k, v in changes.settings.items():
+                # A mirror with only fetch:/push: urls gets no top-level url (that would add
+                # the other direction); profile and endpoint fall back to the top level.
+                if k != "url" or "url" in entry or not subsections:
+                    entry[k] = v
             if "access_pair" in entry or not any(
                 isinstance(entry[d], dict) and "access_pair" in entry[d] for d in subsections
             ):
@@ -582,8 +578,9 @@ def _changed_entry(current: Any, changes: MirrorChanges, direction: str | None) 
         for d in [direction] if direction is not None else subsections:
             was_string = isinstance(entry.get(d), str)
             sub = {"url": entry[d]} if was_string else dict(entry.get(d) or {})
-            if changes.url is not None and (direction is not None or "url" in sub):
-                sub["url"] = changes.url
+            for k, v in changes.settings.items():
+                if direction is not None or k in sub:
+                    sub[k] = v
             if direction is not None or "access_pair" in sub:
                 _set_pair(sub, changes, inherited=entry.get("access_pair"))
             entry[d] = sub["url"] if was_string and set(sub) == {"url"} else sub
@@ -627,7 +624,7 @@ def set_mirror(
         return written[-1]
 
     path = _config.update_entry(target, "mirrors", name, change)
-    result = EditResult([path], _url_warnings(name, changes.url, path))
+    result = EditResult([path], _url_warnings(name, changes.url, path) + _spack_warnings(name, changes))
     if (
         changes.password is not None
         and changes.password.literal is not None

@@ -1,8 +1,9 @@
 """A mirror in an S3 bucket (``s3://bucket/path``), through boto3.
 
-The endpoint and credentials come from boto3's usual sources (environment, ~/.aws) or
-``BINCACHE_S3_ENDPOINT_URL`` for S3-compatible servers. An S3 PUT is atomic: readers see the
-old object or the new one, never a part.
+Per mirror, as Spack spells it: ``access_pair`` (access key id and secret), ``profile`` (a
+profile of ~/.aws/config) and ``endpoint_url`` (an S3-compatible server); otherwise boto3's
+usual sources (environment, ~/.aws), and ``BINCACHE_S3_ENDPOINT_URL``. An S3 PUT is atomic:
+readers see the old object or the new one, never a part.
 """
 
 from __future__ import annotations
@@ -10,38 +11,96 @@ from __future__ import annotations
 import os
 from urllib.parse import urlparse
 
+from ..config import mask_url
 from ..errors import BlobNotFound, MirrorError
 from ..limits import check_size
 from ..redact import redact_url
 
 try:
     import boto3
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        PartialCredentialsError,
+        ProfileNotFound,
+    )
 except ImportError as e:  # boto3 is optional: only s3:// mirrors need it
     raise ImportError(f"boto3 is not installed ({e})") from None
 
+_CREDENTIALS_HINT = (
+    "give the mirror an access key (bincache mirror set --s3-access-key-id ID "
+    "--s3-access-key-secret-variable VAR NAME) or a profile (--s3-profile), or set "
+    "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+)
+
 
 class S3Backend:
-    def __init__(self, url: str, endpoint_url: str | None = None):
+    def __init__(
+        self,
+        url: str,
+        endpoint_url: str | None = None,
+        profile: str | None = None,
+        access_key: tuple[str, str] | None = None,
+    ):
         parsed = urlparse(url)
         self.url = redact_url(url.rstrip("/"))  # for messages: never a password
         self.bucket = parsed.netloc
         self.base = parsed.path.strip("/")
-        endpoint = endpoint_url or os.environ.get("BINCACHE_S3_ENDPOINT_URL") or None
-        self._s3 = boto3.client("s3", endpoint_url=endpoint)
+        self.endpoint = endpoint_url or os.environ.get("BINCACHE_S3_ENDPOINT_URL") or None
+        keys = {}
+        if access_key is not None:
+            keys = {"aws_access_key_id": access_key[0], "aws_secret_access_key": access_key[1]}
+        try:
+            session = boto3.session.Session(profile_name=profile or None)
+            self._s3 = session.client("s3", endpoint_url=self.endpoint, **keys)
+        except ProfileNotFound:
+            raise MirrorError(
+                f"{self.url}: S3 profile {profile!r} is not in ~/.aws/config or "
+                "~/.aws/credentials; add it there or change the mirror's --s3-profile"
+            ) from None
+        except ValueError:  # an endpoint_url that is not a URL
+            raise MirrorError(
+                f"{self.url}: S3 endpoint {mask_url(str(self.endpoint))!r} is not usable; "
+                "give --s3-endpoint-url as http(s)://HOST[:PORT]"
+            ) from None
 
     def _key(self, rel: str) -> str:
         return f"{self.base}/{rel}" if self.base else rel
 
     def _fail(self, action: str, rel: str, e: Exception) -> MirrorError:
-        code = getattr(e, "response", {}).get("Error", {}).get("Code", "") if isinstance(e, ClientError) else ""
+        """One line that says what to do, never botocore's class name or a credential."""
+        where = f"{self.url}/{rel}" if rel else self.url
+        if isinstance(e, (NoCredentialsError, PartialCredentialsError)):
+            return MirrorError(f"cannot {action} {where}: no S3 credentials; {_CREDENTIALS_HINT}")
+        if isinstance(e, EndpointConnectionError):
+            endpoint = mask_url(self.endpoint) if self.endpoint else "AWS"
+            return MirrorError(
+                f"cannot {action} {where}: cannot connect to the S3 endpoint {endpoint}; check "
+                "that it runs, or the mirror's endpoint_url (--s3-endpoint-url)"
+            )
+        err = getattr(e, "response", {}).get("Error", {}) if isinstance(e, ClientError) else {}
+        code = str(err.get("Code", ""))
         if code in ("404", "NoSuchKey", "NotFound"):
-            return BlobNotFound(f"{self.url}/{rel} does not exist")
-        if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-            return MirrorError(f"{self.url}: access denied ({code}); check the S3 credentials")
+            return BlobNotFound(f"{where} does not exist")
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
+                    "ExpiredToken"):
+            return MirrorError(
+                f"{self.url}: the S3 server refused the credentials ({code}); {_CREDENTIALS_HINT}"
+            )
+        if code in ("403", "AccessDenied", "AllAccessDisabled"):
+            return MirrorError(
+                f"{self.url}: access denied; the S3 credentials in use may not {action} "
+                f"bucket {self.bucket} (check the bucket policy, or use other credentials)"
+            )
         if code == "NoSuchBucket":
-            return MirrorError(f"{self.url}: bucket {self.bucket} does not exist")
-        return MirrorError(f"cannot {action} {self.url}/{rel}: {code or e.__class__.__name__}")
+            return MirrorError(
+                f"{self.url}: bucket {self.bucket} does not exist; create it, or check the "
+                "mirror URL and endpoint_url"
+            )
+        detail = str(err.get("Message") or code) if err else str(e)
+        return MirrorError(f"cannot {action} {where}: {detail or 'S3 request failed'}")
 
     def check_writable(self) -> None:
         try:
@@ -92,7 +151,8 @@ class S3Backend:
         except (ClientError, BotoCoreError) as e:
             raise self._fail("write", rel, e) from None
         except Exception as e:  # boto3's S3UploadFailedError wraps ClientError
-            raise MirrorError(f"cannot write {self.url}/{rel}: {e}") from None
+            cause = e.__context__ if isinstance(e.__context__, (ClientError, BotoCoreError)) else e
+            raise self._fail("write", rel, cause) from None
 
     def list(self, rel_dir: str) -> list[str]:
         prefix = self._key(rel_dir).rstrip("/") + "/"

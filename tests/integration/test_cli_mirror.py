@@ -33,7 +33,7 @@ def test_add_set_set_url_remove_round_trip_the_file(user_file):
     after_add = (
         "mirrors:\n"
         "  local:\n    url: ./cache\n    signed: false\n    autopush: true\n"
-        "  ghcr:\n    url: oci://ghcr.io/org/cache\n    access_pair: [bot, {variable: GHCR_TOKEN}]\n"
+        "  ghcr:\n    url: oci://ghcr.io/org/cache\n    access_pair: {id: bot, secret_variable: GHCR_TOKEN}\n"
     )
     assert read(user_file) == after_add
 
@@ -48,7 +48,7 @@ def test_add_set_set_url_remove_round_trip_the_file(user_file):
     ok("mirror", "set", "--push", "--oci-password-variable", "$PUSH_TOKEN", "ghcr")
     after_push_creds = after_set + (
         "    push:\n      url: oci://ghcr.io/org/staging\n"
-        "      access_pair: [bot, {variable: PUSH_TOKEN}]\n"
+        "      access_pair: {id: bot, secret_variable: PUSH_TOKEN}\n"
     )
     assert read(user_file) == after_push_creds
 
@@ -93,7 +93,8 @@ def test_credentials_given_as_variables_never_land_in_files_or_output(user_file)
     ok("mirror", "add", "--oci-username-variable", "MY_USER", "--oci-password-variable", "MY_TOKEN",
        "reg", "oci://registry.example.org/cache", env=env)
     text = read(user_file)
-    assert "{variable: MY_USER}" in text and "{variable: MY_TOKEN}" in text
+    # Spack's form (0.23 and 1.x read it): variable names only.
+    assert "access_pair: {id_variable: MY_USER, secret_variable: MY_TOKEN}" in text
     assert secret not in text and user not in text
     for args in (["mirror", "list"], ["mirror", "list", "--json"], ["--debug", "mirror", "list"],
                  ["--debug", "config", "get", "mirrors"], ["config", "blame", "mirrors"]):

@@ -1,0 +1,62 @@
+"""Mirror locations as written in a configuration or on a command line: ``$VARIABLES``, ``~``,
+relative paths (against a scope's directory) and the URL schemes a mirror may use."""
+
+from __future__ import annotations
+
+import os
+import re
+from urllib.parse import urlparse
+
+from .. import config as _config
+from ..errors import ConfigError, UsageError
+
+#: URL schemes a mirror may use; a string without a scheme is a local path.
+SCHEMES = ("file", "http", "https", "s3", "oci", "oci+http")
+
+
+_VAR = re.compile(r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)\}|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))")
+
+
+def expand_variables(text: str, what: str = "value") -> str:
+    """``$NAME``/``${NAME}`` from the environment and a leading ``~``; unset is an error."""
+
+    def sub(m: re.Match) -> str:
+        name = m.group("braced") or m.group("plain")
+        value = os.environ.get(name)
+        if value is None:
+            shown = _config.mask_url(text)
+            raise ConfigError(f"{what} {shown!r} uses ${name}, which is not set in the environment")
+        return value
+
+    text = _VAR.sub(sub, text)
+    if text.startswith("~"):
+        text = os.path.expanduser(text)
+    return text
+
+
+def _has_scheme(text: str) -> bool:
+    parsed = urlparse(text)
+    return bool(parsed.scheme) and len(parsed.scheme) > 1 and "://" in text
+
+
+def path_to_url(path: str, base_dir: str | None = None) -> str:
+    """A local path or URL as an absolute URL; a relative path is taken against ``base_dir``
+    (default: the current directory)."""
+    if _has_scheme(path):
+        return path
+    path = os.path.expanduser(path)
+    if not os.path.isabs(path):
+        path = os.path.join(base_dir or os.getcwd(), path)
+    return "file://" + os.path.normpath(path)
+
+
+def check_url(url: str) -> None:
+    """Refuse a URL whose scheme no backend serves (a path without a scheme is fine)."""
+    if not _has_scheme(url):
+        return
+    scheme = urlparse(url).scheme.lower()
+    if scheme not in SCHEMES:
+        raise UsageError(
+            f'unsupported mirror URL scheme "{scheme}" in {_config.mask_url(url)}; '
+            f"use a path or one of {', '.join(s + '://' for s in SCHEMES)}"
+        )
