@@ -190,7 +190,8 @@ def list_mirror(mirror: str | MirrorRef) -> tuple[list[_index.IndexEntry], bool]
 def install(specs: Sequence[str] | str, *, mirrors: Sequence[str | MirrorRef] | str | MirrorRef = (),
             root: str | None = None, unsigned: bool | None = None, force: bool = False, jobs: int = 1,
             allow_unrelocated: bool = False, projection: str | None = None,
-            progress: Callable[[str, Any], None] | None = None, **unknown: object) -> Any:
+            progress: Callable[[str, Any], None] | None = None, otherarch: bool = False,
+            **unknown: object) -> Any:
     """Install specs and their dependencies from mirrors into an install tree.
 
     ``specs`` and ``mirrors`` take lists; one string is one item. The options are those of
@@ -198,12 +199,14 @@ def install(specs: Sequence[str] | str, *, mirrors: Sequence[str | MirrorRef] | 
     Returns a :class:`bincache.install.InstallResult`.
     """
     _refuse_unknown("install", unknown, ("mirrors", "root", "unsigned", "force", "jobs",
-                                         "allow_unrelocated", "projection", "progress"))
+                                         "allow_unrelocated", "projection", "progress",
+                                         "otherarch"))
     from . import install as _install
 
     return _install.install(_as_list(specs, "specs"), mirrors=_mirrors(mirrors, "fetch"),
                             root=resolve_root(root), unsigned=unsigned, force=force, jobs=jobs,
-                            allow_unrelocated=allow_unrelocated, projection=projection, progress=progress)
+                            allow_unrelocated=allow_unrelocated, projection=projection, progress=progress,
+                            otherarch=otherarch)
 
 
 def download(specs: Sequence[str] | str, dest: str = ".", *,

@@ -57,6 +57,7 @@ from .spec import (
     InstalledSpec,
     InstallTree,
     Spec,
+    host_arch,
     parse_specfile,
     specfile_dict,
 )
@@ -246,6 +247,7 @@ class _Installer:
         self.root = self.tree.root  # Spack's configured root: its padded store below it
         self.created_dirs: list[str] = []  # deepest first
         self.local_blobs = True  # extract local mirrors' blobs in place (download copies them)
+        self.otherarch = False  # packages of another platform/OS are refused at plan time
         self.staging_base: str | None = None
         self.staging: str | None = None
         self.staging_dir: PrivateDir | None = None
@@ -342,6 +344,11 @@ class _Installer:
                 problems.append((f"{name}/{h[:7]} (needed by {needed_by}): the mirror's package "
                                  f"with that hash is {plan.spec.short()}: refusing a substituted "
                                  "package", SpecError))
+                return
+            other = None if self.otherarch else _other_arch(plan.spec)
+            if other is not None:
+                problems.append((f"{plan.spec.short()}: {other}; install it anyway with "
+                                 "-o/--otherarch", SpecError))
                 return
             plan.replace = inst is not None
             nodes = {n.hash: n for n in plan.nodes}
@@ -578,6 +585,17 @@ class _Installer:
                          explicit=plan.explicit)
 
 
+def _other_arch(spec: Spec) -> str | None:
+    """Why ``spec`` is not for this machine (Spack's rule: platform and OS), or None."""
+    here = host_arch()
+    arch = spec.arch
+    theirs = [str(arch.get(k)) for k in ("platform", "platform_os") if arch.get(k) is not None]
+    mine = [here[k] for k in ("platform", "platform_os") if arch.get(k) is not None]
+    if theirs == mine:
+        return None
+    return f"built for {'-'.join(theirs)}, this machine is {'-'.join(mine)}"
+
+
 def _filed_as(spec: Spec, item) -> bool:
     """Whether the verified root node is the package the mirror listed (name, version, hash)."""
     if spec.hash != item.hash:
@@ -632,6 +650,7 @@ def install(
     allow_unrelocated: bool = False,
     projection: str | None = None,
     progress: Callable[[str, PackagePlan], None] | None = None,
+    otherarch: bool = False,
 ) -> InstallResult:
     """Install ``specs`` (selectors: ``name``, ``name@version``, ``/hash``) and their link/run
     dependencies from ``mirrors`` into the install tree ``root``.
@@ -648,6 +667,8 @@ def install(
             ``install_tree:projections:all``).
         progress: called with (step, package plan) as work goes on: "planned" for each package
             to install, then "fetch", "fetched", "extract", "relocate", "installed".
+        otherarch: install packages built for another platform or OS (as Spack, refused
+            otherwise: such a binary rarely runs here).
 
     Raises:
         InstallError: listing every problem of the plan; the install tree is unchanged.
@@ -662,6 +683,7 @@ def install(
         mirrors = configured_mirrors("fetch")
     inst = _Installer(root, force=force, jobs=jobs, allow_unrelocated=allow_unrelocated,
                       projection=projection, progress=progress)
+    inst.otherarch = otherarch
     with tempfile.TemporaryDirectory(prefix="bincache-specs-") as scratch:
         plans, skipped = inst.resolve(specs, mirrors, scratch, unsigned)
     result = InstallResult(skipped=skipped)
@@ -781,6 +803,7 @@ def download(
         inst = _Installer(os.path.join(scratch, "root"), force=False, jobs=jobs,
                           allow_unrelocated=True, projection=None, progress=progress)
         inst.local_blobs = False
+        inst.otherarch = True  # fetching for another machine is what download is for
         plans, _ = inst.resolve(specs, mirrors, scratch, unsigned)
         if not with_dependencies:
             plans = [p for p in plans if p.explicit]

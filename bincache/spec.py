@@ -582,19 +582,68 @@ def db_node(spec: Spec, db_version: str) -> dict:
 
 
 def matches(spec: Spec, selector: str) -> bool:
-    """Whether a spec matches ``name``, ``name@version``, ``/hashprefix`` or ``name@version/hash``."""
+    """Whether a spec matches ``name``, ``name@VERSIONS``, ``/hashprefix`` or
+    ``name@VERSIONS/hash``, with Spack's version syntax: ``@1.3`` is 1.3 and every 1.3.x,
+    ``@=1.3`` exactly 1.3, ``@1.2:1.4`` / ``@1.3:`` / ``@:1.4`` ranges (bounds included, as
+    prefixes), and ``@1.2,1.4:`` any of several."""
     sel = selector.strip()
     h = None
     if "/" in sel:
         sel, _, h = sel.partition("/")
     name, _, version = sel.partition("@")
+    name = name.strip()
     if name and spec.name != name:
         return False
-    if version and spec.version != version:
+    if version and not version_satisfies(spec.version, version.strip()):
         return False
     if h and not spec.hash.startswith(h.lower()):
         return False
     return bool(name or h)
+
+
+# Spack's order of version components: words < numbers < these words (vn/version.py).
+_INFINITY_VERSIONS = ("stable", "trunk", "head", "master", "main", "develop")
+
+
+def _version_key(version: str) -> tuple:
+    key = []
+    for part in re.findall(r"\d+|[A-Za-z]+", version):
+        if part.isdigit():
+            key.append((1, int(part), ""))
+        elif part.lower() in _INFINITY_VERSIONS:
+            key.append((2, _INFINITY_VERSIONS.index(part.lower()), ""))
+        else:
+            key.append((0, 0, part))
+    return tuple(key)
+
+
+def _at_least(version: tuple, low: tuple) -> bool:
+    return not low or version >= low
+
+
+def _at_most(version: tuple, high: tuple) -> bool:
+    # An upper bound is a prefix: 1.3.9 is within @:1.3.
+    return not high or version <= high or version[: len(high)] == high
+
+
+def version_satisfies(version: str, constraint: str) -> bool:
+    """Whether ``version`` satisfies a Spack version constraint (see :func:`matches`)."""
+    v = _version_key(version)
+    for part in (p.strip() for p in constraint.split(",")):
+        if not part:
+            continue
+        if part.startswith("="):
+            if version == part[1:]:
+                return True
+        elif ":" in part:
+            low, _, high = part.partition(":")
+            if _at_least(v, _version_key(low)) and _at_most(v, _version_key(high)):
+                return True
+        else:
+            p = _version_key(part)
+            if version == part or (p and v[: len(p)] == p):
+                return True
+    return False
 
 
 # ---------------------------------------------------------------------------------------------

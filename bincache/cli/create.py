@@ -25,7 +25,7 @@ def register(sub) -> None:
         p.add_argument("--compression-level", type=int, default=None, metavar="N",
                        help="deflate level 0-9 (default: the native core's fast level)")
         sign = p.add_mutually_exclusive_group()
-        sign.add_argument("--unsigned", dest="signed", action="store_false", default=None, help="do not sign")
+        sign.add_argument("-u", "--unsigned", dest="signed", action="store_false", default=None, help="do not sign")
         sign.add_argument("--signed", dest="signed", action="store_true", help="sign even if the mirror says signed: false")
         p.add_argument("-k", "--key", help="GnuPG key to sign with")
         p.add_argument("--rebuild-index", "--update-index", dest="rebuild_index", action="store_true",
@@ -34,7 +34,7 @@ def register(sub) -> None:
                        help="build cache layout of a directory or s3 mirror: v2 for Spack < 1.0, v3 "
                        "for Spack >= 1.0 (default: the one the mirror holds, else v3)")
         p.add_argument("--base-image", metavar="IMAGE", help="OCI: put the packages on this base image")
-        p.add_argument("--tag", metavar="TAG", help="OCI: also tag all pushed specs as one image")
+        p.add_argument("-t", "--tag", metavar="TAG", help="OCI: also tag all pushed specs as one image")
         p.add_argument("--json", action="store_true", help="print a JSON summary")
         add_verbosity(p, suppress=True)
         p.add_argument("-d", "--directory", help=argparse.SUPPRESS)
@@ -57,9 +57,20 @@ def register(sub) -> None:
     add_verbosity(p, suppress=True)
     p.set_defaults(func=cmd_update_index)
 
-    p = sub.add_parser("list", help="list the packages a mirror holds")
+    p = sub.add_parser("list", help="list the packages a mirror holds",
+                       description="List the packages of MIRROR (default: every configured mirror) "
+                       "built for this machine's platform and OS (-a: every architecture).")
     p.add_argument("mirror", nargs="?", help="mirror name, path or URL (default: every configured mirror)")
-    p.add_argument("specs", nargs="*", help="only specs matching these")
+    p.add_argument("specs", nargs="*", help="only specs matching these (name, name@1.2:1.4, /hash)")
+    # Spack's `buildcache list` spellings.
+    hashes = p.add_mutually_exclusive_group()
+    hashes.add_argument("-l", "--long", dest="hash_length", action="store_const", const=7,
+                        default=7, help="show the hash (the default)")
+    hashes.add_argument("-L", "--very-long", dest="hash_length", action="store_const", const=32,
+                        help="show the full hash")
+    p.add_argument("-v", "--variants", action="store_true", help="show each package's variants")
+    p.add_argument("-a", "--allarch", action="store_true",
+                   help="list packages of every architecture, not only this machine's")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_list)
 
@@ -217,8 +228,11 @@ def cmd_update_index(args) -> int:
 
 
 def cmd_list(args) -> int:
+    from ..spec import host_arch
+
     mirrors = [args.mirror] if args.mirror else _configured_fetch_mirrors()
-    rows, data = [], []
+    host = host_arch()
+    rows, data, other_arch = [], [], 0
     for m in mirrors:
         try:
             entries, from_index = api.list_mirror(m)
@@ -233,18 +247,52 @@ def cmd_list(args) -> int:
         for e in entries:
             if args.specs and not any(_match(e, s) for s in args.specs):
                 continue
+            arch = e.spec.arch
+            if not args.allarch and not _same_platform_os(arch, host):
+                other_arch += 1
+                continue
+            arch_text = "-".join((e.spec.platform, str(arch.get("platform_os", "-")), e.spec.target))
             data.append({"name": e.spec.name, "version": e.spec.version, "hash": e.spec.hash,
                          "size": e.size, "arch": f"{e.spec.platform}-{e.spec.target}",
-                         "mirror": str(m)})
-            rows.append([e.spec.name, e.spec.version, e.spec.hash[:7], human_size(e.size) if e.size else "-"])
+                         "platform_os": arch.get("platform_os"), "mirror": str(m)})
+            row = [e.spec.name, e.spec.version, e.spec.hash[:args.hash_length], arch_text,
+                   human_size(e.size) if e.size else "-"]
+            if args.variants:
+                row.append(_variants(e.spec) or "-")
+            rows.append(row)
     if args.json:
         print_json(data)
-    elif rows:
-        table(rows, ["NAME", "VERSION", "HASH", "SIZE"])
+        return 0
+    if rows:
+        headers = ["NAME", "VERSION", "HASH", "ARCH", "SIZE"] + (["VARIANTS"] if args.variants else [])
+        table(rows, headers)
         print(f"{len(rows)} package{'' if len(rows) == 1 else 's'}")
     else:
         print("no packages")
+    if other_arch:
+        print(f"({other_arch} for other architectures not shown: -a lists them)")
     return 0
+
+
+def _same_platform_os(arch: dict, host: dict) -> bool:
+    """Spack's default for list and install: this machine's platform and OS."""
+    return all(arch.get(k) in (None, host[k]) for k in ("platform", "platform_os"))
+
+
+def _variants(spec) -> str:
+    """Spack's variant syntax (+shared ~static build_type=Release) from the node's parameters."""
+    params = spec.node.get("parameters") or {}
+    out = []
+    for k, v in sorted(params.items()):
+        if k in ("cflags", "cppflags", "cxxflags", "fflags", "ldflags", "ldlibs", "patches"):
+            continue
+        if isinstance(v, bool):
+            out.append(("+" if v else "~") + k)
+        elif isinstance(v, list):
+            out.append(f"{k}={','.join(map(str, v))}")
+        else:
+            out.append(f"{k}={v}")
+    return " ".join(out)
 
 
 def _match(entry, selector: str) -> bool:

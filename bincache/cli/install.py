@@ -7,6 +7,7 @@ import sys
 import threading
 
 from .. import api
+from ..errors import UsageError
 from .output import LiveStatus, add_verbosity, human_size, print_json, verbosity
 
 
@@ -20,6 +21,8 @@ def register(sub) -> None:
     p.add_argument("specs", nargs="+", help="specs to install: name, name@version, /hash")
     _mirror_options(p)
     p.add_argument("-f", "--force", action="store_true", help="reinstall specs already installed")
+    p.add_argument("-o", "--otherarch", action="store_true",
+                   help="install packages built for another platform or OS than this machine's")
     p.add_argument(
         "--allow-unrelocated",
         action="store_true",
@@ -41,9 +44,11 @@ def register(sub) -> None:
         description="Fetch SPECS and their dependencies, check signatures, sizes and SHA-256, and "
         "write <name>-<version>-<hash>.tar.gz and .spec.json into DIR.",
     )
-    p.add_argument("specs", nargs="+", help="specs to fetch: name, name@version, /hash")
+    p.add_argument("specs", nargs="*", help="specs to fetch: name, name@version, /hash")
+    p.add_argument("-s", "--spec", dest="spec_options", action="append", default=[],
+                   metavar="SPEC", help="a spec to fetch (Spack's spelling; repeatable)")
     _mirror_options(p)
-    p.add_argument("-d", "--dest", "--path", dest="dest", default=".", metavar="DIR",
+    p.add_argument("-d", "-p", "--dest", "--path", dest="dest", default=".", metavar="DIR",
                    help="where to write the files (default: the current directory)")
     p.add_argument("--only", choices=["package"], help="do not fetch dependencies")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
@@ -54,7 +59,7 @@ def register(sub) -> None:
 def _mirror_options(p) -> None:
     p.add_argument("-m", "--mirror", action="append", default=[], metavar="M",
                    help="mirror name, path or URL (repeatable; default: every configured mirror)")
-    p.add_argument("--unsigned", dest="unsigned", action="store_true", default=None,
+    p.add_argument("-u", "--unsigned", dest="unsigned", action="store_true", default=None,
                    help="do not check signatures (overrides the mirror's signed setting)")
     p.add_argument("-j", "--jobs", type=int, default=2, metavar="N",
                    help="packages fetched and extracted at once (default 2)")
@@ -104,6 +109,7 @@ def cmd_install(args) -> int:
             allow_unrelocated=args.allow_unrelocated,
             projection=args.projection,
             progress=progress,
+            otherarch=args.otherarch,
         )
     finally:
         progress.live.close()
@@ -144,10 +150,13 @@ def cmd_install(args) -> int:
 
 
 def cmd_download(args) -> int:
+    specs = list(args.specs) + list(args.spec_options)
+    if not specs:
+        raise UsageError("give a spec to fetch: bincache download SPEC or -s SPEC")
     progress = _PlanProgress(args, lambda plan: f"downloaded {plan.spec.short():30s} "
                              f"{human_size(plan.manifest.tarball.content_length):>10s}")
     try:
-        got = api.download(args.specs, args.dest, mirrors=args.mirror, unsigned=args.unsigned, jobs=args.jobs,
+        got = api.download(specs, args.dest, mirrors=args.mirror, unsigned=args.unsigned, jobs=args.jobs,
                            with_dependencies=args.only != "package", progress=progress)
     finally:
         progress.live.close()
