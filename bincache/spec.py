@@ -144,14 +144,40 @@ class Spec:
         return tuple(d for d in self.deps if set(d.deptypes) & {"link", "run"})
 
     def projection(self, template: str = DEFAULT_PROJECTION) -> str:
-        try:
-            return template.format(
-                platform=self.platform, target=self.target, name=self.name,
-                version=self.version, hash=self.hash,
-            )
-        except (KeyError, ValueError, IndexError, AttributeError) as e:
-            raise UsageError(f"invalid projection {template!r} ({e}); use the fields {{platform}}, "
-                             "{target}, {name}, {version} and {hash}") from None
+        """The prefix path under the root: bincache's fields, or Spack's projection syntax
+        (``{architecture}/{compiler.name}-{compiler.version}/{name}-{version}-{hash:7}``), so a
+        Spack config.yaml's ``install_tree:projections:all`` works as it is."""
+
+        def field_value(m: re.Match) -> str:
+            token = m.group(1)
+            sigil = token[0] if token[:1] in ("@", "/") else ""
+            key, _, width = token[len(sigil):].partition(":")
+            value = self._projection_field(key)
+            if value is None or (width and not (width.isdigit() and key == "hash")):
+                raise UsageError(
+                    f"invalid projection {template!r} (unknown field {{{token}}}); use {{name}}, "
+                    "{version}, {hash}, {hash:N}, {platform}, {os}, {target}, {architecture}, "
+                    "{architecture.platform|os|target}, {compiler.name}, {compiler.version}, "
+                    "{namespace}")
+            return sigil + (value[: int(width)] if width else value)
+
+        return re.sub(r"\{([^{}]*)\}", field_value, template)
+
+    def _projection_field(self, key: str) -> str | None:
+        arch_os = str(self.arch.get("platform_os") or "none")
+        compiler = self.node.get("compiler") if isinstance(self.node.get("compiler"), dict) else {}
+        values = {
+            "name": self.name, "version": self.version, "hash": self.hash,
+            "namespace": str(self.node.get("namespace") or "builtin"),
+            "platform": self.platform, "target": self.target, "os": arch_os,
+            "architecture": f"{self.platform}-{arch_os}-{self.target}",
+            "architecture.platform": self.platform, "architecture.os": arch_os,
+            "architecture.platform_os": arch_os, "architecture.target": self.target,
+            # Spack >= 1.0 has compilers as dependencies; a v4 node names its own.
+            "compiler.name": str(compiler.get("name") or "none"),
+            "compiler.version": str(compiler.get("version") or "none"),
+        }
+        return values.get(key)
 
 
 def _check_arch(arch, name: str) -> None:

@@ -96,3 +96,21 @@ def test_download_takes_spacks_spec_and_path_options(mirror, tmp_path):
     assert p.stderr.strip().splitlines()[-1] == (
         "error: give a spec to fetch: bincache download SPEC or -s SPEC")
 
+
+
+def test_spacks_config_yaml_projection_lays_out_the_install(mirror, tmp_path):
+    import shutil
+
+    scope = tmp_path / "spack-scope"
+    scope.mkdir()
+    shutil.copy(os.path.join(os.path.dirname(__file__), "..", "fixtures", "spack_config", "config.yaml"),
+                scope / "config.yaml")
+    root = tmp_path / "tree"
+    p = run_cli("-C", str(scope), "--root", str(root), "install", "-u", "-m", mirror, "foo@1.4",
+                check=True)
+    # Spack's {name}-{version}-{hash:7}; padded_length, build_jobs... only warned about.
+    [prefix] = [d for d in os.listdir(root) if d.startswith("foo-")]
+    assert len(prefix) == len("foo-1.4.0-") + 7
+    assert subprocess.run([str(root / prefix / "bin" / "foo")], capture_output=True,
+                          text=True).stdout == "foo 1.4.0\n"
+    assert "install_tree:padded_length: a Spack setting that bincache does not use" in p.stderr
