@@ -30,7 +30,6 @@ import dataclasses
 import difflib
 import logging
 import os
-import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
