@@ -187,3 +187,34 @@ def test_ctrl_c_stops_in_the_middle_of_one_large_file(tmp_path):
     assert "0 pushed whole, 1 not pushed" in err and "Traceback" not in err
     assert _whole_packages(mirror) == []
     assert not os.path.exists(os.path.join(mirror, ".bincache-staging"))
+
+
+def test_install_on_a_terminal_shows_the_live_line_and_each_package(tmp_path):
+    root = str(tmp_path / "root")
+    for name in ("a", "b", "c"):
+        prefix = os.path.join(root, f"{name}-1.0")
+        os.makedirs(prefix)
+        open(os.path.join(prefix, "file"), "w").write(name * 1000)
+        register_prefix(prefix, name, "1.0", root=root)
+    mirror = str(tmp_path / "mirror")
+    run_cli("--root", root, "create", "--unsigned", mirror, check=True)
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "bincache", "--root", str(tmp_path / "new"), "install",
+                             "--unsigned", "--mirror", mirror, "a", "b", "c"],
+                            stdin=terminal, stdout=terminal, stderr=terminal,
+                            env=dict(os.environ, PYTHONPATH=REPO), close_fds=True)
+    os.close(terminal)
+    try:
+        seen = _read_until(controller, b"already there", time.monotonic() + 60)  # read as it runs
+        rc = proc.wait(timeout=30)
+        text = (seen + _drain(controller)).decode(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(controller)
+    assert rc == 0, text
+    assert re.search(r"\[\d/3\] [abc]@1\.0/\w+", text)  # the live line, with the package at work
+    for name in ("a", "b", "c"):
+        assert text.count(f"installed {name}@1.0/") == 1  # printed once, as it finished
+    assert "3 installed, 0 already there" in text
