@@ -25,12 +25,13 @@ import pytest
 from bincache.spec import register_prefix
 from tests.conftest import REPO, run_cli
 
-PACKAGES = 40
-FILES = 2
+PACKAGES = 60
+FILES = 3
 FILE_BYTES = 1 << 20
-# 16 letters at random: zlib's level 9 crawls on it (about 5 MB/s a core here), so the whole
-# push (80 MB) takes well over ten seconds, and each file is a fraction of a second.
-_LETTERS = bytes(97 + (b % 16) for b in range(256))
+# 8 letters at random: zlib's level 9 crawls on it (a few MB/s a core), so the whole push
+# (180 MB) takes well over ten seconds, while each 1 MB piece the C core compresses is a
+# fraction of a second (what a cancel may have to wait for).
+_LETTERS = bytes(97 + (b % 8) for b in range(256))
 
 
 @pytest.fixture
@@ -100,13 +101,16 @@ def test_a_long_push_shows_progress_at_once_and_stops_on_ctrl_c(slow_tree, tmp_p
         stdin=terminal, stdout=terminal, stderr=terminal, env=env, close_fds=True)
     os.close(terminal)
     try:
-        seen = _read_until(controller, b"/40] pkg", t0 + 10)
+        seen = _read_until(controller, f"/{PACKAGES}] pkg".encode(), t0 + 10)
         shown = time.monotonic() - t0
-        assert b"/40] pkg" in seen, seen
+        assert f"/{PACKAGES}] pkg".encode() in seen, seen
         assert shown < 5, f"the status line came after {shown:.1f}s"
         # Let a few packages finish, so the interrupt falls in the middle of the work.
-        seen += _read_until(controller, b"pushed   pkg02", time.monotonic() + 20)
+        seen += _read_until(controller, b"pushed   pkg02", time.monotonic() + 60)
         assert proc.poll() is None, "the push finished before it could be interrupted"
+        # Three packages took this long: the whole push would take over ten seconds.
+        estimate = (time.monotonic() - t0) / 3 * PACKAGES
+        assert estimate > 10, f"the push would take {estimate:.1f}s only"
         proc.send_signal(signal.SIGINT)
         t_int = time.monotonic()
         rc = proc.wait(timeout=10)
