@@ -264,3 +264,13 @@ def write_cache_page(mirror: str | MirrorRef, out_dir: str | None = None, *,
 
     direction = "push" if out_dir is None else "fetch"
     return write_page(open_cache(_mirror(mirror, direction)), out_dir, mirror_url=url, jobs=jobs)
+
+
+def prune(mirrors: list[str | MirrorRef], keep: list[str] = (), *, newest: int = 0,
+          yes: bool = False, grace: float = 3600.0, jobs: int = 8):
+    """Mark and sweep mirrors from roots; a dry run unless ``yes``. See
+    :mod:`bincache.lifecycle.prune`."""
+    from .lifecycle.prune import prune as _prune
+
+    return _prune([_mirror(m, "push") for m in mirrors], list(keep), newest=newest, yes=yes,
+                  grace=grace, jobs=jobs)

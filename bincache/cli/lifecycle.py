@@ -1,4 +1,4 @@
-"""Verbs for a cache's life after the push: check, migrate, browse."""
+"""Verbs for a cache's life after the push: check, migrate, browse, prune."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 from .. import api
 from ..errors import UsageError
-from .output import print_json, table
+from .output import human_size, print_json, table
 
 
 def register(sub) -> None:
@@ -65,6 +65,27 @@ def register(sub) -> None:
                    "(default: the mirror's, or where the page is served from)")
     p.add_argument("-j", "--jobs", type=int, default=8, metavar="N", help="signatures checked at once")
     p.set_defaults(func=cmd_browse)
+
+    p = sub.add_parser(
+        "prune", help="delete what no root needs (mark and sweep; a dry run unless --yes)",
+        description="Keep every package reachable from the roots through its dependencies and "
+        "delete the rest: manifests first, then blobs no remaining manifest names, except blobs "
+        "younger than --grace (a push running meanwhile keeps its uploads). Roots: specs "
+        "(name, name@version, /hash), files of hashes, spack.lock files, --keep-newest N. "
+        "With -m, several mirrors at once, roots from all of them. Directory mirrors (layout v3).")
+    p.add_argument("mirror", nargs="?", help="mirror path (or -m, repeatable)")
+    p.add_argument("-m", "--mirror", dest="mirrors", action="append", default=[], metavar="M",
+                   help="a mirror to prune (repeatable)")
+    p.add_argument("-k", "--keep", action="extend", nargs="+", default=[], metavar="ROOT",
+                   help="a spec, a file of hashes, or a spack.lock")
+    p.add_argument("--keep-newest", type=int, default=0, metavar="N",
+                   help="also keep the N most recently pushed packages of each name")
+    p.add_argument("--grace", type=float, default=3600.0, metavar="SECONDS",
+                   help="never delete blobs younger than this (default 3600)")
+    p.add_argument("-y", "--yes", action="store_true", help="delete (default: only list)")
+    p.add_argument("-j", "--jobs", type=int, default=8, metavar="N", help="manifests read at once")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(func=cmd_prune)
 
 
 def cmd_check(args) -> int:
@@ -155,4 +176,33 @@ def cmd_migrate(args) -> int:
 def cmd_browse(args) -> int:
     page = api.write_cache_page(args.mirror, args.output, url=args.url, jobs=max(1, args.jobs))
     print(f"page written: {page.path} ({page.packages} packages)")
+    return 0
+
+
+def cmd_prune(args) -> int:
+    mirrors = list(args.mirrors) + ([args.mirror] if args.mirror else [])
+    if not mirrors:
+        raise UsageError("give the mirror to prune: bincache prune MIRROR --keep ROOT...")
+    if args.keep_newest < 0 or args.jobs < 1:
+        raise UsageError("--keep-newest and -j take positive numbers")
+    result = api.prune(mirrors, args.keep, newest=args.keep_newest, yes=args.yes,
+                       grace=args.grace, jobs=args.jobs)
+    if args.json:
+        print_json({"dry_run": result.dry_run,
+                    "roots": [{"name": s.name, "version": s.version, "hash": s.hash} for s in result.roots],
+                    "mirrors": [{"url": m.url,
+                                 "kept": [s.hash for s in m.kept], "deleted": [s.hash for s in m.deleted],
+                                 "blobs_deleted": m.blobs_deleted, "bytes_freed": m.bytes_freed,
+                                 "blobs_young": m.blobs_young} for m in result.mirrors]})
+        return 0
+    verb = "would delete" if result.dry_run else "deleted"
+    for m in result.mirrors:
+        for s in m.deleted:
+            print(f"{verb}  {s.short()}")
+        young = f"; {m.blobs_young} unreferenced blobs kept, younger than --grace" if m.blobs_young else ""
+        print(f"{m.url}: {len(m.kept)} kept, {len(m.deleted)} {verb}; {m.blobs_deleted} blobs "
+              f"({human_size(m.bytes_freed)}) {verb}{young}")
+    print(f"{len(result.roots)} roots")
+    if result.dry_run:
+        print("dry run: nothing deleted; add --yes to delete")
     return 0
