@@ -21,7 +21,7 @@ from .root import optional_root, resolve_root
 from .spec import InstalledSpec, InstallTree, register_prefix
 
 __all__ = ["register", "push", "push_prefix", "update_index", "list_mirror", "install", "download",
-           "on_build_finished", "check", "resolve_root", "UsageError", "PushInterrupted", "PushProgress",
+           "on_build_finished", "check", "migrate", "write_cache_page", "prune", "sync", "resolve_root", "UsageError", "PushInterrupted", "PushProgress",
            "PushResult", "AutopushResult"]
 
 
@@ -266,11 +266,23 @@ def write_cache_page(mirror: str | MirrorRef, out_dir: str | None = None, *,
     return write_page(open_cache(_mirror(mirror, direction)), out_dir, mirror_url=url, jobs=jobs)
 
 
-def prune(mirrors: list[str | MirrorRef], keep: list[str] = (), *, newest: int = 0,
-          yes: bool = False, grace: float = 3600.0, jobs: int = 8):
+def prune(mirrors: Sequence[str | MirrorRef] | str | MirrorRef, keep: Sequence[str] | str = (), *,
+          newest: int = 0, yes: bool = False, grace: float = 3600.0, jobs: int = 8) -> Any:
     """Mark and sweep mirrors from roots; a dry run unless ``yes``. See
     :mod:`bincache.lifecycle.prune`."""
     from .lifecycle.prune import prune as _prune
 
-    return _prune([_mirror(m, "push") for m in mirrors], list(keep), newest=newest, yes=yes,
+    return _prune(_mirrors(mirrors, "push"), _as_list(keep, "keep"), newest=newest, yes=yes,
                   grace=grace, jobs=jobs)
+
+
+def sync(source: str | MirrorRef, dest: str | MirrorRef, specs: Sequence[str] | str = (), *,
+         only_package: bool = False, jobs: int = 4, update_index: bool = True,
+         planned: Any = None, copied: Any = None) -> Any:
+    """Copy packages (and their dependencies) between layout v3 mirrors, signatures as they
+    are; see :mod:`bincache.lifecycle.sync`."""
+    from .lifecycle.sync import sync as _sync
+
+    return _sync(_mirror(source, "fetch"), _mirror(dest, "push"), _as_list(specs, "specs"),
+                 only_package=only_package, jobs=jobs, update_dest_index=update_index,
+                 planned=planned, copied=copied)

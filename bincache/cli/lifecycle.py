@@ -1,4 +1,4 @@
-"""Verbs for a cache's life after the push: check, migrate, browse, prune."""
+"""Verbs for a cache's life after the push: check, migrate, browse, prune, sync."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 from .. import api
 from ..errors import UsageError
-from .output import human_size, print_json, table
+from .output import LiveStatus, human_size, print_json, table
 
 
 def register(sub) -> None:
@@ -86,6 +86,22 @@ def register(sub) -> None:
     p.add_argument("-j", "--jobs", type=int, default=8, metavar="N", help="manifests read at once")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser(
+        "sync", help="copy packages from one mirror to another, signatures as they are",
+        description="Copy SPECS (default: every package) and their dependencies from SRC to DST, "
+        "layout v3 mirrors (directory, s3; http as a source): blobs the destination has are not "
+        "copied again, manifests are copied byte for byte (signed ones stay valid), the source's "
+        "public keys go along, and the destination's index is updated. Run it again to resume.")
+    p.add_argument("source", metavar="SRC", help="mirror name, path or URL to copy from")
+    p.add_argument("dest", metavar="DST", help="mirror name, path or URL to copy to")
+    p.add_argument("specs", nargs="*", help="specs to copy: name, name@version, /hash")
+    p.add_argument("--only", choices=["package"], help="do not copy dependencies")
+    p.add_argument("--no-update-index", dest="update_index", action="store_false",
+                   help="leave the destination's index as it is")
+    p.add_argument("-j", "--jobs", type=int, default=4, metavar="N", help="packages copied at once")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(func=cmd_sync)
 
 
 def cmd_check(args) -> int:
@@ -205,4 +221,33 @@ def cmd_prune(args) -> int:
     print(f"{len(result.roots)} roots")
     if result.dry_run:
         print("dry run: nothing deleted; add --yes to delete")
+    return 0
+
+
+def cmd_sync(args) -> int:
+    if args.jobs < 1:
+        raise UsageError("-j takes a positive number")
+    live = LiveStatus(False if args.json else None, unit=" packages")
+    try:
+        result = api.sync(args.source, args.dest, args.specs, only_package=args.only == "package",
+                          jobs=args.jobs, update_index=args.update_index,
+                          planned=lambda n: live.plan(n, None),
+                          copied=lambda s: live.finished(f"copied   {s.short()}"))
+    finally:
+        live.close()
+    if args.json:
+        def specs(items):
+            return [{"name": s.name, "version": s.version, "hash": s.hash} for s in items]
+
+        print_json({"source": result.source, "dest": result.dest, "copied": specs(result.copied),
+                    "present": specs(result.present), "blobs_copied": result.blobs_copied,
+                    "bytes_copied": result.bytes_copied, "blobs_present": result.blobs_present,
+                    "index_updated": result.index_updated})
+        return 0
+    if not live.enabled:
+        for s in result.copied:
+            print(f"copied   {s.short()}")
+    print(f"{len(result.copied)} copied, {len(result.present)} already in {result.dest}: "
+          f"{result.blobs_copied} blobs ({human_size(result.bytes_copied)}) copied, "
+          f"{result.blobs_present} already there" + ("; index updated" if result.index_updated else ""))
     return 0

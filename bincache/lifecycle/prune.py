@@ -29,6 +29,7 @@ from ..mirror.layout_v3 import (
     is_clearsigned,
 )
 from ..spec import matches
+from .catalog import closure, current_index
 
 DEFAULT_GRACE = 3600.0
 BLOBS = "blobs"
@@ -132,21 +133,6 @@ def select_roots(keep: list[str], packages: dict[str, object], newest: int,
     return sorted(roots.values(), key=lambda s: (s.name, s.version, s.hash))
 
 
-def closure(roots: list, nodes: dict[str, object]) -> set[str]:
-    """Hashes reachable from the roots through link/run dependencies."""
-    seen: set[str] = set()
-    stack = [r.hash for r in roots]
-    while stack:
-        h = stack.pop()
-        if h in seen:
-            continue
-        seen.add(h)
-        spec = nodes.get(h)
-        if spec is not None:
-            stack.extend(d.hash for d in spec.link_run_deps())
-    return seen
-
-
 def _names(cache: LayoutV3Cache, rel: str) -> set[str]:
     """The blob paths one manifest names. A manifest that cannot be read stops the prune: the
     blobs it names are unknown, so no blob could be deleted safely."""
@@ -189,7 +175,7 @@ def prune(mirrors: list, keep: list[str], *, newest: int = 0, yes: bool = False,
     if grace < 0:
         raise UsageError("--grace takes a number of seconds >= 0")
     caches = [_cache(ref) for ref in mirrors]
-    indexes = [update_index(c, jobs=jobs)[0] if yes else _current_index(c, jobs) for c in caches]
+    indexes = [update_index(c, jobs=jobs)[0] if yes else current_index(c, jobs) for c in caches]
     packages: dict[str, object] = {}
     nodes: dict[str, object] = {}
     pushed: dict[str, float] = {}
@@ -212,26 +198,6 @@ def prune(mirrors: list, keep: list[str], *, newest: int = 0, yes: bool = False,
             _count_blobs(cache, out, grace)
         result.mirrors.append(out)
     return result
-
-
-def _current_index(cache: LayoutV3Cache, jobs: int):
-    """A dry run writes nothing: the index as an update would make it, in memory."""
-    from ..index import Index, IndexEntry, _fetch_entry, read_index
-
-    try:
-        idx = read_index(cache) or Index()
-    except BincacheError:
-        idx = Index()
-    refs = cache.list_package_refs()
-    present = {r.hash for r in refs}
-    for h, e in list(idx.entries.items()):
-        if e.in_buildcache and h not in present:
-            idx.entries[h] = IndexEntry(e.spec, 0, False)
-    for r in refs:
-        if not (r.hash in idx.entries and idx.entries[r.hash].in_buildcache):
-            nodes, size = _fetch_entry(cache, r)
-            idx.add_specfile(nodes, size)
-    return idx
 
 
 def _blob_files(cache: LayoutV3Cache) -> list[tuple[str, float, int]]:
