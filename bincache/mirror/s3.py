@@ -9,12 +9,12 @@ readers see the old object or the new one, never a part.
 from __future__ import annotations
 
 import os
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from ..config import mask_url
 from ..errors import BlobNotFound, MirrorError
 from ..limits import check_size
-from ..redact import redact_url
+from ..redact import redact, redact_url
 
 try:
     import boto3
@@ -46,7 +46,11 @@ class S3Backend:
     ):
         parsed = urlparse(url)
         self.url = redact_url(url.rstrip("/"))  # for messages: never a password
-        self.bucket = parsed.netloc
+        # s3://KEY:SECRET@bucket/path: the user info is credentials, never part of the bucket.
+        userinfo, _, self.bucket = parsed.netloc.rpartition("@")
+        if access_key is None and ":" in userinfo:
+            key_id, _, secret = userinfo.partition(":")
+            access_key = (unquote(key_id), unquote(secret))
         self.base = parsed.path.strip("/")
         self.endpoint = endpoint_url or os.environ.get("BINCACHE_S3_ENDPOINT_URL") or None
         keys = {}
@@ -100,7 +104,7 @@ class S3Backend:
                 "mirror URL and endpoint_url"
             )
         detail = str(err.get("Message") or code) if err else str(e)
-        return MirrorError(f"cannot {action} {where}: {detail or 'S3 request failed'}")
+        return MirrorError(f"cannot {action} {where}: {redact(detail) or 'S3 request failed'}")
 
     def check_writable(self) -> None:
         try:
