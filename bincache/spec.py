@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from .atomic import write_atomic
 from .errors import SpecError, UsageError
 
 SPECFILE_VERSION = 5  # what `register` writes: the format of Spack 1.0-1.2 (1.3 reads it too)
@@ -594,7 +595,7 @@ class InstallTree:
             if dep.hash in ref_counts:
                 installs[dep.hash]["ref_count"] = installs[dep.hash].get("ref_count", 0) + 1
         os.makedirs(os.path.dirname(self.db_path), exist_ok=True)
-        _write_atomic(self.db_path, json.dumps(db, separators=(",", ":")).encode())
+        write_atomic(self.db_path, json.dumps(db, separators=(",", ":")).encode())
         if self._specs is not None:
             self._specs[inst.hash] = inst
 
@@ -848,9 +849,9 @@ def register_prefix(prefix: str, name: str, version: str, deps: Iterable[str] = 
     # A text file holding the dependencies' prefixes: relocation rewrites it on install, so an
     # installed copy records where its dependencies were installed.
     record = {"hash_to_prefix": {h: hash_to_prefix[h] for h in sorted(hash_to_prefix)}}
-    _write_atomic(os.path.join(spec_dir, DEPS_JSON), json.dumps(record, indent=2).encode())
+    write_atomic(os.path.join(spec_dir, DEPS_JSON), json.dumps(record, indent=2).encode())
     doc = specfile_dict(nodes, 4 if compiler_node else SPECFILE_VERSION)
-    _write_atomic(os.path.join(spec_dir, SPEC_JSON), json.dumps(doc, indent=2).encode())
+    write_atomic(os.path.join(spec_dir, SPEC_JSON), json.dumps(doc, indent=2).encode())
     inst = InstalledSpec(spec, prefix, tuple(nodes))
     if root is not None:
         InstallTree(root).record(inst)
@@ -882,19 +883,4 @@ def prefix_tree(prefix: str) -> tuple[InstallTree, InstalledSpec]:
     return tree, inst
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    """Write beside ``path`` under an unpredictable name (never through a planted link), rename."""
-    import tempfile
 
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise

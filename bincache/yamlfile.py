@@ -12,7 +12,6 @@ import difflib
 import io
 import os
 import re
-import tempfile
 from typing import Any
 
 from ruamel.yaml import YAML
@@ -20,6 +19,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.tokens import CommentToken
 
+from . import atomic as _atomic
 from .errors import ConfigError
 
 Path = tuple  # a key path, e.g. ("mirrors", "local", "url")
@@ -274,14 +274,6 @@ def write_atomic(path: str, text: str, private: bool = False) -> None:
         mode = os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o644
         if private:
             mode &= 0o600
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".yaml", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.chmod(tmp, mode)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        _atomic.write_atomic(path, text.encode("utf-8"), mode)
     except OSError as e:
         raise ConfigError(f"{path}: cannot write: {e.strerror or e}") from None

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from ..atomic import write_atomic
 from ..errors import SignatureError, UsageError
 from .home import gnupg_home, python_gnupg, run_gpg
 
@@ -276,16 +277,7 @@ def export_keys(keys: Sequence[str] | None = None, *, secret: bool = False,
 
 def write_export(path: str, data: bytes, secret: bool) -> None:
     """Write an export atomically; secret keys with mode 0600."""
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if secret else 0o644)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        write_atomic(path, data, 0o600 if secret else 0o644)
     except OSError as e:
         raise SignatureError(f"cannot write {path}: {e.strerror}") from None
