@@ -84,7 +84,7 @@ def bench_primitives(home: str, n: int) -> dict:
 
 def make_small_tree(root: str, count: int) -> None:
     """``count`` tiny registered prefixes: a script naming its prefix, a header, a data file."""
-    from bincache.spec import register_prefix
+    from bincache.tree import register_prefix
 
     base = os.path.join(root, "linux-x86_64")
     for i in range(count):

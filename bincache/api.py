@@ -18,7 +18,7 @@ from .create import PushInterrupted, PushProgress, PushResult
 from .errors import UsageError
 from .mirror import MirrorRef, open_cache, resolve
 from .root import optional_root, resolve_root
-from .spec import InstalledSpec, InstallTree, register_prefix
+from .tree import InstalledSpec, InstallTree, register_prefix
 
 __all__ = ["register", "push", "push_prefix", "update_index", "list_mirror", "install", "download",
            "on_build_finished", "check", "migrate", "write_cache_page", "prune", "sync", "resolve_root", "UsageError", "PushInterrupted", "PushProgress",
@@ -195,13 +195,13 @@ def install(specs: Sequence[str] | str, *, mirrors: Sequence[str | MirrorRef] | 
     """Install specs and their dependencies from mirrors into an install tree.
 
     ``specs`` and ``mirrors`` take lists; one string is one item. The options are those of
-    :func:`bincache.install.install`; an unknown one is a :class:`UsageError`.
-    Returns a :class:`bincache.install.InstallResult`.
+    :func:`bincache.install.stage.install`; an unknown one is a :class:`UsageError`.
+    Returns a :class:`bincache.install.plan.InstallResult`.
     """
     _refuse_unknown("install", unknown, ("mirrors", "root", "unsigned", "force", "jobs",
                                          "allow_unrelocated", "projection", "progress",
                                          "otherarch"))
-    from . import install as _install
+    from .install import stage as _install
 
     return _install.install(_as_list(specs, "specs"), mirrors=_mirrors(mirrors, "fetch"),
                             root=resolve_root(root), unsigned=unsigned, force=force, jobs=jobs,
@@ -213,9 +213,9 @@ def download(specs: Sequence[str] | str, dest: str = ".", *,
              mirrors: Sequence[str | MirrorRef] | str | MirrorRef = (), unsigned: bool | None = None,
              jobs: int = 1, with_dependencies: bool = True,
              progress: Callable[[str, Any], None] | None = None, **unknown: object) -> list[Any]:
-    """Fetch and verify packages into ``dest`` without installing (see :func:`bincache.install.download`)."""
+    """Fetch and verify packages into ``dest`` without installing (see :func:`bincache.install.stage.download`)."""
     _refuse_unknown("download", unknown, ("mirrors", "unsigned", "jobs", "with_dependencies", "progress"))
-    from . import install as _install
+    from .install import stage as _install
 
     return _install.download(_as_list(specs, "specs"), dest, mirrors=_mirrors(mirrors, "fetch"),
                              unsigned=unsigned, jobs=jobs, with_dependencies=with_dependencies,

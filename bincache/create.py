@@ -17,16 +17,9 @@ from dataclasses import dataclass, field
 
 from . import _native
 from .errors import BincacheError, MirrorError, NoSpaceError, SpecError
-from .spec import (
-    InstalledSpec,
-    InstallTree,
-    Spec,
-    prefix_tree,
-    read_prefix_specfile,
-    recorded_dependency_prefixes,
-    specfile_bytes,
-)
+from .spec import Spec, read_prefix_specfile, specfile_bytes
 from .tar.pack import buildinfo, pack_prefix, write_buildinfo
+from .tree import InstalledSpec, InstallTree, prefix_tree, recorded_dependency_prefixes
 
 
 @dataclass

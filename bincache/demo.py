@@ -13,7 +13,8 @@ import subprocess
 from dataclasses import dataclass
 
 from .errors import BincacheError
-from .spec import InstalledSpec, InstallTree, Spec, host_arch, make_node, register_prefix
+from .spec import Spec, host_arch, make_node
+from .tree import InstalledSpec, InstallTree, register_prefix
 
 GREET_C = r"""
 #define _GNU_SOURCE

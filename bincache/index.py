@@ -21,7 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .errors import BincacheError, IndexVersionError, MirrorError, SpecError, UsageError
-from .spec import DB_NODE_FORMAT, DB_VERSION, Spec, db_node, node_format, parse_specfile
+from .spec import DB_NODE_FORMAT, DB_VERSION, Spec, node_format, parse_specfile
+from .tree import db_node
 
 #: Database versions bincache reads (Spack 0.17-0.20 wrote 6, 0.21-0.23 7, 1.x 8) and writes.
 READ_DB_VERSIONS = tuple(DB_NODE_FORMAT)

@@ -97,7 +97,7 @@ def _demo_install(work: str, mirror: str, stack, build_root: str) -> int:
     t0 = time.perf_counter()
     api.install(["hello"], mirrors=[mirror], root=short_root)
     took = time.perf_counter() - t0
-    from ..spec import InstallTree
+    from ..tree import InstallTree
 
     hello = InstallTree(short_root).select(["hello"])[0]
     program = os.path.join(hello.prefix, "bin", "hello")

@@ -19,7 +19,8 @@ from ..index import read_index
 from ..mirror import open_cache
 from ..mirror.layout_v3 import is_clearsigned
 from ..signing import clearsigned_text
-from ..spec import InstallTree, Spec, parse_specfile
+from ..spec import Spec, parse_specfile
+from ..tree import InstallTree
 from .trust import UnsignedPackage, unsigned_allowed, verified_package
 
 OK = "ok"

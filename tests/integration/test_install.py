@@ -26,7 +26,8 @@ import pytest
 from bincache import api
 from bincache.errors import BincacheError, CannotGrowString, InstallError, SignatureError
 from bincache.mirror.layout_v3 import MT_TARBALL, BlobRecord, manifest_bytes
-from bincache.spec import InstalledSpec, InstallTree, read_prefix_specfile, register_prefix
+from bincache.spec import read_prefix_specfile
+from bincache.tree import InstalledSpec, InstallTree, register_prefix
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
 
@@ -292,7 +293,7 @@ def test_failed_install_removes_the_directories_it_made_for_the_root(cache, tmp_
 
 
 def test_download_fetches_and_verifies_without_installing(cache, tmp_path):
-    from bincache.install import download
+    from bincache.install.stage import download
 
     got = download(["prog"], str(tmp_path / "dl"), mirrors=[api.resolve(cache[True]["mirror"], "fetch")],
                    unsigned=True)

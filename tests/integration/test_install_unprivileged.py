@@ -18,8 +18,8 @@ import pytest
 
 from bincache import _native, create
 from bincache.mirror import open_cache, resolve
-from bincache.spec import InstallTree, register_prefix
 from bincache.tar.pack import buildinfo, pack_prefix, write_buildinfo
+from bincache.tree import InstallTree, register_prefix
 from tests.conftest import REPO, run_cli
 
 DROP = "-dac_override,-dac_read_search,-fowner"

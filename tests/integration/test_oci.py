@@ -306,7 +306,7 @@ def test_download_cache_serves_verified_blobs_again(registry_factory, stack, tmp
 def test_registry_killed_mid_push_then_rerun_uploads_only_what_is_missing(
         registry_factory, tmp_path):
     from bincache.demo import build_stack, padded_root
-    from bincache.spec import register_prefix
+    from bincache.tree import register_prefix
 
     reg = registry_factory("http")
     stack = build_stack(padded_root(str(tmp_path / "build"), 100))
@@ -348,7 +348,7 @@ def test_registry_killed_mid_push_then_rerun_uploads_only_what_is_missing(
     reg.start()
     cache = open_cache(MirrorRef(url))
     from bincache import create
-    from bincache.spec import InstallTree
+    from bincache.tree import InstallTree
 
     tree = InstallTree(stack.root)
     result = create.push(tree, tree.select(["big"]), cache)
@@ -419,7 +419,7 @@ def test_update_index_over_2000_tags_then_one_new_push(registry_factory, capsys)
 def test_base_layers_are_mounted_on_the_same_registry_and_copied_from_another(
         registry_http, registry_factory, busybox_image, stack):
     from bincache import create
-    from bincache.spec import InstallTree
+    from bincache.tree import InstallTree
 
     tree = InstallTree(stack.root)
     base_layers = json.loads(skopeo("inspect", "--tls-verify=false",
@@ -437,7 +437,7 @@ def test_base_layers_are_mounted_on_the_same_registry_and_copied_from_another(
 
 def test_tag_names_a_whole_environment_even_when_everything_was_pushed(registry_http, stack):
     from bincache import create
-    from bincache.spec import InstallTree
+    from bincache.tree import InstallTree
 
     url = repo(registry_http)
     tree = InstallTree(stack.root)

@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from bincache.spec import register_prefix
+from bincache.tree import register_prefix
 from tests.conftest import REPO, run_cli
 
 PACKAGES = 60

@@ -193,7 +193,7 @@ def test_an_index_of_an_unknown_db_version_is_one_error_and_nothing_is_written(c
 
 def test_discovery_follows_padding_and_reads_spack_config(tmp_path):
     from bincache.errors import SpecError
-    from bincache.spec import find_store
+    from bincache.tree import find_store
 
     store = tmp_path / "opt" / "__spack_path_placeholder__" / "__spack_path_placeholder__" / "__spack_pa"
     (store / ".spack-db").mkdir(parents=True)

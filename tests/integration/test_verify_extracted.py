@@ -18,7 +18,8 @@ import pytest
 
 from bincache import api
 from bincache.errors import BincacheError, IntegrityError
-from bincache.tar.extract import Expected, extract_package
+from bincache.tar.extract import extract_package
+from bincache.tar.inflate import Expected
 from tests.fixtures.hostile import (
     Package,
     Signer,

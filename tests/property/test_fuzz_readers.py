@@ -23,11 +23,12 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bincache import config, elf
+from bincache import config
 from bincache.errors import BincacheError
 from bincache.index import Index
 from bincache.mirror.layout_v3 import BlobRecord, manifest_bytes, parse_manifest
-from bincache.relocate import BuildInfo
+from bincache.relocate import elf
+from bincache.relocate.plan import BuildInfo
 from bincache.signing.cleartext import clearsigned_text
 from bincache.spec import Spec, parse_specfile
 from tests.fixtures.hostile import buildinfo, node

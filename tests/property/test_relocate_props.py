@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from bincache._native import _pure
 from bincache.errors import CannotGrowString, NativeError
-from bincache.relocate import TextRelocator, prefix_pairs
+from bincache.relocate.plan import TextRelocator, prefix_pairs
 
 BACKENDS = [pytest.param(_pure, id="python")]
 try:

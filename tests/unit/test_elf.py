@@ -9,8 +9,8 @@ import textwrap
 
 import pytest
 
-from bincache import elf
 from bincache.errors import RelocationError
+from bincache.relocate import elf
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
 

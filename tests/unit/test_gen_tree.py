@@ -12,7 +12,8 @@ import zlib
 
 import pytest
 
-from bincache.spec import InstallTree, dag_hash
+from bincache.spec import dag_hash
+from bincache.tree import InstallTree
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))

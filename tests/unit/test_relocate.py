@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from bincache.errors import CannotGrowString, RelocationError
-from bincache.relocate import (
+from bincache.relocate.plan import (
     BuildInfo,
     TextRelocator,
     apply_relocation,

@@ -10,7 +10,8 @@ import os
 import pytest
 
 from bincache.errors import SpecError
-from bincache.spec import InstallTree, Spec, dag_hash, make_node, parse_specfile, register_prefix
+from bincache.spec import Spec, dag_hash, make_node, parse_specfile
+from bincache.tree import InstallTree, register_prefix
 
 V5 = {
     "spec": {

@@ -28,7 +28,7 @@ from elftools.elf.dynamic import DynamicSegment
 from elftools.elf.elffile import ELFFile
 from elftools.elf.gnuversions import GNUVerDefSection, GNUVerNeedSection
 
-from .errors import RelocationError
+from ..errors import RelocationError
 
 ELF_MAGIC = b"\x7fELF"
 

@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from . import _native, elf
-from .errors import CannotGrowString, RelocationError
-from .limits import MAX_BUILDINFO, load_yaml
-from .tar.extract import ExtractedPackage
+from .. import _native
+from ..errors import CannotGrowString, RelocationError
+from ..limits import MAX_BUILDINFO, load_yaml
+from ..tar.extract import ExtractedPackage
+from . import elf
 
 BUILDINFO = ".spack/binary_distribution"
 # Linux reads at most this much of a `#!` line on older kernels (BINPRM_BUF_SIZE 128,

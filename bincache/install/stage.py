@@ -18,7 +18,6 @@ staging directory (and the root itself, when the install created it).
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import os
@@ -27,211 +26,52 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
-from . import index as _index
-from .errors import (
+from ..errors import (
     BincacheError,
     CannotGrowString,
-    IndexVersionError,
     InstallError,
     MirrorError,
     RelocationError,
     SpecError,
     UsageError,
 )
-from .mirror.layout_v3 import verify_blob_file
-from .relocate import (
+from ..mirror.layout_v3 import verify_blob_file
+from ..relocate.plan import (
     BuildInfo,
-    RelocationPlan,
-    RelocationReport,
-    Unrelocated,
     apply_relocation,
     cannot_grow_message,
     plan_relocation,
 )
-from .spec import (
-    DEFAULT_PROJECTION,
+from ..spec import (
     SPEC_DIR,
     SPEC_JSON,
-    InstalledSpec,
-    InstallTree,
     Spec,
-    host_arch,
-    parse_specfile,
     specfile_dict,
 )
-from .spec import (
-    matches as _matches,
+from ..staging import PrivateDir, make_private_dir, remove_tree
+from ..tar.extract import extract_package
+from ..tar.inflate import Expected
+from ..tree import InstalledSpec, InstallTree
+from .plan import (
+    DownloadedPackage,
+    InstalledPackage,
+    InstallResult,
+    PackagePlan,
+    _Catalog,
+    _fail,
+    _fetch_specfile,
+    _filed_as,
+    _links_outside,
+    _other_arch,
+    _plain_prefix,
+    _projection,
+    verify_manifest,
 )
-from .staging import PrivateDir, make_private_dir, remove_tree
-from .tar.extract import Expected, ExtractedPackage, extract_package
 
 log = logging.getLogger("bincache.install")
 
 STAGING_DIR = ".bincache-staging"
-
-
-def _fail(problems: Sequence[tuple[str, type]]) -> BincacheError:
-    """One error naming every problem: of the problems' own class when they share one (so a
-    caller can tell a signature failure from a damaged tarball), else :class:`InstallError`."""
-    messages = [m for m, _ in problems]
-    kinds = {k for _, k in problems}
-    if len(kinds) == 1:
-        kind = kinds.pop()
-        if issubclass(kind, BincacheError) and kind not in (BincacheError, InstallError):
-            err = InstallError(messages)
-            try:
-                typed = kind(str(err))
-            except TypeError:
-                return err
-            typed.problems = messages  # type: ignore[attr-defined]
-            return typed
-    return InstallError(messages)
-
-
-# -- the signing hook -------------------------------------------------------------------------
-def verify_manifest(raw: bytes, mirror_ref, allow_unsigned: bool, *, source: str = "manifest") -> bytes:
-    """The manifest text that may be trusted, from a fetched manifest.
-
-    Signed: the text gpg returned as verified (:func:`bincache.signing.verify_manifest_bytes`),
-    the only text later decisions are read from.
-    """
-    from .signing import verify_manifest_bytes
-
-    return verify_manifest_bytes(raw, not allow_unsigned, source=source)
-
-
-# -- records ----------------------------------------------------------------------------------
-@dataclass
-class PackagePlan:
-    """One package of an install plan and what has been learned about it so far."""
-
-    spec: Spec
-    cache: object
-    manifest: object  # PackageManifest
-    prefix: str  # the new prefix
-    explicit: bool
-    nodes: list[Spec] = field(default_factory=list)
-    specfile: bytes = b""
-    tarball: str | None = None
-    staged: str | None = None
-    extracted: ExtractedPackage | None = None
-    buildinfo: BuildInfo | None = None
-    relocation: RelocationPlan | None = None
-    report: RelocationReport | None = None
-    replace: bool = False  # --force over an existing prefix
-    tarball_file: object = None  # an open, checked blob of a local mirror (not copied)
-
-    @property
-    def cache_url(self) -> str:
-        return str(getattr(self.cache, "url", self.cache))
-
-
-@dataclass
-class InstalledPackage:
-    spec: Spec
-    prefix: str
-    size: int  # compressed bytes fetched
-    files: int
-    report: RelocationReport
-
-
-@dataclass
-class InstallResult:
-    installed: list[InstalledPackage] = field(default_factory=list)
-    skipped: list[InstalledSpec] = field(default_factory=list)
-    unrelocated: list[tuple[str, Unrelocated]] = field(default_factory=list)  # prefix, string
-    warnings: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    bytes_fetched: int = 0
-    bytes_extracted: int = 0
-
-
-@dataclass
-class DownloadedPackage:
-    spec: Spec
-    tarball: str
-    specfile: str
-    size: int
-
-
-# -- resolution -------------------------------------------------------------------------------
-class _Catalog:
-    """What the mirrors hold, by hash: the first mirror that has a package wins."""
-
-    def __init__(self, refs: Sequence) -> None:
-        from .mirror import open_cache
-
-        if not refs:
-            raise SpecError("no mirror to install from: give --mirror, or configure one "
-                            "with `bincache mirror add NAME URL`")
-        self.entries: dict[str, tuple[object, object]] = {}  # hash -> (Spec|SpecRef, cache)
-        self.caches = []
-        errors = []
-        for ref in refs:
-            cache = open_cache(ref)
-            self.caches.append(cache)
-            try:
-                idx = _index.read_index(cache)
-            except IndexVersionError:
-                raise  # listing the manifests would hide that a newer tool owns this cache
-            except BincacheError as e:
-                log.warning("%s: index unreadable (%s); reading its manifests", cache.url, e)
-                idx = None
-            try:
-                items = ([e.spec for e in idx.packages()] if idx is not None
-                         else cache.list_package_refs())
-            except BincacheError as e:
-                errors.append(str(e))
-                continue
-            for item in items:
-                self.entries.setdefault(item.hash, (item, cache))
-        if errors and not self.entries:
-            raise MirrorError("; ".join(errors))
-
-    def select(self, selector: str):
-        matches = [(item, cache) for item, cache in self.entries.values() if _matches(item, selector)]
-        if not matches:
-            names = sorted({item.name for item, _ in self.entries.values()})
-            hint = f" Available: {', '.join(names[:20])}" if names else " The mirrors are empty."
-            raise SpecError(f'no package matches "{selector}" in the mirrors.{hint}')
-        if len(matches) > 1:
-            listing = ", ".join(sorted(f"{i.name}@{i.version}/{i.hash[:7]}" for i, _ in matches))
-            raise SpecError(f'"{selector}" matches {len(matches)} packages: {listing}. '
-                            "Add @version or /hash.")
-        return matches[0]
-
-
-def _fetch_specfile(cache, manifest, dest_dir: str, label: str) -> tuple[bytes, list[Spec]]:
-    record = manifest.spec
-    fd, path = tempfile.mkstemp(dir=dest_dir, suffix=".spec")
-    os.close(fd)
-    try:
-        cache.fetch_blob(record, path)
-        with open(path, "rb") as f:
-            data = f.read()
-    finally:
-        if os.path.exists(path):
-            os.unlink(path)
-    if record.compression == "gzip" or data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
-    return data, parse_specfile(data, f"{label} spec file")
-
-
-def _projection(template: str | None) -> str:
-    if template:
-        return template
-    try:
-        from . import config
-
-        value = config.get_value("install_tree:projections")
-    except (ImportError, AttributeError, BincacheError):
-        value = None
-    if isinstance(value, dict) and isinstance(value.get("all"), str):
-        return value["all"]
-    return DEFAULT_PROJECTION
-
 
 # -- the install ------------------------------------------------------------------------------
 class _Installer:
@@ -417,7 +257,7 @@ class _Installer:
             # signature document of an image).
             manifest = from_verified(verified, manifest, label)
         elif hasattr(cache, "backend"):
-            from .mirror.layout_v3 import parse_manifest
+            from ..mirror.layout_v3 import parse_manifest
 
             manifest = parse_manifest(verified, manifest.raw, label)
         specfile, nodes = _fetch_specfile(cache, manifest, scratch, label)
@@ -585,59 +425,6 @@ class _Installer:
                          explicit=plan.explicit)
 
 
-def _other_arch(spec: Spec) -> str | None:
-    """Why ``spec`` is not for this machine (Spack's rule: platform and OS), or None."""
-    here = host_arch()
-    arch = spec.arch
-    theirs = [str(arch.get(k)) for k in ("platform", "platform_os") if arch.get(k) is not None]
-    mine = [here[k] for k in ("platform", "platform_os") if arch.get(k) is not None]
-    if theirs == mine:
-        return None
-    return f"built for {'-'.join(theirs)}, this machine is {'-'.join(mine)}"
-
-
-def _filed_as(spec: Spec, item) -> bool:
-    """Whether the verified root node is the package the mirror listed (name, version, hash)."""
-    if spec.hash != item.hash:
-        return False
-    if (spec.name, spec.version) == (item.name, item.version):
-        return True
-    if isinstance(item, Spec):
-        return False
-    # A ref listed from file names: "name-version" split at a guessed dash, and OCI tags
-    # sanitized to the distribution grammar; what was filed is the whole stem.
-    filed = f"{item.name}-{item.version}"
-    return f"{spec.name}-{spec.version}" == filed or _oci_stem(spec) == filed
-
-
-def _oci_stem(spec: Spec) -> str:
-    from .oci.image import sanitize_tag
-
-    return sanitize_tag(f"{spec.dag_name}.spack")[: -len(f"-{spec.hash}.spack")]
-
-
-def _plain_prefix(path: str) -> bool:
-    """An absolute, normalized path below "/" (no "..", no "//"): safe to match links against."""
-    return (isinstance(path, str) and path.startswith("/") and not path.startswith("//")
-            and path != "/" and os.path.normpath(path) == path and "\0" not in path)
-
-
-def _links_outside(plan: PackagePlan, relocation: RelocationPlan, allowed: list[str]) -> list[str]:
-    """Every absolute symlink as it will be once relocated, if it lands outside the package's
-    prefix and its dependencies' prefixes (checked on the final paths, by construction)."""
-    assert plan.extracted is not None
-    final = {rel: t for rel, t in plan.extracted.symlinks.items() if t.startswith("/")}
-    final.update(relocation.links)
-    problems = []
-    for rel, target in sorted(final.items()):
-        parts = target.split("/")
-        inside = ".." not in parts and any(
-            target == p or target.startswith(p.rstrip("/") + "/") for p in allowed)
-        if not inside:
-            problems.append(f"{plan.prefix}/{rel}: symlink to {target} would point outside the "
-                            "package and its dependencies")
-    return problems
-
 
 def install(
     specs: Sequence[str],
@@ -678,7 +465,7 @@ def install(
     if not specs:
         raise SpecError("nothing to install: give one or more specs (name, name@version, /hash)")
     if not mirrors:
-        from .mirror.config import configured_mirrors
+        from ..mirror.config import configured_mirrors
 
         mirrors = configured_mirrors("fetch")
     inst = _Installer(root, force=force, jobs=jobs, allow_unrelocated=allow_unrelocated,
@@ -793,7 +580,7 @@ def download(
     if not specs:
         raise SpecError("nothing to download: give one or more specs (name, name@version, /hash)")
     if not mirrors:
-        from .mirror.config import configured_mirrors
+        from ..mirror.config import configured_mirrors
 
         mirrors = configured_mirrors("fetch")
     dest = os.path.abspath(dest)

@@ -1,0 +1,439 @@
+"""Install trees: installed prefixes, Spack's store layout and database, and registering
+prefixes that another build system installed."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .atomic import write_atomic
+from .errors import SpecError
+from .spec import (
+    _NAME_RE,
+    _VERSION_RE,
+    DB_DIR,
+    DB_NODE_FORMAT,
+    DB_VERSION,
+    DEPS_JSON,
+    SPEC_DIR,
+    SPEC_JSON,
+    SPECFILE_VERSION,
+    Spec,
+    inputs_hash,
+    make_node,
+    matches,
+    node_format,
+    parse_compiler,
+    read_prefix_specfile,
+    specfile_dict,
+    upgrade_node,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Install trees
+
+
+@dataclass(frozen=True)
+class InstalledSpec:
+    spec: Spec
+    prefix: str
+    nodes: tuple[Spec, ...] = field(default=(), compare=False, repr=False)  # spec file, root first
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def hash(self) -> str:
+        return self.spec.hash
+
+
+PADDING_PLACEHOLDER = "__spack_path_placeholder__"
+_SCAN_DEPTH = 4
+
+
+def _is_padding(name: str) -> bool:
+    # Spack pads with whole placeholders and cuts the last one to the padded length.
+    return len(name) > 2 and name.startswith("__") and PADDING_PLACEHOLDER.startswith(name)
+
+
+def spack_config_root(path: str) -> str:
+    """``config:install_tree:root`` of a Spack ``config.yaml`` (``$spack`` cannot be resolved
+    without Spack itself: that is an error that says what to give instead)."""
+    import yaml
+
+    try:
+        with open(path, "rb") as f:
+            doc = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise SpecError(f"cannot read the Spack configuration {path}: {e}") from None
+    tree = ((doc.get("config") or {}) if isinstance(doc, dict) else {}).get("install_tree")
+    root = tree.get("root") if isinstance(tree, dict) else tree
+    if not isinstance(root, str) or not root:
+        raise SpecError(f"{path} has no config:install_tree:root; give the install tree with --root")
+    root = os.path.expanduser(os.path.expandvars(root))
+    if "$" in root:
+        raise SpecError(f"{path}: install_tree:root {root!r} names Spack variables that bincache "
+                        "cannot resolve; give the expanded path with --root")
+    if not os.path.isabs(root):
+        root = os.path.join(os.path.dirname(os.path.abspath(path)), root)
+    return root
+
+
+def find_store(root: str) -> str:
+    """Where Spack's store is, given its configured root: a ``config.yaml`` is read, and the
+    ``__spack_path_placeholder__`` directories of ``install_tree:padded_length`` are followed
+    down to the directory that holds ``.spack-db``."""
+    root = os.path.abspath(root)
+    if os.path.isfile(root) and root.endswith((".yaml", ".yml")):
+        root = spack_config_root(root)
+    path = root
+    while not os.path.exists(os.path.join(path, DB_DIR)):
+        try:
+            entries = [e for e in os.listdir(path) if not e.startswith(".") or _is_padding(e)]
+        except OSError:
+            return root
+        padding = [e for e in entries if _is_padding(e)]
+        if len(padding) != 1 or not os.path.isdir(os.path.join(path, padding[0])):
+            return root
+        path = os.path.join(path, padding[0])
+    return path
+
+
+class InstallTree:
+    """The prefixes under a root: from ``<root>/.spack-db/index.json`` when present, else a scan.
+
+    ``root`` may be Spack's configured root (its padded store is found below it) or Spack's
+    ``config.yaml``. Externals (records whose spec has ``external``) are known but never packed.
+    """
+
+    def __init__(self, root: str):
+        self.given = os.path.abspath(root)
+        self.root = find_store(root) if os.path.exists(root) else self.given
+        self._specs: dict[str, InstalledSpec] | None = None
+
+    @property
+    def db_path(self) -> str:
+        return os.path.join(self.root, DB_DIR, "index.json")
+
+    def looked_for(self) -> str:
+        """What discovery looked for, for the message of an empty tree."""
+        where = self.root if self.root == self.given else f"{self.given} (store {self.root})"
+        return (f"looked in {where} for {DB_DIR}/index.json, for {SPEC_DIR}/{SPEC_JSON} up to "
+                f"{_SCAN_DEPTH} levels down, and below {PADDING_PLACEHOLDER} padding directories")
+
+    def specs(self) -> dict[str, InstalledSpec]:
+        if self._specs is None:
+            if not os.path.isdir(self.root):
+                raise SpecError(f"install tree {self.root} does not exist; give one with --root or BINCACHE_ROOT")
+            self._specs = self._from_db() if os.path.exists(self.db_path) else self._scan()
+        return self._specs
+
+    def packages(self) -> dict[str, InstalledSpec]:
+        """The installed specs bincache can pack (externals left out)."""
+        return {h: i for h, i in self.specs().items() if not i.spec.is_external}
+
+    def _from_db(self) -> dict[str, InstalledSpec]:
+        try:
+            with open(self.db_path, "rb") as f:
+                db = json.load(f)["database"]
+            installs = db["installs"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise SpecError(f"{self.db_path}: not a readable Spack database ({e})") from None
+        node_format = DB_NODE_FORMAT.get(str(db.get("version")), SPECFILE_VERSION)
+        found: dict[str, InstalledSpec] = {}
+        for h, rec in installs.items():
+            path = rec.get("path")
+            if not rec.get("installed", True):
+                continue
+            spec_node = rec.get("spec")
+            if isinstance(spec_node, dict) and spec_node.get("external"):
+                spec = Spec.from_node(dict(spec_node, hash=h), node_format)
+                found[h] = InstalledSpec(spec, path or spec.external_path or "", (spec,))
+                continue
+            if not path or not os.path.isdir(path):
+                continue
+            try:
+                nodes = read_prefix_specfile(path)
+            except SpecError:
+                nodes = [Spec.from_node(dict(rec["spec"], hash=h), node_format)]
+            found[nodes[0].hash] = InstalledSpec(nodes[0], path, tuple(nodes))
+        # Prefixes registered after the database was written are found by a scan too.
+        for h, inst in self._scan().items():
+            found.setdefault(h, inst)
+        return found
+
+    def _scan(self) -> dict[str, InstalledSpec]:
+        found: dict[str, InstalledSpec] = {}
+        for dirpath, dirnames, _files in os.walk(self.root):
+            depth = dirpath[len(self.root):].count(os.sep)
+            if os.path.isfile(os.path.join(dirpath, SPEC_DIR, SPEC_JSON)) and dirpath != self.root:
+                nodes = read_prefix_specfile(dirpath)
+                found[nodes[0].hash] = InstalledSpec(nodes[0], dirpath, tuple(nodes))
+                dirnames[:] = []
+                continue
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if depth < _SCAN_DEPTH else []
+        return found
+
+    def get(self, h: str) -> InstalledSpec | None:
+        return self.specs().get(h)
+
+    def select(self, selectors: Iterable[str]) -> list[InstalledSpec]:
+        """Installed specs matching ``name``, ``name@version``, ``/hashprefix`` (or combinations)."""
+        specs = list(self.packages().values())
+        externals = [s for s in self.specs().values() if s.spec.is_external]
+        chosen: list[InstalledSpec] = []
+        for sel in selectors:
+            found = [s for s in specs if matches(s.spec, sel)]
+            if not found:
+                ext = [s for s in externals if matches(s.spec, sel)]
+                if ext:
+                    raise SpecError(f'"{sel}" is an external ({ext[0].spec.short()} at '
+                                    f"{ext[0].spec.external_path}): externals are never packed; "
+                                    "they are used where they are installed")
+                names = sorted({s.name for s in specs})
+                hint = (f" Installed: {', '.join(names[:20])}" if names
+                        else f" The install tree is empty ({self.looked_for()}).")
+                raise SpecError(f'no installed spec matches "{sel}" in {self.root}.{hint}')
+            if len(found) > 1:
+                listing = ", ".join(sorted(m.spec.short() for m in found))
+                raise SpecError(f'"{sel}" matches {len(found)} specs: {listing}. Add @version or /hash.')
+            if found[0] not in chosen:
+                chosen.append(found[0])
+        return chosen
+
+    def is_external_dependency(self, inst: InstalledSpec, h: str) -> bool:
+        node = next((n for n in inst.nodes if n.hash == h), None)
+        if node is not None and node.is_external:
+            return True
+        dep = self.get(h)
+        return dep is not None and dep.spec.is_external
+
+    def closure(self, roots: Iterable[InstalledSpec], include_deps: bool = True,
+                include_roots: bool = True) -> list[InstalledSpec]:
+        """Roots and their link/run dependencies, dependencies first (each once); externals are
+        never part of it (Spack never pushes one)."""
+        ordered: list[InstalledSpec] = []
+        seen: set[str] = set()
+
+        def visit(inst: InstalledSpec, is_root: bool) -> None:
+            if inst.hash in seen or inst.spec.is_external:
+                return
+            seen.add(inst.hash)
+            if include_deps:
+                for dep in inst.spec.link_run_deps():
+                    if self.is_external_dependency(inst, dep.hash):
+                        continue
+                    dep_inst = self.get(dep.hash)
+                    if dep_inst is None:
+                        raise SpecError(
+                            f"{inst.spec.short()} depends on {dep.name}/{dep.hash[:7]}, "
+                            f"which is not installed in {self.root}"
+                        )
+                    visit(dep_inst, False)
+            if include_roots or not is_root:
+                ordered.append(inst)
+
+        for r in roots:
+            visit(r, True)
+        return ordered
+
+    def dependency_prefixes(self, inst: InstalledSpec) -> dict[str, str]:
+        """hash -> prefix of a package and its installed dependencies, externals left out (as
+        Spack leaves them out of ``hash_to_prefix``: they are never relocated)."""
+        out = {inst.hash: inst.prefix}
+        for h in [n.hash for n in inst.nodes[1:]] + [d.hash for d in inst.spec.deps]:
+            if h in out or self.is_external_dependency(inst, h):
+                continue
+            dep = self.get(h)
+            if dep is not None:
+                out[h] = dep.prefix
+        return out
+
+    def record(self, inst: InstalledSpec, explicit: bool = True) -> None:
+        """Add a prefix (or an external) to ``<root>/.spack-db/index.json`` (atomically, one
+        writer at a time)."""
+        from .locks import dir_lock
+
+        with dir_lock(os.path.dirname(self.db_path)):
+            self._record(inst, explicit)
+
+    def _record(self, inst: InstalledSpec, explicit: bool) -> None:
+        # A new database takes the version Spack 0.2x reads when the node is a v4 one (so Spack
+        # 0.2x can use the tree); an existing one keeps its version, its nodes converted to fit.
+        version = "7" if node_format(inst.spec) <= 4 else DB_VERSION
+        db = {"database": {"version": version, "installs": {}}}
+        if os.path.exists(self.db_path):
+            try:
+                with open(self.db_path, "rb") as f:
+                    db = json.load(f)
+            except (OSError, ValueError) as e:
+                raise SpecError(f"{self.db_path}: cannot read the database ({e})") from None
+        database = db.setdefault("database", {})
+        version = str(database.setdefault("version", version))
+        installs = database.setdefault("installs", {})
+        ref_counts = {h: 0 for h in installs}
+        node = db_node(inst.spec, version)
+        installs[inst.hash] = {
+            "spec": {k: v for k, v in node.items() if k != "hash"},
+            "path": inst.prefix,
+            "installed": True,
+            "ref_count": installs.get(inst.hash, {}).get("ref_count", 0),
+            "explicit": explicit,
+            "installation_time": time.time(),
+        }
+        for dep in inst.spec.deps:
+            if dep.hash in ref_counts:
+                installs[dep.hash]["ref_count"] = installs[dep.hash].get("ref_count", 0) + 1
+        os.makedirs(os.path.dirname(self.db_path), exist_ok=True)
+        write_atomic(self.db_path, json.dumps(db, separators=(",", ":")).encode())
+        if self._specs is not None:
+            self._specs[inst.hash] = inst
+
+
+def db_node(spec: Spec, db_version: str) -> dict:
+    """A node as a database of ``db_version`` holds it: v8 (Spack >= 1.0, read with the v5
+    reader) needs v4 nodes converted; older databases hold nodes as they were read."""
+    if db_version == "8" and node_format(spec) <= 4:
+        return upgrade_node(spec.node, spec.specfile_version)
+    return spec.node
+
+
+def recorded_dependency_prefixes(prefix: str) -> dict[str, str]:
+    """hash -> prefix of every dependency recorded when ``prefix`` was registered (or {})."""
+    path = os.path.join(prefix, SPEC_DIR, DEPS_JSON)
+    try:
+        with open(path, "rb") as f:
+            doc = json.load(f)
+        found = doc["hash_to_prefix"]
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SpecError(f"{path}: not a readable dependency record ({e}); register {prefix} again") from None
+    if not isinstance(found, dict):
+        raise SpecError(f"{path}: not a readable dependency record; register {prefix} again")
+    return {str(h): str(p) for h, p in found.items()}
+
+
+def _enclosing_tree(prefix: str) -> InstallTree | None:
+    """The install tree a prefix lives in (a parent holding ``.spack-db``), as Spack lays it out."""
+    d = os.path.dirname(prefix)
+    for _ in range(6):
+        if os.path.isfile(os.path.join(d, DB_DIR, "index.json")):
+            return InstallTree(d)
+        parent = os.path.dirname(d)
+        if parent == d:
+            break
+        d = parent
+    return None
+
+
+def _dependency_prefixes(dep_prefix: str, nodes: list[Spec], root: str | None) -> dict[str, str]:
+    """hash -> prefix for a dependency and everything it depends on; every node must be found."""
+    found = {nodes[0].hash: dep_prefix}
+    found.update(recorded_dependency_prefixes(dep_prefix))
+    trees = [t for t in (InstallTree(root) if root else None, _enclosing_tree(dep_prefix)) if t is not None]
+    for n in nodes[1:]:
+        if n.hash in found:
+            continue
+        for tree in trees:
+            try:
+                inst = tree.get(n.hash)
+            except SpecError:
+                inst = None
+            if inst is not None:
+                found[n.hash] = inst.prefix
+                break
+        else:
+            raise SpecError(
+                f"dependency {dep_prefix} ({nodes[0].short()}) does not record where its own "
+                f"dependency {n.short()} is installed; register {dep_prefix} again with --dep for "
+                "each of its dependencies, or give the install tree with --root")
+    return found
+
+
+def register_prefix(prefix: str, name: str, version: str, deps: Iterable[str] = (),
+                    arch: dict | None = None, parameters: dict | None = None,
+                    root: str | None = None, compiler: str | None = None,
+                    hash_inputs: Iterable[str] = ()) -> InstalledSpec:
+    """Write ``<prefix>/.spack/spec.json`` for a prefix another build system installed.
+
+    ``deps`` are prefixes already registered: where each one (and each of theirs) is installed
+    is recorded in ``<prefix>/.spack/dependency_prefixes.json``, so the package can be pushed
+    from outside any install tree with a complete ``hash_to_prefix``. ``hash_inputs`` (values,
+    ``@FILE`` for a file's content) become the spec's ``package_hash``. When ``root`` is given,
+    the prefix is recorded in that tree's database too. ``compiler`` (``NAME@VERSION``) makes it
+    a spec file v4 with the compiler on the node, which Spack < 1.0 needs to install the package
+    (Spack >= 1.0 reads v4 too).
+    """
+    if isinstance(deps, str):
+        deps = [deps]
+    compiler_node = parse_compiler(compiler) if compiler else None
+    prefix = os.path.abspath(prefix)
+    if not os.path.isdir(prefix):
+        raise SpecError(f"{prefix} is not a directory")
+    if not _NAME_RE.fullmatch(name or ""):
+        raise SpecError(f'invalid package name "{name}": use letters, digits, "-", "_", "." and "+"')
+    if not _VERSION_RE.fullmatch(str(version or "")):
+        raise SpecError(f'invalid version "{version}": a version starts with a letter, digit '
+                        'or "_" and holds no "/", space or control character')
+    dep_nodes: list[Spec] = []
+    direct: list[Spec] = []
+    hash_to_prefix: dict[str, str] = {}
+    for dep_prefix in deps:
+        dep_prefix = os.path.abspath(dep_prefix)
+        if os.path.normpath(dep_prefix) == prefix:
+            raise SpecError(f"{prefix} cannot depend on itself")
+        if not os.path.isfile(os.path.join(dep_prefix, SPEC_DIR, SPEC_JSON)):
+            what = "does not exist" if not os.path.isdir(dep_prefix) else "is not registered (no .spack/spec.json)"
+            raise SpecError(f"dependency {dep_prefix} {what}: build and register it first "
+                            f"(bincache register {dep_prefix} --name NAME --version VERSION)")
+        nodes = read_prefix_specfile(dep_prefix)
+        hash_to_prefix.update(_dependency_prefixes(dep_prefix, nodes, root))
+        direct.append(nodes[0])
+        for n in nodes:
+            if n.hash not in {d.hash for d in dep_nodes}:
+                dep_nodes.append(n)
+    node = make_node(name, str(version), direct, arch, parameters, compiler_node, inputs_hash(hash_inputs))
+    spec = Spec.from_node(node)
+    nodes = [spec] + dep_nodes
+    spec_dir = os.path.join(prefix, SPEC_DIR)
+    os.makedirs(spec_dir, exist_ok=True)
+    # A text file holding the dependencies' prefixes: relocation rewrites it on install, so an
+    # installed copy records where its dependencies were installed.
+    record = {"hash_to_prefix": {h: hash_to_prefix[h] for h in sorted(hash_to_prefix)}}
+    write_atomic(os.path.join(spec_dir, DEPS_JSON), json.dumps(record, indent=2).encode())
+    doc = specfile_dict(nodes, 4 if compiler_node else SPECFILE_VERSION)
+    write_atomic(os.path.join(spec_dir, SPEC_JSON), json.dumps(doc, indent=2).encode())
+    inst = InstalledSpec(spec, prefix, tuple(nodes))
+    if root is not None:
+        InstallTree(root).record(inst)
+    return inst
+
+
+def prefix_tree(prefix: str) -> tuple[InstallTree, InstalledSpec]:
+    """A prefix outside any install tree, with the dependencies recorded when it was registered.
+
+    Its parent directory stands for the store root. Every dependency must have a recorded prefix,
+    so that the package's buildinfo names where each one was.
+    """
+    prefix = os.path.abspath(prefix)
+    nodes = read_prefix_specfile(prefix)
+    recorded = recorded_dependency_prefixes(prefix)
+    inst = InstalledSpec(nodes[0], prefix, tuple(nodes))
+    specs = {inst.hash: inst}
+    by_hash = {n.hash: n for n in nodes}
+    for h, dep_prefix in recorded.items():
+        if h in by_hash and h != inst.hash:
+            specs[h] = InstalledSpec(by_hash[h], dep_prefix, (by_hash[h],))
+    missing = [n.short() for n in nodes[1:] if n.hash not in specs]
+    if missing:
+        raise SpecError(f"{prefix} does not record where {', '.join(missing)} is installed (it was "
+                        "registered without --dep, or by an older bincache); register it again "
+                        "with --dep for each dependency, or push it with --root")
+    tree = InstallTree(os.path.dirname(prefix))
+    tree._specs = specs
+    return tree, inst
