@@ -279,7 +279,7 @@ def prune(mirrors: Sequence[str | MirrorRef] | str | MirrorRef, keep: Sequence[s
 def sync(source: str | MirrorRef, dest: str | MirrorRef, specs: Sequence[str] | str = (), *,
          only_package: bool = False, jobs: int = 4, update_index: bool = True,
          planned: Any = None, copied: Any = None) -> Any:
-    """Copy packages (and their dependencies) between layout v3 mirrors, signatures as they
+    """Copy packages (and their dependencies) between mirrors (layout v3, OCI), signatures as they
     are; see :mod:`bincache.lifecycle.sync`."""
     from .lifecycle.sync import sync as _sync
 

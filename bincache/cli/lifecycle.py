@@ -90,9 +90,12 @@ def register(sub) -> None:
     p = sub.add_parser(
         "sync", help="copy packages from one mirror to another, signatures as they are",
         description="Copy SPECS (default: every package) and their dependencies from SRC to DST, "
-        "layout v3 mirrors (directory, s3; http as a source): blobs the destination has are not "
-        "copied again, manifests are copied byte for byte (signed ones stay valid), the source's "
-        "public keys go along, and the destination's index is updated. Run it again to resume.")
+        "layout v3 mirrors (directory, s3; http as a source) or OCI registries: blobs the "
+        "destination has are not copied again (between repositories of one registry they are "
+        "mounted), manifests are copied byte for byte (signed ones stay valid; in a registry a "
+        "signed manifest goes along with the image as its signature), a layout v3 source's "
+        "public keys go along to a layout v3 destination, and the destination's index is "
+        "updated. Run it again to resume.")
     p.add_argument("source", metavar="SRC", help="mirror name, path or URL to copy from")
     p.add_argument("dest", metavar="DST", help="mirror name, path or URL to copy to")
     p.add_argument("specs", nargs="*", help="specs to copy: name, name@version, /hash")
@@ -242,12 +245,15 @@ def cmd_sync(args) -> int:
         print_json({"source": result.source, "dest": result.dest, "copied": specs(result.copied),
                     "present": specs(result.present), "blobs_copied": result.blobs_copied,
                     "bytes_copied": result.bytes_copied, "blobs_present": result.blobs_present,
-                    "index_updated": result.index_updated})
+                    "blobs_mounted": result.blobs_mounted, "index_updated": result.index_updated,
+                    "requests": dict(sorted(result.requests.items()))})
         return 0
     if not live.enabled:
         for s in result.copied:
             print(f"copied   {s.short()}")
     print(f"{len(result.copied)} copied, {len(result.present)} already in {result.dest}: "
           f"{result.blobs_copied} blobs ({human_size(result.bytes_copied)}) copied, "
-          f"{result.blobs_present} already there" + ("; index updated" if result.index_updated else ""))
+          f"{result.blobs_present} already there"
+          + (f", {result.blobs_mounted} mounted" if result.blobs_mounted else "")
+          + ("; index updated" if result.index_updated else ""))
     return 0

@@ -1,11 +1,12 @@
-"""`sync`: copy packages between two layout v3 mirrors (directory, file://, s3://; http(s) as
-a source), dependencies included, signatures carried as they are.
+"""`sync`: copy packages between two mirrors (directory, file://, s3://, oci://; http(s) as a
+source), dependencies included, signatures carried as they are.
 
-Per package, as a push does: blobs first (each checked against its record; a blob the
-destination already has is not copied again), the manifest last, byte for byte, so a signed
-manifest stays valid. The manifest is the commit point, so a run that was interrupted is
-resumed by running it again: what is complete is skipped, what is partial is finished. The
-source's public keys (key manifests) go along, so the destination verifies as the source did.
+Blobs first (each checked against its record; a blob the destination already has is not copied
+again; between repositories of one registry it is mounted, not downloaded and uploaded), then
+each package's commit point: its manifest in a directory mirror, its tag in a registry (see
+:mod:`.sync_sides` for how a signed manifest lives in a registry). A run that was interrupted
+is resumed by running it again: what is complete is skipped, what is partial is finished. A
+layout v3 source's public keys (key manifests) go along to a layout v3 destination.
 """
 
 from __future__ import annotations
@@ -14,25 +15,25 @@ import os
 import shutil
 import tempfile
 import threading
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ..config import mask_url
-from ..errors import BincacheError, MirrorError, SpecError, UsageError
+from ..errors import MirrorError, SpecError, UsageError
 from ..index import update_index
 from ..mirror import open_cache
 from ..mirror.layout_v3 import (
-    LAYOUT_JSON,
     LayoutV3Cache,
     clearsigned_payload,
     is_clearsigned,
     parse_manifest,
     verify_blob_file,
 )
+from ..mirror.oci import OciCache
 from ..spec import matches
 from .catalog import closure, current_index
-
-KEY_MANIFESTS = "v3/manifests/key"
+from .sync_sides import Carried, DirSide, OciSide, diff_id, layer_of, specfile_bytes
 
 
 @dataclass
@@ -44,61 +45,103 @@ class SyncResult:
     blobs_copied: int = 0
     bytes_copied: int = 0
     blobs_present: int = 0
+    blobs_mounted: int = 0
     index_updated: bool = False
+    requests: Counter = field(default_factory=Counter)  # registry requests by kind
 
 
-def _layout(ref, role: str) -> LayoutV3Cache:
+def _side(ref, role: str):
     cache = open_cache(ref)
+    if isinstance(cache, OciCache):
+        return OciSide(cache)
     if not isinstance(cache, LayoutV3Cache):
         kind = getattr(cache, "kind", "")
         hint = " (bincache migrate SRC DST copies a layout v2 cache)" if kind == "layout-v2" else ""
-        raise UsageError(f"{mask_url(cache.url)}: sync copies between layout v3 mirrors (directory, "
-                         f"s3, http as a source); this {role} is not one{hint}")
+        raise UsageError(f"{mask_url(cache.url)}: sync copies between layout v3 mirrors and OCI "
+                         f"registries (http as a source); this {role} is neither{hint}")
     root = getattr(cache.backend, "root", None)
     if root is not None and os.path.exists(root) and not os.path.isdir(root):
-        raise UsageError(f"{root} is a file, not a mirror directory")
+        raise UsageError(f"{root} is a file, not a mirror directory; name a directory (or a "
+                         "new path) as the {role}".replace("{role}", role))
     if role == "source" and root is not None and not os.path.isdir(root):
         raise MirrorError(f"no mirror at {root} (the directory does not exist)")
-    return cache
+    return DirSide(cache)
 
 
 class _Copier:
-    def __init__(self, src: LayoutV3Cache, dst: LayoutV3Cache, scratch: str, result: SyncResult):
+    def __init__(self, src, dst, scratch: str, result: SyncResult):
         self.src, self.dst, self.scratch, self.result = src, dst, scratch, result
         self.lock = threading.Lock()
         self.done: set[str] = set()
+        self.mountable = isinstance(dst, OciSide) and dst.same_registry(src)
 
-    def blob(self, rec) -> None:
+    def blob(self, rec, want_diff_id: bool = False) -> str | None:
+        """Copy one blob unless the destination has it; its diff_id when asked (a tarball that
+        becomes an image layer)."""
         with self.lock:
-            if rec.path in self.done:
-                return
+            first = rec.path not in self.done
             self.done.add(rec.path)
-        if self.dst.backend.exists(rec.path):
+        if not first and not want_diff_id:
+            return None
+        if not first or self.dst.has_blob(rec):
+            if first:
+                with self.lock:
+                    self.result.blobs_present += 1
+            return self._diff_id_at_source(rec) if want_diff_id else None
+        if self.mountable and self.dst.mount(rec, self.src):
             with self.lock:
-                self.result.blobs_present += 1
-            return
+                self.result.blobs_mounted += 1
+            return None
         where = f"{mask_url(self.src.url)}/{rec.path}"
-        local = self.src.backend.local_path(rec.path)
-        if local is not None:
-            with open(local, "rb") as f:
-                verify_blob_file(f, rec, where)
-            self.dst.backend.put_file(rec.path, local)
-        else:
-            tmp = os.path.join(self.scratch, rec.checksum)
-            self.src.fetch_blob(rec, tmp)  # checked against the record
-            try:
-                self.dst.backend.put_file(rec.path, tmp)
-            finally:
+        local = self.src.local_path(rec)
+        tmp = None
+        try:
+            if local is not None:
+                with open(local, "rb") as f:
+                    verify_blob_file(f, rec, where)
+                path = local
+            else:
+                path = tmp = os.path.join(self.scratch, rec.checksum + f".{threading.get_ident()}")
+                self.src.fetch_blob(rec, tmp)  # checked against the record
+            found = diff_id(path) if want_diff_id else None
+            self.dst.put_blob(rec, path)
+        finally:
+            if tmp is not None and os.path.exists(tmp):
                 os.unlink(tmp)
         with self.lock:
             self.result.blobs_copied += 1
             self.result.bytes_copied += rec.content_length
+        return found
+
+    def _diff_id_at_source(self, rec) -> str:
+        local = self.src.local_path(rec)
+        if local is not None:
+            return diff_id(local)
+        tmp = os.path.join(self.scratch, rec.checksum + f".{threading.get_ident()}")
+        try:
+            self.src.fetch_blob(rec, tmp)
+            return diff_id(tmp)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def package(self, carried: Carried) -> None:
+        """Every blob the destination's copy of the package names."""
+        for rec in self.dst.blobs_for(carried):
+            if self.dst.wants_image(carried) and rec == carried.tarball:
+                carried.diff_id = self.blob(rec, want_diff_id=True)
+            else:
+                self.blob(rec)
+        if self.dst.wants_image(carried):
+            rec = carried.spec_record
+            carried.specfile = specfile_bytes(self.src.read_blob(rec), rec)
 
     def manifest(self, rel: str, raw: bytes) -> None:
+        """A key manifest of a layout v3 mirror: its blobs, then itself."""
         payload = clearsigned_payload(raw) if is_clearsigned(raw) else raw
         for rec in parse_manifest(payload, raw, rel).records:
             self.blob(rec)
-        self.dst.backend.write(rel, raw)
+        self.dst.cache.backend.write(rel, raw)
 
 
 def _select(idx, specs: list[str], only_package: bool) -> list:
@@ -122,51 +165,42 @@ def _select(idx, specs: list[str], only_package: bool) -> list:
 def sync(source, dest, specs: list[str] = (), *, only_package: bool = False, jobs: int = 4,
          update_dest_index: bool = True, planned=None, copied=None) -> SyncResult:
     """``planned(n)`` is told how many packages are looked at, ``copied(spec)`` each one copied."""
-    src, dst = _layout(source, "source"), _layout(dest, "destination")
+    src, dst = _side(source, "source"), _side(dest, "destination")
     if src.url == dst.url:
         raise UsageError("the source and the destination are the same mirror")
-    idx = current_index(src, jobs)
+    idx = current_index(src.cache, jobs)
     chosen = _select(idx, list(specs), only_package)
     result = SyncResult(mask_url(src.url), mask_url(dst.url))
-    dst.backend.check_writable()
-    scratch = tempfile.mkdtemp(prefix="bincache-sync-")
-    copier = _Copier(src, dst, scratch, result)
+    dst.check_writable()
     if planned:
         planned(len(chosen))
-
-    def one(spec):
-        rel = dst.manifest_path(spec.name, spec.version, spec.hash)
-        if dst.backend.exists(rel):  # written last: the package is complete there
-            return spec, False
-        copier.manifest(rel, src.fetch_manifest_raw(spec))
-        if copied:
-            copied(spec)
-        return spec, True
-
+    scratch = tempfile.mkdtemp(prefix="bincache-sync-")
+    copier = _Copier(src, dst, scratch, result)
+    workers = max(1, jobs)
     try:
-        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            for spec, was_copied in pool.map(one, chosen):
-                (result.copied if was_copied else result.present).append(spec)
-        for rel in src.backend.list(KEY_MANIFESTS) if _listable(src) else []:
-            if not dst.backend.exists(rel):
-                copier.manifest(rel, src.backend.read(rel))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            there = list(pool.map(dst.has, chosen))
+            result.present = [s for s, t in zip(chosen, there) if t]
+            todo = list(pool.map(src.carried, [s for s, t in zip(chosen, there) if not t]))
+            list(pool.map(copier.package, todo))
+            # Commit points last, once every blob of the run is in (an image names its
+            # dependencies' layers).
+            layers = {c.spec.hash: layer_of(c) for c in todo if c.diff_id}
+
+            def commit(carried: Carried) -> None:
+                dst.commit(carried, layers)
+                if copied:
+                    copied(carried.spec)
+
+            list(pool.map(commit, todo))
+        result.copied = [c.spec for c in todo]
+        dst.finish(src, todo, copier.manifest)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    try:
-        layout = src.backend.read(LAYOUT_JSON)
-    except BincacheError:
-        layout = None
-    if layout is not None and not dst.backend.exists(LAYOUT_JSON):
-        dst.backend.write(LAYOUT_JSON, layout)
     if update_dest_index:
-        update_index(dst, jobs=jobs)
+        update_index(dst.cache, jobs=jobs)
         result.index_updated = True
+    for side in (src, dst):
+        if isinstance(side, OciSide):
+            result.requests.update(side.client.stats)
     return result
-
-
-def _listable(cache: LayoutV3Cache) -> bool:
-    try:
-        cache.backend.list(KEY_MANIFESTS)
-        return True
-    except BincacheError:
-        return False  # http: the keys stay where they are (install them from the source)

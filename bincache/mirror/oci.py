@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -172,6 +173,11 @@ class OciCache:
     def _config_desc(self, manifest: FetchedManifest) -> Descriptor:
         return Descriptor.from_json(manifest.json()["config"])
 
+    def put_image(self, config: dict[str, Any], layers: list[img.Layer],
+                  annotations: dict[str, str] | None = None) -> FetchedManifest:
+        """Upload an image config and build (not push) an OCI manifest over `layers`."""
+        return self._put_image(config, layers, None, False, annotations)
+
     def _put_image(self, config: dict[str, Any], layers: list[img.Layer],
                    base: FetchedManifest | None, docker: bool,
                    annotations: dict[str, str] | None) -> FetchedManifest:
@@ -192,19 +198,7 @@ class OciCache:
     def _dependency_layers(self, packed: Any) -> list[tuple[str, img.Layer]]:
         """(hash, layer) of the link/run dependencies, leaves first (a runnable image's order)."""
         nodes = {n.hash: n for n in getattr(packed, "nodes", ()) or ()}
-        order: list[str] = []
-        seen: set[str] = set()
-
-        def visit(h: str) -> None:
-            node = nodes.get(h)
-            if node is None or h in seen:
-                return
-            seen.add(h)
-            for dep in sorted(node.link_run_deps(), key=lambda d: (d.name, d.hash)):
-                visit(dep.hash)
-            order.append(h)
-
-        visit(packed.spec.hash)
+        order = leaves_first(nodes, packed.spec.hash)
         layers = []
         for h in order[:-1]:
             layer = self._layer_of(nodes[h])
@@ -352,12 +346,20 @@ class OciCache:
         body["subject"] = {"mediaType": manifest.media_type, "digest": manifest.digest,
                            "size": len(manifest.data)}
         signed = signer.clearsign(json.dumps(body, indent=0, separators=(",", ":")).encode())
+        self.publish_signature(manifest, signed)
+
+    def publish_signature(self, manifest: FetchedManifest, signed: bytes,
+                          blobs: Sequence[Descriptor] = ()) -> None:
+        """Attach a clearsigned document to an image manifest (before its tag is written).
+
+        `blobs` (already in the repository) become more layers of the signature artifact, so a
+        registry's garbage collector keeps what the signed text names besides the image."""
         sig_digest = sha256_digest(signed)
         self.client.upload_blob(self.image, signed, sig_digest)
         self.client.upload_blob(self.image, img.EMPTY_JSON, sha256_digest(img.EMPTY_JSON))
         doc = img.build_manifest(
             config=Descriptor(img.EMPTY, sha256_digest(img.EMPTY_JSON), len(img.EMPTY_JSON)),
-            layers=[Descriptor(img.SIGNATURE_LAYER, sig_digest, len(signed))],
+            layers=[Descriptor(img.SIGNATURE_LAYER, sig_digest, len(signed)), *blobs],
             subject=Descriptor(manifest.media_type, manifest.digest, len(manifest.data)),
             artifact_type=img.SIGNATURE_ARTIFACT)
         raw = img.dumps(doc)
@@ -368,18 +370,22 @@ class OciCache:
             self.client.put_manifest(self.image.with_tag(img.signature_tag(manifest.digest)),
                                      raw, OCI_MANIFEST)
 
-    def _fetch_signature(self, manifest: FetchedManifest) -> bytes | None:
-        """The clearsigned document of an image manifest, or None when it is unsigned."""
-        sig_manifest: FetchedManifest | None = None
+    def signature_manifest(self, manifest: FetchedManifest) -> FetchedManifest | None:
+        """The signature artifact whose subject is an image manifest, or None (unsigned)."""
         found = self.client.referrers(self.image, manifest.digest, img.SIGNATURE_ARTIFACT)
         if found:
-            sig_manifest = self.client.fetch_manifest(self.image.with_digest(found[0]["digest"]))
-        else:
-            try:
-                sig_manifest = self.client.fetch_manifest(
-                    self.image.with_tag(img.signature_tag(manifest.digest)))
-            except BlobNotFound:
-                return None
+            return self.client.fetch_manifest(self.image.with_digest(found[0]["digest"]))
+        try:
+            return self.client.fetch_manifest(
+                self.image.with_tag(img.signature_tag(manifest.digest)))
+        except BlobNotFound:
+            return None
+
+    def _fetch_signature(self, manifest: FetchedManifest) -> bytes | None:
+        """The clearsigned document of an image manifest, or None when it is unsigned."""
+        sig_manifest = self.signature_manifest(manifest)
+        if sig_manifest is None:
+            return None
         layers = sig_manifest.json().get("layers") or []
         if not layers:
             return None
@@ -423,8 +429,10 @@ class OciCache:
             return fetched
         try:
             payload = json.loads(verified)
-            subject = payload["subject"]["digest"]
             signed_records = [BlobRecord.from_dict(d) for d in payload["data"]]
+            if "subject" not in payload:
+                return self._carried_manifest(signed_records, fetched, label)
+            subject = payload["subject"]["digest"]
         except (ValueError, KeyError, TypeError, MirrorError) as exc:
             raise SignatureError(f"{label}: the signed text of the image signature is not a "
                                  "package signature") from exc
@@ -432,6 +440,19 @@ class OciCache:
             raise SignatureError(f"{label}: the signature was made for another image ({subject}, "
                                  f"not {fetched.subject}): refusing it")
         return PackageManifest(signed_records, fetched.raw, True, subject)
+
+    @staticmethod
+    def _carried_manifest(signed: list[BlobRecord], fetched: PackageManifest,
+                          label: str) -> PackageManifest:
+        """A directory mirror's signed manifest that `sync` carried along with the image: it
+        names the tarball (which must be this image's last layer) and the original spec blob
+        (in the repository, a layer of the signature artifact); both are used by their signed
+        digests, so the image around them needs no signature of its own."""
+        tarballs = [r for r in signed if r.media_type == MT_TARBALL]
+        if tarballs != [fetched.tarball]:
+            raise SignatureError(f"{label}: the signed manifest names another tarball than the "
+                                 "image's: refusing it")
+        return PackageManifest(signed, fetched.raw, True, fetched.subject)
 
     def fetch_blob(self, record: BlobRecord, dest: str) -> None:
         """Download a blob to `dest`, verified (IntegrityError otherwise), via the local cache."""
@@ -537,6 +558,25 @@ class OciCache:
         size = int((doc.get("layers") or [{}])[-1].get("size", 0))
         data = self.client.fetch_blob_bytes(self.image, config.digest, config.size)
         return parse_specfile(data, f"{self.url}:{tag}"), size
+
+
+def leaves_first(nodes: dict[str, Any], root: str) -> list[str]:
+    """Hashes of `root`'s link/run closure in `nodes`, each after its dependencies and `root`
+    last: the layer order of a runnable image."""
+    order: list[str] = []
+    seen: set[str] = set()
+
+    def visit(h: str) -> None:
+        node = nodes.get(h)
+        if node is None or h in seen:
+            return
+        seen.add(h)
+        for dep in sorted(node.link_run_deps(), key=lambda d: (d.name, d.hash)):
+            visit(dep.hash)
+        order.append(h)
+
+    visit(root)
+    return order
 
 
 def _spec_ref_from_tag(tag: str) -> SpecRef | None:

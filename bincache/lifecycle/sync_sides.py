@@ -1,0 +1,285 @@
+"""The two ends of a `sync`: a layout v3 mirror (directory, s3, http) or an OCI registry.
+
+A package travels as a `Carried`: the bytes a directory mirror keeps as its manifest (signed or
+not) and the blobs they name. A directory mirror stores exactly that. A registry stores an
+image (the dependencies' tarballs, then the package's, as layers; a config holding the spec, as
+`push` makes it) and, when the manifest is signed, the manifest itself as the image's signature
+artifact with the original spec blob beside it: install verifies that manifest and uses the
+tarball and spec by their signed digests, so the signature made for the directory mirror keeps
+working, and the way back to a directory gives the original bytes again. Between registries the
+image and its signature artifact are copied byte for byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import zlib
+from dataclasses import dataclass
+
+from ..errors import BincacheError, BlobNotFound, MirrorError
+from ..mirror.layout_v3 import (
+    LAYOUT_JSON,
+    MT_SPEC_PREFIX,
+    MT_TARBALL,
+    BlobRecord,
+    LayoutV3Cache,
+    clearsigned_payload,
+    is_clearsigned,
+    manifest_bytes,
+    parse_manifest,
+)
+from ..mirror.oci import OciCache, leaves_first
+from ..oci import image as img
+from ..oci.client import OCI_MANIFEST, Descriptor, FetchedManifest, Platform
+from ..spec import parse_specfile
+
+log = logging.getLogger(__name__)
+KEY_MANIFESTS = "v3/manifests/key"
+
+
+@dataclass
+class Carried:
+    spec: object  # the index's Spec
+    raw: bytes
+    records: list[BlobRecord]
+    image: FetchedManifest | None = None  # from a registry: copied as it is to another one
+    signature: FetchedManifest | None = None
+    specfile: bytes | None = None  # for an image made here: the spec file, uncompressed
+    diff_id: str | None = None  # ... and the tarball's uncompressed digest
+
+    @property
+    def tarball(self) -> BlobRecord:
+        return next(r for r in self.records if r.media_type == MT_TARBALL)
+
+    @property
+    def spec_record(self) -> BlobRecord:
+        return next(r for r in self.records if r.media_type.startswith(MT_SPEC_PREFIX))
+
+    @property
+    def signed(self) -> bool:
+        return is_clearsigned(self.raw)
+
+
+def _record(desc: Descriptor) -> BlobRecord:
+    algorithm, _, hexdigest = desc.digest.partition(":")
+    return BlobRecord(int(desc.size), desc.media_type, "none", hexdigest, algorithm)
+
+
+def _digest(rec: BlobRecord) -> str:
+    return f"{rec.checksum_algorithm}:{rec.checksum}"
+
+
+def diff_id(path: str) -> str:
+    """The sha256 of a gzip file's uncompressed bytes (an image layer's diff_id), streamed."""
+    h = hashlib.sha256()
+    d = zlib.decompressobj(31)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            while chunk:
+                h.update(d.decompress(chunk))
+                if not d.eof:
+                    break
+                chunk = d.unused_data  # the next gzip member
+                d = zlib.decompressobj(31)
+    return "sha256:" + h.hexdigest()
+
+
+class DirSide:
+    """A layout v3 mirror: the manifest is the commit point, written after its blobs."""
+
+    def __init__(self, cache: LayoutV3Cache):
+        self.cache, self.url = cache, cache.url
+
+    def check_writable(self) -> None:
+        self.cache.backend.check_writable()
+
+    def has(self, spec) -> bool:
+        return self.cache.backend.exists(self.cache.manifest_path(spec.name, spec.version, spec.hash))
+
+    def carried(self, spec) -> Carried:
+        raw = self.cache.fetch_manifest_raw(spec)
+        payload = clearsigned_payload(raw) if is_clearsigned(raw) else raw
+        return Carried(spec, raw, parse_manifest(payload, raw, f"{self.url} {spec.short()}").records)
+
+    def has_blob(self, rec: BlobRecord) -> bool:
+        return self.cache.backend.exists(rec.path)
+
+    def local_path(self, rec: BlobRecord) -> str | None:
+        return self.cache.backend.local_path(rec.path)
+
+    def fetch_blob(self, rec: BlobRecord, dest: str) -> None:
+        self.cache.fetch_blob(rec, dest)  # checked against the record
+
+    def read_blob(self, rec: BlobRecord) -> bytes:
+        return self.cache.get_blob_bytes(rec)
+
+    def put_blob(self, rec: BlobRecord, path: str) -> None:
+        self.cache.backend.put_file(rec.path, path)
+
+    def blobs_for(self, carried: Carried) -> list[BlobRecord]:
+        return list(carried.records)
+
+    def wants_image(self, carried: Carried) -> bool:
+        return False
+
+    def commit(self, carried: Carried, layers: dict) -> None:
+        s = carried.spec
+        self.cache.backend.write(self.cache.manifest_path(s.name, s.version, s.hash), carried.raw)
+
+    def finish(self, source, carried: list[Carried], copy_manifest) -> None:
+        """Public keys and layout.json: from a layout v3 source as they are."""
+        if isinstance(source, DirSide):
+            for rel in _key_manifests(source.cache):
+                if not self.cache.backend.exists(rel):
+                    copy_manifest(rel, source.cache.backend.read(rel))
+            try:
+                layout = source.cache.backend.read(LAYOUT_JSON)
+            except BincacheError:
+                layout = None
+            if layout is not None and not self.cache.backend.exists(LAYOUT_JSON):
+                self.cache.backend.write(LAYOUT_JSON, layout)
+        else:
+            self.cache.write_layout("gpg" if any(c.signed for c in carried) else None)
+
+
+def _key_manifests(cache: LayoutV3Cache) -> list[str]:
+    try:
+        return cache.backend.list(KEY_MANIFESTS)
+    except BincacheError:
+        return []  # http: the keys stay where they are (install them from the source)
+
+
+class OciSide:
+    """A registry repository: the package's tag is the commit point, written last."""
+
+    def __init__(self, cache: OciCache):
+        self.cache, self.url = cache, cache.url
+        self.client, self.image = cache.client, cache.image
+
+    def check_writable(self) -> None:
+        pass  # the first upload says so, with the registry's own words
+
+    def same_registry(self, other) -> bool:
+        return isinstance(other, OciSide) and other.image.api_host == self.image.api_host
+
+    def has(self, spec) -> bool:
+        return self.client.manifest_digest(self.cache.tag_ref(spec.name, spec.version, spec.hash)) is not None
+
+    def carried(self, spec) -> Carried:
+        ref = self.cache.tag_ref(spec.name, spec.version, spec.hash)
+        manifest = self.client.resolve_image(ref, Platform(architecture=img.goarch()))
+        doc = manifest.json()
+        try:
+            tarball = Descriptor.from_json(doc["layers"][-1])
+            config = Descriptor.from_json(doc["config"])
+        except (KeyError, IndexError, TypeError) as exc:
+            raise MirrorError(f"{self.url}: {ref.tag} is not a package image") from exc
+        signature = self.cache.signature_manifest(manifest)
+        if signature is None:
+            records = OciCache._records(tarball, config)
+            return Carried(spec, manifest_bytes(records), records, manifest)
+        try:
+            layer = Descriptor.from_json(signature.json()["layers"][0])
+        except (KeyError, IndexError, TypeError) as exc:
+            raise MirrorError(f"{self.url}: the signature of {ref.tag} has no layer") from exc
+        raw = self.client.fetch_blob_bytes(self.image, layer.digest, layer.size, max_size=1 << 20)
+        # Carried, not trusted: whoever installs the copy verifies it.
+        records = parse_manifest(clearsigned_payload(raw), raw, f"{self.url} {ref.tag}").records
+        return Carried(spec, raw, records, manifest, signature)
+
+    def has_blob(self, rec: BlobRecord) -> bool:
+        return self.client.blob_exists(self.image, _digest(rec))
+
+    def local_path(self, rec: BlobRecord) -> str | None:
+        return None
+
+    def fetch_blob(self, rec: BlobRecord, dest: str) -> None:
+        self.client.fetch_blob(self.image, _digest(rec), dest, rec.content_length)  # verified
+
+    def read_blob(self, rec: BlobRecord) -> bytes:
+        return self.client.fetch_blob_bytes(self.image, _digest(rec), rec.content_length)
+
+    def put_blob(self, rec: BlobRecord, path: str) -> None:
+        self.client.upload_blob(self.image, path, _digest(rec), check_exists=False)
+
+    def mount(self, rec: BlobRecord, source: OciSide) -> bool:
+        return self.client.mount_blob(self.image, _digest(rec), source.image.name)
+
+    def wants_image(self, carried: Carried) -> bool:
+        """True when the image is made here (the source was no registry)."""
+        return carried.image is None
+
+    def blobs_for(self, carried: Carried) -> list[BlobRecord]:
+        if carried.image is None:
+            return list(carried.records)
+        descs = []
+        for manifest in (carried.image, carried.signature):
+            if manifest is not None:
+                doc = manifest.json()
+                descs += [doc["config"], *(doc.get("layers") or [])]
+        return list({d["digest"]: _record(Descriptor.from_json(d)) for d in descs}.values())
+
+    def existing_layer(self, spec) -> img.Layer | None:
+        """A dependency's layer from its image already in this repository, or None."""
+        try:
+            manifest, config = self.client.fetch_image(self.cache.tag_ref(spec.name, spec.version, spec.hash))
+            layer = Descriptor.from_json(manifest.json()["layers"][-1])
+            return img.Layer(layer.digest, str(config["rootfs"]["diff_ids"][-1]), layer.size)
+        except (BlobNotFound, KeyError, IndexError, TypeError):
+            return None
+
+    def commit(self, carried: Carried, layers: dict) -> None:
+        """The signature artifact (if any), then the image under the package's tag."""
+        tag = self.cache.tag_ref(carried.spec.name, carried.spec.version, carried.spec.hash)
+        if carried.image is not None:
+            if carried.signature is not None:
+                self._put_signature_manifest(carried.image, carried.signature)
+            self.client.put_manifest(tag, carried.image.data, carried.image.media_type)
+            return
+        nodes = parse_specfile(carried.specfile, f"{self.url} {carried.spec.short()}")
+        own = img.Layer(_digest(carried.tarball), carried.diff_id, carried.tarball.content_length)
+        by_hash = {n.hash: n for n in nodes}
+        image_layers = []
+        for h in leaves_first(by_hash, nodes[0].hash)[:-1]:
+            layer = layers.get(h) or self.existing_layer(by_hash[h])
+            if layer is None:
+                log.warning("%s: dependency %s is not in %s; its image will lack that layer",
+                            carried.spec.short(), by_hash[h].short(), self.url)
+                continue
+            image_layers.append(layer)
+        image_layers.append(own)
+        config = img.build_config(
+            layers=image_layers, env=img.image_env([], exists=lambda _: False),
+            spack_keys=img.spack_config_keys(carried.specfile, own.digest),
+            architecture=img.goarch(nodes[0].target))
+        manifest = self.cache.put_image(config, image_layers,
+                                        {"org.opencontainers.image.description": carried.spec.short()})
+        if carried.signed:
+            spec_rec = carried.spec_record
+            self.cache.publish_signature(manifest, carried.raw, [Descriptor(
+                spec_rec.media_type, _digest(spec_rec), spec_rec.content_length)])
+        self.client.put_manifest(tag, manifest.data, OCI_MANIFEST)
+
+    def _put_signature_manifest(self, image: FetchedManifest, signature: FetchedManifest) -> None:
+        _, indexed = self.client.put_manifest(self.image.with_digest(signature.digest),
+                                              signature.data, signature.media_type or OCI_MANIFEST)
+        if not indexed:
+            self.client.put_manifest(self.image.with_tag(img.signature_tag(image.digest)),
+                                     signature.data, signature.media_type or OCI_MANIFEST)
+
+    def finish(self, source, carried: list[Carried], copy_manifest) -> None:
+        pass  # a registry holds no public keys: trust them from the source
+
+
+def specfile_bytes(data: bytes, rec: BlobRecord) -> bytes:
+    if rec.compression == "gzip" or data[:2] == b"\x1f\x8b":
+        return zlib.decompress(data, 31)
+    return data
+
+
+def layer_of(carried: Carried) -> img.Layer:
+    return img.Layer(_digest(carried.tarball), carried.diff_id, carried.tarball.content_length)
+
+
+__all__ = ["Carried", "DirSide", "OciSide", "diff_id", "layer_of", "specfile_bytes"]
