@@ -68,3 +68,11 @@ def pytest_runtest_makereport(item, call):
             and not optional):
         report.outcome = "failed"
         report.longrepr = f"skipped, but BINCACHE_REQUIRE_TOOLS=1 (CI installs every tool): {report.longrepr}"
+
+
+def place_inflate(monkeypatch, where: str) -> None:
+    """Make extraction inflate gzip ``inline`` or in its own ``thread``: the choice it makes
+    itself from the CPUs each running extraction can have."""
+    from bincache.tar import inflate
+
+    monkeypatch.setattr(inflate, "_cpus", lambda: 1 if where == "inline" else 64)

@@ -8,9 +8,7 @@ import hashlib
 import io
 import os
 import queue
-import shutil
 import stat
-import subprocess
 import threading
 import zlib
 from collections.abc import Iterator
@@ -291,7 +289,6 @@ class _ThreadedInflater:
             self._thread.join(timeout=10)
 
 
-
 def _descriptor(f: BinaryIO) -> int | None:
     """The descriptor of a regular file the native inflater can pread, else None."""
     try:
@@ -299,54 +296,6 @@ def _descriptor(f: BinaryIO) -> int | None:
         return fd if stat.S_ISREG(os.fstat(fd).st_mode) else None
     except (AttributeError, OSError, io.UnsupportedOperation):
         return None
-
-
-
-class _ProcessInflater(_ThreadedInflater):
-    """gzip inflated by a `pigz -dc` child, as `tar -xzf` does with gzip: inflating runs on
-    another core without the GIL, and this process only parses and writes."""
-
-    def __init__(self, raw: BinaryIO, program: str):
-        self._program = program
-        self._proc: subprocess.Popen | None = None
-        super().__init__(raw, "gzip", threaded=False)
-
-    def _chunks(self) -> Iterator[bytes]:
-        # The child reads the descriptor itself: put its offset at the start of the stream
-        # (a buffered seek in this process may not have moved it).
-        fd = self._raw.fileno()
-        os.lseek(fd, 0, os.SEEK_SET)
-        self._proc = subprocess.Popen(
-            [self._program, "-dc"], stdin=fd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )
-        assert self._proc.stdout is not None and self._proc.stderr is not None
-        while True:
-            block = self._proc.stdout.read1(CHUNK)
-            if not block:
-                break
-            yield block
-        rc = self._proc.wait()
-        if rc != 0:
-            why = self._proc.stderr.read().decode(errors="replace").strip().splitlines()
-            text = why[-1] if why else f"exit status {rc}"
-            if any(w in text for w in ("unexpected end", "truncated", "incomplete")):
-                raise ExtractError(f"truncated gzip stream (the tarball is incomplete): {text}")
-            raise ExtractError(f"damaged gzip stream: {text}")
-
-    def close(self) -> None:
-        self._stop = True
-        if self._proc is not None:
-            if self._proc.poll() is None:
-                self._proc.kill()
-            self._proc.wait()
-            for pipe in (self._proc.stdout, self._proc.stderr):
-                if pipe is not None:
-                    pipe.close()
-
-
-def _gzip_program() -> str | None:
-    # pigz only: gzip's own inflate is slower than zlib's in this process (measured 1.3x).
-    return shutil.which("pigz")
 
 
 _active_lock = threading.Lock()
@@ -379,26 +328,18 @@ def _cpus() -> int:
 def _open_stream(f: BinaryIO, expect: Expected | None = None) -> _ThreadedInflater:
     head = f.read(4)
     f.seek(0)
-    # BINCACHE_INFLATE: "inline" inflates in the calling thread; "thread" in a thread of this
-    # process; "process" in a `pigz -dc` child (when pigz is there). Default for gzip through the
-    # C core: a thread while each running extraction can have two CPUs, else inline. Measured on
-    # 1 GiB (2 CPUs, /dev/shm, ISA-L): -j 1 takes 5.0 s with a thread, 5.9 s inline; -j 2 takes
-    # 5.3 s inline, 5.9 s with threads (four threads on two CPUs only add handoffs).
-    how = os.environ.get("BINCACHE_INFLATE", "")
+    # One inflater for gzip: the C core's (ISA-L when built with it) on a descriptor, zlib on a
+    # stream without one. Where it runs: a thread while each running extraction can have two
+    # CPUs, else inline. Measured on 1 GiB (2 CPUs, /dev/shm, ISA-L): -j 1 takes 5.0 s with a
+    # thread, 5.9 s inline; -j 2 takes 5.3 s inline, 5.9 s with threads (four threads on two
+    # CPUs only add handoffs). There is no switch: a `pigz -dc` child (it could not hash what
+    # it read, so install never used it) and python-isal (as fast as the core: same ISA-L) are
+    # not kept.
     if head[:2] == GZIP_MAGIC:
-        # A child reading the descriptor itself cannot hash what it reads.
-        program = _gzip_program() if how == "process" and expect is None else None
-        if program is not None and hasattr(f, "fileno"):
-            try:
-                f.fileno()
-                return _ProcessInflater(f, program)
-            except (OSError, io.UnsupportedOperation):
-                pass
-        if not how:
-            native = _NATIVE_INFLATE and _descriptor(f) is not None
-            # A threaded extraction keeps two CPUs busy (inflate, and parse + write).
-            how = "inline" if native and 2 * _extracting() > _cpus() else "thread"
-        return _ThreadedInflater(f, "gzip", how != "inline", expect)
+        native = _NATIVE_INFLATE and _descriptor(f) is not None
+        # A threaded extraction keeps two CPUs busy (inflate, and parse + write).
+        inline = native and 2 * _extracting() > _cpus()
+        return _ThreadedInflater(f, "gzip", not inline, expect)
     if head == ZSTD_MAGIC:
-        return _ThreadedInflater(f, "zstd", how != "inline", expect)
+        return _ThreadedInflater(f, "zstd", True, expect)
     raise ExtractError("not a gzip or zstd compressed tarball (unknown magic bytes)")

@@ -20,6 +20,7 @@ from bincache import api
 from bincache.errors import BincacheError, IntegrityError
 from bincache.tar.extract import extract_package
 from bincache.tar.inflate import Expected
+from tests.conftest import place_inflate
 from tests.fixtures.hostile import (
     Package,
     Signer,
@@ -58,7 +59,7 @@ def test_a_blob_rewritten_in_place_after_its_check_is_not_installed(tmp_path, ke
                                                                       inflate):
     signer, user = keys
     copy_keyring(user, os.environ["BINCACHE_GNUPGHOME"])
-    monkeypatch.setenv("BINCACHE_INFLATE", inflate)
+    place_inflate(monkeypatch, inflate)
     n = node("zlib", "1.3")
     mirror = str(tmp_path / "mirror")
     record = write_package(mirror, Package(n, OLD, [member(OLD + "/lib/libz.so", b"good")]), signer)

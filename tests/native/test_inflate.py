@@ -335,8 +335,9 @@ def test_a_bad_trailer_still_hands_out_the_data_first(backend, tmp_path):
 def test_extraction_names_the_tarball_and_the_member_a_bad_crc_hit(tmp_path, monkeypatch):
     from bincache.errors import ExtractError
     from bincache.tar.extract import extract_package
+    from tests.conftest import place_inflate
 
-    monkeypatch.setenv("BINCACHE_INFLATE", "inline")
+    place_inflate(monkeypatch, "inline")
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tf:
         for name in ("opt", "opt/p"):

@@ -13,6 +13,7 @@ import pytest
 
 from bincache.errors import ExtractError
 from bincache.tar.extract import extract_package
+from tests.conftest import place_inflate
 
 OLD = "/opt/store/linux-x86_64/pkg-1.0-abcdefabcdefabcdefabcdefabcdefab"
 DEP = "/opt/store/linux-x86_64/dep-2.0-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
@@ -252,9 +253,9 @@ def test_member_larger_than_the_stream_is_refused(tmp_path, staging):
     assert "truncated" in str(info.value) or "short" in str(info.value)
 
 
-@pytest.mark.parametrize("mode", ["process", "thread", "inline"])
+@pytest.mark.parametrize("mode", ["thread", "inline"])
 def test_truncated_gzip_is_refused(tmp_path, staging, monkeypatch, mode):
-    monkeypatch.setenv("BINCACHE_INFLATE", mode)
+    place_inflate(monkeypatch, mode)
     members = [member(f"{REL}/big{i}", data=os.urandom(50_000)) for i in range(4)]
     tb = make_tarball(tmp_path / "p.tar.gz", members)
     data = tb.read_bytes()
@@ -264,9 +265,9 @@ def test_truncated_gzip_is_refused(tmp_path, staging, monkeypatch, mode):
     assert "big" in str(info.value)
 
 
-@pytest.mark.parametrize("mode", ["process", "thread", "inline"])
+@pytest.mark.parametrize("mode", ["thread", "inline"])
 def test_damaged_gzip_is_refused(tmp_path, staging, monkeypatch, mode):
-    monkeypatch.setenv("BINCACHE_INFLATE", mode)
+    place_inflate(monkeypatch, mode)
     members = [member(f"{REL}/big{i}", data=os.urandom(50_000)) for i in range(4)]
     tb = make_tarball(tmp_path / "p.tar.gz", members)
     data = bytearray(tb.read_bytes())
@@ -340,12 +341,12 @@ def test_learned_prefix_symlink_into_an_undeclared_prefix_is_refused(tmp_path, s
     assert os.readlink(tmp_path / "again/lib/x.so") == f"{DEP}/lib/x.so"
 
 
-INFLATE_MODES = ["process", "thread", "inline"]
+INFLATE_MODES = ["thread", "inline"]
 
 
 @pytest.mark.parametrize("mode", INFLATE_MODES)
 def test_every_inflate_mode_gives_the_same_files(tmp_path, staging, monkeypatch, mode):
-    monkeypatch.setenv("BINCACHE_INFLATE", mode)
+    place_inflate(monkeypatch, mode)
     members = [member(f"{REL}/big{i}", data=os.urandom(300_000)) for i in range(3)]
     tb = make_tarball(tmp_path / "p.tar.gz", members)
     extract_package(tb, OLD, staging)
@@ -365,7 +366,7 @@ def test_gzip_of_something_that_is_not_tar(tmp_path, staging, payload):
 def test_headers_straddling_inflate_chunks_are_all_read(tmp_path, staging, monkeypatch, mode):
     # Incompressible members of sizes around the 1 MiB inflate chunk put headers across chunk
     # boundaries; every member must come out (a short read once ended the archive silently).
-    monkeypatch.setenv("BINCACHE_INFLATE", mode)
+    place_inflate(monkeypatch, mode)
     import random
 
     rng = random.Random(7)
