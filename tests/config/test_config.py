@@ -105,7 +105,7 @@ def test_install_tree_root_is_read_the_way_spack_spells_it(_isolated_home):
             projections: {all: "{name}/{version}"}
             padded_lenght: 128
     """)
-    # Spack's padded_length is accepted (tests/unit/test_config_spack.py); a misspelling is not.
+    # Spack's padded_length is accepted (tests/integration/test_spack_config.py); a misspelling is not.
     with pytest.raises(ConfigError, match=r"config.yaml:4: config:install_tree:padded_lenght: unknown key"):
         config.get_value("install_tree:root")
 
