@@ -93,7 +93,7 @@ def _as_list(value, what: str) -> list:
 
 
 _PUSH_OPTIONS = ("root", "include_deps", "include_roots", "force", "jobs", "level", "signed", "key",
-                 "update_index", "progress", "layout", "base_image", "tag")
+                 "update_index", "progress", "layout", "base_image", "tag", "verify_present")
 
 
 def push(mirror: str | MirrorRef, specs: Sequence[str] | str = (), *, root: str | None = None,
@@ -102,7 +102,7 @@ def push(mirror: str | MirrorRef, specs: Sequence[str] | str = (), *, root: str 
          key: str | None = None, update_index: bool = False,
          progress: PushProgress | Callable[[_create.PackedPackage], None] | None = None,
          layout: str | None = None, base_image: str | None = None, tag: str | None = None,
-         **unknown: object) -> PushResult:
+         verify_present: bool = False, **unknown: object) -> PushResult:
     """Push installed specs (all when ``specs`` is empty) and their dependencies to a mirror.
 
     Args:
@@ -112,6 +112,8 @@ def push(mirror: str | MirrorRef, specs: Sequence[str] | str = (), *, root: str 
             by default the one the mirror already holds, v3 on an empty mirror.
         base_image, tag: OCI mirrors only: put each package on this base image; also tag all
             the selected specs as one image.
+        verify_present: a package the mirror's index lists is skipped only after its manifest
+            is found (by default the index is believed: no request per package).
         (the others as ``bincache create`` spells them)
 
     Raises:
@@ -132,7 +134,7 @@ def push(mirror: str | MirrorRef, specs: Sequence[str] | str = (), *, root: str 
     try:
         result = _create.push(tree, selected, cache, include_deps=include_deps,
                               include_roots=include_roots, force=force, jobs=jobs, level=level,
-                              signer=signer, progress=progress)
+                              signer=signer, progress=progress, verify_present=verify_present)
     except PushInterrupted as e:
         _publish_key(cache, signer, e.result)  # the packages pushed whole can be verified
         raise

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from . import _native
 from .errors import BincacheError, MirrorError, NoSpaceError, SpecError
+from .presence import present
 from .spec import Spec, read_prefix_specfile, specfile_bytes
 from .tar.pack import buildinfo, pack_prefix, write_buildinfo
 from .tree import InstalledSpec, InstallTree, prefix_tree, recorded_dependency_prefixes
@@ -206,10 +207,13 @@ def _prefix_bytes(prefix: str) -> int:
 
 def push(tree: InstallTree, specs: list[InstalledSpec], cache, *, include_deps: bool = True,
          include_roots: bool = True, force: bool = False, jobs: int | None = None, level: int | None = None,
-         signer=None, progress: PushProgress | Callable[[PackedPackage], None] | None = None) -> PushResult:
+         signer=None, progress: PushProgress | Callable[[PackedPackage], None] | None = None,
+         verify_present: bool = False) -> PushResult:
     """Pack and upload ``specs`` (and their dependencies) to ``cache``; skip what is there.
 
     ``progress``: a :class:`PushProgress`, or a function called with each pushed package.
+    What is there comes from the mirror's index (see :mod:`bincache.presence`);
+    ``verify_present`` checks each package the index lists before skipping it.
 
     Raises:
         PushInterrupted: Ctrl-C. Queued packages are dropped, packing stops at the next file,
@@ -221,9 +225,10 @@ def push(tree: InstallTree, specs: list[InstalledSpec], cache, *, include_deps: 
     t0 = time.perf_counter()
     todo = tree.closure(specs, include_deps=include_deps, include_roots=include_roots)
     result = PushResult()
+    there = set() if force else present(cache, [i.spec for i in todo], verify=verify_present)
     pending = []
     for inst in todo:
-        if not force and cache.has_package(inst.spec):
+        if inst.hash in there:
             result.skipped.append(inst.spec)
         else:
             pending.append(inst)

@@ -20,6 +20,9 @@ def register(sub) -> None:
         p.add_argument("specs", nargs="*", help="specs to push: name, name@version, /hash")
         p.add_argument("--only", choices=["package", "dependencies"], help="push only the package or only its dependencies")
         p.add_argument("-f", "--force", action="store_true", help="overwrite packages already in the mirror")
+        p.add_argument("--verify-present", action="store_true",
+                       help="check that each package the mirror's index lists is really there "
+                       "before skipping it (by default the index is believed)")
         p.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
                        help="packages packed and uploaded at once (default: the number of cores, at most 8)")
         p.add_argument("--compression-level", type=int, default=None, metavar="N",
@@ -138,7 +141,7 @@ def cmd_create(args) -> int:
                           include_roots=include_roots, force=args.force, jobs=args.jobs,
                           level=args.compression_level, signed=args.signed, key=args.key,
                           update_index=args.rebuild_index, progress=events, layout=args.layout,
-                          **extra)
+                          verify_present=args.verify_present, **extra)
     except api.PushInterrupted as e:
         live.close()
         return _interrupted(e, args, level, printed=live.enabled)

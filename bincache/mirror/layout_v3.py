@@ -14,6 +14,7 @@ import json
 import os
 import re
 import tempfile
+import threading
 import weakref
 from dataclasses import dataclass
 
@@ -33,6 +34,10 @@ INDEX_MANIFEST = "v3/manifests/index/index.manifest.json"
 LAYOUT_JSON = "v3/layout.json"
 _MANIFEST_NAME = re.compile(r"^(?P<stem>.+)-(?P<hash>[a-z2-7]{32})\.spec\.manifest\.json$")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
+#: A remote blob at least this big is looked for (HEAD) before it is uploaded: the upload it
+#: may save costs more than the request. A smaller one is PUT at once; its path is its digest,
+#: so writing it again changes nothing. (A local mirror always looks: a stat is cheaper.)
+HEAD_BEFORE_PUT = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -175,6 +180,8 @@ class LayoutV3Cache:
         self.backend = backend
         self.ref = ref
         self.url = backend.url
+        self._layout_written: str | None = None  # layout.json as this cache read or wrote it
+        self._layout_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"LayoutV3Cache({self.url})"
@@ -191,14 +198,17 @@ class LayoutV3Cache:
     def has_blob(self, record: BlobRecord) -> bool:
         return self.backend.exists(record.path)
 
+    def _worth_looking(self, size: int) -> bool:
+        return getattr(self.backend, "root", None) is not None or size >= HEAD_BEFORE_PUT
+
     def put_blob_bytes(self, data: bytes, media_type: str, compression: str = "none") -> BlobRecord:
         rec = BlobRecord(len(data), media_type, compression, hashlib.sha256(data).hexdigest())
-        if not self.backend.exists(rec.path):
+        if not (self._worth_looking(len(data)) and self.backend.exists(rec.path)):
             self.backend.write(rec.path, data)
         return rec
 
     def put_blob_file(self, path: str, record: BlobRecord) -> None:
-        if not self.backend.exists(record.path):
+        if not (self._worth_looking(record.content_length) and self.backend.exists(record.path)):
             self.backend.put_file(record.path, path)
 
     def get_blob_bytes(self, record: BlobRecord) -> bytes:
@@ -223,14 +233,19 @@ class LayoutV3Cache:
         return self.backend.exists(self.manifest_path(spec.name, spec.version, spec.hash))
 
     def write_layout(self, signing: str | None) -> None:
+        """layout.json, read and written once per cache (a push of N packages, not N times)."""
         doc = {"signing": signing} if signing else {}
         data = json.dumps(doc).encode()
-        try:
-            current = self.backend.read(LAYOUT_JSON)
-        except BlobNotFound:
-            current = None
-        if current != data and not (current and signing is None):
-            self.backend.write(LAYOUT_JSON, data)
+        with self._layout_lock:
+            if self._layout_written == data.decode():
+                return
+            try:
+                current = self.backend.read(LAYOUT_JSON)
+            except BlobNotFound:
+                current = None
+            if current != data and not (current and signing is None):
+                self.backend.write(LAYOUT_JSON, data)
+            self._layout_written = data.decode()
 
     def push_package(self, packed, signer=None) -> None:
         """Blobs first (tarball, gzipped spec file), then the manifest, then layout.json."""

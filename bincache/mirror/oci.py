@@ -57,6 +57,10 @@ MT_SPEC = f"{MT_SPEC_PREFIX}5+json"
 #: (packing and uploading a multi-GB package takes minutes); after that its image lacks the
 #: dependency's layer, with a warning, and the package itself is still pushed.
 DEPENDENCY_WAIT = 900.0
+#: A package tarball at least this big is looked for (HEAD) before it is uploaded; a smaller
+#: one, and every image config (unique to its package), goes straight to POST + PUT: for a
+#: new package the HEAD would only say 404, and pushing bytes the registry has is harmless.
+HEAD_BEFORE_UPLOAD = 1 << 20
 
 
 def _ref_from_mirror(ref: MirrorRef) -> ImageReference:
@@ -93,6 +97,10 @@ class OciCache:
         self._base: tuple[FetchedManifest, dict[str, Any]] | None = None
         self._tagged: list[Any] = []  # packages pushed in this run, in push order, for `tag`
         self._images: dict[str, tuple[FetchedManifest, dict[str, Any]]] = {}
+        #: Repositories on the same registry that may hold our blobs (e.g. the source of a
+        #: sync): each upload's POST asks to mount from them, which costs no extra request.
+        self.mount_from: list[str] = []
+        self._shared_blobs: set[str] = set()
 
     def __repr__(self) -> str:
         return f"OciCache({self.image.scheme}://{self.image})"
@@ -125,7 +133,9 @@ class OciCache:
         try:
             own = img.Layer("sha256:" + packed.result.digest, "sha256:" + packed.result.diff_id,
                             int(packed.result.compressed_size))
-            self.client.upload_blob(self.image, packed.tarball, own.digest)
+            self.client.upload_blob(self.image, packed.tarball, own.digest,
+                                    check_exists=own.size >= HEAD_BEFORE_UPLOAD,
+                                    mount_from=self.mount_from)
             deps = self._dependency_layers(packed)
             base_manifest, base_config = self._base_image(spec)
             docker = base_manifest is not None and base_manifest.media_type == DOCKER_MANIFEST
@@ -142,7 +152,8 @@ class OciCache:
             )
             manifest = self._put_image(config, [layer for _, layer in deps] + [own],
                                        base_manifest, docker,
-                                       {"org.opencontainers.image.description": spec.short()})
+                                       {"org.opencontainers.image.description": spec.short()},
+                                       fresh=True)
             tag_ref = self.tag_ref(spec.name, spec.version, spec.hash)
             if signer is not None:
                 self._push_signature(manifest, own, config_desc=self._config_desc(manifest),
@@ -163,6 +174,16 @@ class OciCache:
             # Kept current after every package, so the tag is right even if the run stops.
             self._put_tag_image(self.tag, tagged)
 
+    def _upload_once(self, data: bytes) -> None:
+        """A blob every package shares (the empty config): looked for once per run."""
+        digest = sha256_digest(data)
+        with self._lock:
+            if digest in self._shared_blobs:
+                return
+        self.client.upload_blob(self.image, data, digest)
+        with self._lock:
+            self._shared_blobs.add(digest)
+
     def push_failed(self, spec: Any) -> None:
         """Say that `spec` will not be pushed in this run after all (its packing failed), so
         that dependents stop waiting for its layer."""
@@ -180,11 +201,14 @@ class OciCache:
 
     def _put_image(self, config: dict[str, Any], layers: list[img.Layer],
                    base: FetchedManifest | None, docker: bool,
-                   annotations: dict[str, str] | None) -> FetchedManifest:
-        """Upload a config, and build (not push) the manifest over base + `layers`."""
+                   annotations: dict[str, str] | None, fresh: bool = False) -> FetchedManifest:
+        """Upload a config, and build (not push) the manifest over base + `layers`.
+
+        `fresh`: the config was just made for a new package, so no HEAD asks whether the
+        registry has it (a copy, as sync makes, asks: on a resumed copy it is there)."""
         data = img.dumps(config)
         digest = sha256_digest(data)
-        self.client.upload_blob(self.image, data, digest)
+        self.client.upload_blob(self.image, data, digest, check_exists=not fresh)
         base_layers = [Descriptor.from_json(d) for d in (base.json()["layers"] if base else [])]
         media_type = DOCKER_MANIFEST if docker else OCI_MANIFEST
         config_type = img.DOCKER_CONFIG if docker else img.CONFIG
@@ -346,17 +370,18 @@ class OciCache:
         body["subject"] = {"mediaType": manifest.media_type, "digest": manifest.digest,
                            "size": len(manifest.data)}
         signed = signer.clearsign(json.dumps(body, indent=0, separators=(",", ":")).encode())
-        self.publish_signature(manifest, signed)
+        self.publish_signature(manifest, signed, fresh=True)
 
     def publish_signature(self, manifest: FetchedManifest, signed: bytes,
-                          blobs: Sequence[Descriptor] = ()) -> None:
+                          blobs: Sequence[Descriptor] = (), fresh: bool = False) -> None:
         """Attach a clearsigned document to an image manifest (before its tag is written).
 
         `blobs` (already in the repository) become more layers of the signature artifact, so a
-        registry's garbage collector keeps what the signed text names besides the image."""
+        registry's garbage collector keeps what the signed text names besides the image.
+        `fresh`: the document was just signed, so it is uploaded without asking first."""
         sig_digest = sha256_digest(signed)
-        self.client.upload_blob(self.image, signed, sig_digest)
-        self.client.upload_blob(self.image, img.EMPTY_JSON, sha256_digest(img.EMPTY_JSON))
+        self.client.upload_blob(self.image, signed, sig_digest, check_exists=not fresh)
+        self._upload_once(img.EMPTY_JSON)
         doc = img.build_manifest(
             config=Descriptor(img.EMPTY, sha256_digest(img.EMPTY_JSON), len(img.EMPTY_JSON)),
             layers=[Descriptor(img.SIGNATURE_LAYER, sig_digest, len(signed)), *blobs],

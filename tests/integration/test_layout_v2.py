@@ -32,6 +32,7 @@ from bincache.mirror.config import MirrorRef
 from bincache.mirror.layout_v2 import LayoutV2Cache
 from bincache.mirror.layout_v3 import LayoutV3Cache
 from bincache.spec import dag_hash
+from tests.fixtures.moto import moto_server
 
 ARCH = {"platform": "linux", "platform_os": "debian12", "target": "x86_64"}
 COMPILER = {"name": "gcc", "version": "12.2.0"}
@@ -431,36 +432,8 @@ def test_signed_v2_cache_over_http(store, signing_home, tmp_path, cli, http_serv
 @pytest.fixture
 def s3_env():
     """A real S3-compatible server (moto_server) on loopback, with a bucket "cache"."""
-    if shutil.which("moto_server") is None:
-        pytest.skip("moto_server (pip moto[server]) is not installed")
-    import socket
-    import time
-
-    import boto3
-    import requests
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(["moto_server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                requests.get(url, timeout=0.5)
-                break
-            except requests.RequestException:
-                time.sleep(0.1)
-        client = boto3.client("s3", endpoint_url=url, aws_access_key_id="testing",
-                              aws_secret_access_key="testing", region_name="us-east-1")
-        client.create_bucket(Bucket="cache")
-        env = {"BINCACHE_S3_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing",
-               "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    with moto_server() as (env, client):
         yield env, client
-    finally:
-        proc.terminate()
-        proc.wait(5)
 
 
 def test_signed_v2_cache_on_s3(store, signing_home, tmp_path, cli, s3_env):

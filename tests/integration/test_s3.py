@@ -4,47 +4,20 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
-import subprocess
-import time
 
 import pytest
 
 from tests.conftest import run_cli
+from tests.fixtures.moto import moto_server
+from tests.fixtures.registry import free_port as _free_port
 
 pytestmark = pytest.mark.skipif(shutil.which("moto_server") is None, reason="moto_server (pip moto[server]) is not installed")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def s3_server():
-    port = _free_port()
-    proc = subprocess.Popen(["moto_server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    import requests
-
-    for _ in range(100):
-        try:
-            requests.get(url, timeout=0.5)
-            break
-        except requests.RequestException:
-            time.sleep(0.1)
-    env = {"BINCACHE_S3_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_CA_BUNDLE": "", "REQUESTS_CA_BUNDLE": ""}
-    import boto3
-
-    boto3.client("s3", endpoint_url=url, aws_access_key_id="testing", aws_secret_access_key="testing",
-                 region_name="us-east-1").create_bucket(Bucket="cache")
-    yield env
-    proc.terminate()
-    proc.wait(5)
+    with moto_server() as (env, _client):
+        yield env
 
 
 @pytest.fixture
