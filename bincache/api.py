@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import urlparse
 
 from . import autopush as _autopush
 from . import create as _create
@@ -16,7 +15,8 @@ from . import index as _index
 from .autopush import AutopushResult
 from .create import PushInterrupted, PushProgress, PushResult
 from .errors import UsageError
-from .mirror import MirrorRef, open_cache, resolve
+from .mirror import BuildCache, MirrorRef, open_cache, resolve
+from .mirror.base import Signer
 from .root import optional_root, resolve_root
 from .tree import InstalledSpec, InstallTree, register_prefix
 
@@ -50,10 +50,6 @@ def _refuse_unknown(function: str, unknown: dict, known: Sequence[str]) -> None:
     raise UsageError(f"{function}() got unknown option{'s' if len(parts) > 1 else ''}: {', '.join(parts)}; "
                      f"it takes {', '.join(known)}")
 
-
-
-def _is_oci(ref: MirrorRef) -> bool:
-    return urlparse(ref.url).scheme in ("oci", "oci+http")
 
 
 def register(prefix: str, name: str, version: str, deps: Sequence[str] | str = (), arch: dict | None = None,
@@ -121,15 +117,10 @@ def push(mirror: str | MirrorRef, specs: Sequence[str] | str = (), *, root: str 
     """
     _refuse_unknown("push", unknown, _PUSH_OPTIONS)
     ref = _mirror(mirror, "push")
-    oci_only = [n for n, v in (("base_image", base_image), ("tag", tag)) if v is not None]
-    if oci_only and not _is_oci(ref):
-        raise UsageError(f"{' and '.join(oci_only)} apply only to OCI mirrors (oci://...); "
-                         f"{ref.display} is not one")
+    cache = open_cache(ref, layout, push=True)
+    cache.configure_push(base_image=base_image, tag=tag)  # an option it does not take: named
     tree = InstallTree(resolve_root(root))
     selected = _create.select_specs(tree, _as_list(specs, "specs"))
-    cache = open_cache(ref, layout, push=True)
-    if oci_only:
-        cache.base_image, cache.tag = base_image, tag
     signer = _create.resolve_signer(ref, signed, key)
     try:
         result = _create.push(tree, selected, cache, include_deps=include_deps,
@@ -139,17 +130,17 @@ def push(mirror: str | MirrorRef, specs: Sequence[str] | str = (), *, root: str 
         _publish_key(cache, signer, e.result)  # the packages pushed whole can be verified
         raise
     _publish_key(cache, signer, result)
-    if hasattr(cache, "finish_push"):
-        cache.finish_push(result)  # OCI: --tag covers every selected package, pushed or present
+    cache.finish_push(result)  # OCI: --tag covers every selected package, pushed or present
     if update_index:
         _index.update_index(cache)
         result.index_updated = True
     return result
 
 
-def _publish_key(cache, signer, result: PushResult) -> None:
-    if signer is not None and result.pushed and hasattr(cache, "backend"):
-        # As Spack does: a signed cache carries the public key that verifies it.
+def _publish_key(cache: BuildCache, signer: Signer | None, result: PushResult) -> None:
+    # As Spack does: a signed cache carries the public key that verifies it. An OCI registry
+    # has no place for keys (its signatures are verified against the keyring).
+    if signer is not None and result.pushed and cache.backend is not None:
         from .mirror.keys import publish_keys
 
         publish_keys(cache, [signer.fingerprint])

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from . import _native
 from .errors import BincacheError, MirrorError, NoSpaceError, SpecError
+from .mirror.base import BuildCache
 from .presence import present
 from .spec import Spec, read_prefix_specfile, specfile_bytes
 from .tar.pack import buildinfo, pack_prefix, write_buildinfo
@@ -205,7 +206,7 @@ def _prefix_bytes(prefix: str) -> int:
     return total
 
 
-def push(tree: InstallTree, specs: list[InstalledSpec], cache, *, include_deps: bool = True,
+def push(tree: InstallTree, specs: list[InstalledSpec], cache: BuildCache, *, include_deps: bool = True,
          include_roots: bool = True, force: bool = False, jobs: int | None = None, level: int | None = None,
          signer=None, progress: PushProgress | Callable[[PackedPackage], None] | None = None,
          verify_present: bool = False) -> PushResult:
@@ -281,8 +282,7 @@ def push(tree: InstallTree, specs: list[InstalledSpec], cache, *, include_deps: 
                 raise _Cancelled()  # before any blob: an interrupted push adds nothing partial
             cache.push_package(packed, signer)
         except BaseException:
-            if hasattr(cache, "push_failed"):
-                cache.push_failed(inst.spec)  # OCI: dependents stop waiting for this layer
+            cache.push_failed(inst.spec)  # OCI: dependents stop waiting for this layer
             raise
         finally:
             if os.path.exists(path):

@@ -6,6 +6,8 @@ traceback (unless ``--debug``). Messages say what is wrong and, where it helps, 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class BincacheError(Exception):
     """Base class of every error bincache reports to a user."""
@@ -13,6 +15,25 @@ class BincacheError(Exception):
 
 class UsageError(BincacheError):
     """The command line or API call itself is wrong (exit code 2 in the CLI)."""
+
+
+class OptionNotTaken(UsageError):
+    """An option given for a mirror whose kind does not take it: named, never ignored."""
+
+    def __init__(self, options: Sequence[str], use: str, where: str, what: str,
+                 spelling: str = "api"):
+        self.options, self.use, self.where, self.what = list(options), use, where, what
+        names = [cli_spelling(o) if spelling == "cli" else o for o in self.options]
+        super().__init__(f"{' and '.join(names)} {use}; {where} is not one ({what})")
+
+    def for_cli(self) -> OptionNotTaken:
+        """The same error, naming the options as the command line spells them."""
+        return OptionNotTaken(self.options, self.use, self.where, self.what, "cli")
+
+
+def cli_spelling(option: str) -> str:
+    """``base_image`` -> ``--base-image``."""
+    return "--" + option.replace("_", "-")
 
 
 class ConfigError(BincacheError):

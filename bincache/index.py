@@ -14,14 +14,14 @@ are converted as Spack >= 1.0 converts them; externals are records with ``in_bui
 
 from __future__ import annotations
 
-import gzip
 import json
-import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .errors import BincacheError, IndexVersionError, MirrorError, SpecError, UsageError
-from .spec import DB_NODE_FORMAT, DB_VERSION, Spec, node_format, parse_specfile
+from .mirror.base import BuildCache, read_specfile_entry
+from .spec import DB_NODE_FORMAT, DB_VERSION, Spec, node_format
 from .tree import db_node
 
 #: Database versions bincache reads (Spack 0.17-0.20 wrote 6, 0.21-0.23 7, 1.x 8) and writes.
@@ -90,14 +90,15 @@ class Index:
         return json.dumps(doc, separators=(",", ":"), sort_keys=False).encode()
 
     @classmethod
-    def from_bytes(cls, data: bytes, origin: str = "index") -> Index:
+    def from_bytes(cls, data: bytes, origin: str = "index",
+                   remedy: str = "run bincache update-index") -> Index:
         from .limits import MAX_INDEX, load_json
 
         try:
             doc = load_json(data, origin, MAX_INDEX)
             installs = doc["database"]["installs"]
         except (ValueError, KeyError, TypeError) as e:
-            raise MirrorError(f"{origin}: not a valid build cache index ({e}); run bincache update-index") from None
+            raise MirrorError(f"{origin}: not a valid build cache index ({e}); {remedy}") from None
         version = str(doc["database"].get("version", ""))
         if version not in READ_DB_VERSIONS:
             raise IndexVersionError(
@@ -113,19 +114,16 @@ class Index:
                 spec = Spec.from_node(node, DB_NODE_FORMAT[version])
                 idx.entries[h] = IndexEntry(spec, int(sizes.get(h, 0)), bool(rec.get("in_buildcache", True)))
         except (AttributeError, KeyError, TypeError, ValueError, SpecError) as e:
-            raise MirrorError(f"{origin}: not a valid build cache index ({e}); "
-                              "run bincache update-index") from None
+            raise MirrorError(f"{origin}: not a valid build cache index ({e}); {remedy}") from None
         return idx
 
 
-def read_index(cache) -> Index | None:
+def read_index(cache: BuildCache) -> Index | None:
     """The mirror's index, or None when it has none."""
-    if hasattr(cache, "read_index"):
-        return cache.read_index()
     data = cache.read_index_bytes()
     if data is None:
         return None
-    return Index.from_bytes(data, f"{cache.url} index")
+    return Index.from_bytes(data, f"{cache.url} index", cache.index_remedy)
 
 
 def choose_db_version(index: Index, requested: str | None, kind: str | None) -> str:
@@ -145,48 +143,35 @@ def choose_db_version(index: Index, requested: str | None, kind: str | None) -> 
     return DB_VERSION
 
 
-def write_index(cache, index: Index, db_version: str | None = None) -> None:
-    db_version = db_version or choose_db_version(index, None, getattr(cache, "kind", None))
-    if hasattr(cache, "write_index"):
-        cache.write_index(index, db_version)
-        return
+def write_index(cache: BuildCache, index: Index, db_version: str | None = None) -> None:
+    db_version = db_version or choose_db_version(index, None, cache.kind)
     cache.write_index_bytes(index.to_bytes(db_version), db_version)
 
 
-def _fetch_entry(cache, ref) -> tuple[list[Spec], int]:
-    manifest = cache.fetch_manifest(ref)
-    data = cache.get_blob_bytes(manifest.spec)
-    if manifest.spec.compression == "gzip":
-        data = gzip.decompress(data)
-    return parse_specfile(data, f"{cache.url} spec {ref.name}/{ref.hash[:7]}"), manifest.tarball.content_length
+#: (spec nodes, tarball size) of a package, read through its manifest (lifecycle uses it too).
+_fetch_entry = read_specfile_entry
 
 
-def update_index(cache, jobs: int = 8, warn=None, progress=None,
+def update_index(cache: BuildCache, jobs: int = 8, warn: Callable[[str], None] | None = None,
+                 progress: Callable[[int, int], None] | None = None,
                  db_version: str | None = None) -> tuple[Index, int]:
     """Bring the mirror's index up to date with its manifests; returns (index, fetched count).
 
-    Only manifests whose hash is not already in the index are read, in parallel;
-    ``progress(done, total)`` is called as they are. The database version is ``db_version``,
-    else the one the index has (see :func:`choose_db_version`).
+    One algorithm for every kind of cache: only packages whose hash is not already in the
+    index are read (``cache.read_index_entry``, in parallel); ``progress(done, total)`` is
+    called as they are. The database version is ``db_version``, else the one the index has
+    (see :func:`choose_db_version`). Two runs on one directory mirror take turns (the second
+    sees the first's packages).
     """
     if db_version is not None:
         choose_db_version(Index(), db_version, None)  # refuse a wrong version before any work
-    if hasattr(cache, "update_index"):
-        return cache.update_index(jobs=jobs, db_version=db_version)
-    root = getattr(getattr(cache, "backend", None), "root", None)
-    if root:
-        # Two runs on one directory mirror take turns: the second sees the first's packages.
-        from .locks import dir_lock
-
-        if not os.path.isdir(root):
-            raise MirrorError(f"no mirror at {root} (the directory does not exist)")
-        lock_dir = getattr(cache, "index_dir", "v3/manifests/index")  # layout v2: build_cache
-        with dir_lock(os.path.join(root, *lock_dir.split("/"))):
-            return _update_index(cache, jobs, warn, progress, db_version)
-    return _update_index(cache, jobs, warn, progress, db_version)
+    with cache.index_lock():
+        return _update_index(cache, jobs, warn, progress, db_version)
 
 
-def _update_index(cache, jobs: int, warn, progress=None, db_version: str | None = None) -> tuple[Index, int]:
+def _update_index(cache: BuildCache, jobs: int, warn: Callable[[str], None] | None,
+                  progress: Callable[[int, int], None] | None = None,
+                  db_version: str | None = None) -> tuple[Index, int]:
     try:
         index = read_index(cache) or Index()
     except IndexVersionError:
@@ -204,9 +189,10 @@ def _update_index(cache, jobs: int, warn, progress=None, db_version: str | None 
     missing = [r for r in refs if not (r.hash in index.entries and index.entries[r.hash].in_buildcache)]
     if missing:
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            for done, (nodes, size) in enumerate(pool.map(lambda r: _fetch_entry(cache, r), missing), 1):
-                index.add_specfile(nodes, size)
+            for done, found in enumerate(pool.map(cache.read_index_entry, missing), 1):
+                if found is not None:
+                    index.add_specfile(*found)
                 if progress:
                     progress(done, len(missing))
-    write_index(cache, index, choose_db_version(index, db_version, getattr(cache, "kind", None)))
+    write_index(cache, index, choose_db_version(index, db_version, cache.kind))
     return index, len(missing)

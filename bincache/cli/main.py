@@ -10,7 +10,7 @@ import sys
 import warnings
 
 from .. import __version__
-from ..errors import BincacheError, UsageError
+from ..errors import BincacheError, OptionNotTaken, UsageError
 from ..redact import redact
 from .output import add_verbosity
 
@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         if args.debug:
             raise
+        if isinstance(e, OptionNotTaken):
+            e = e.for_cli()  # named as the user typed it
         print(f"error: {redact(str(e))}", file=sys.stderr)
         return 2
     except BincacheError as e:

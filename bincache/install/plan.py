@@ -18,6 +18,7 @@ from ..errors import (
     MirrorError,
     SpecError,
 )
+from ..mirror.base import BuildCache, Manifest
 from ..relocate.plan import (
     BuildInfo,
     RelocationPlan,
@@ -75,8 +76,8 @@ class PackagePlan:
     """One package of an install plan and what has been learned about it so far."""
 
     spec: Spec
-    cache: object
-    manifest: object  # PackageManifest
+    cache: BuildCache
+    manifest: Manifest
     prefix: str  # the new prefix
     explicit: bool
     nodes: list[Spec] = field(default_factory=list)
@@ -92,7 +93,7 @@ class PackagePlan:
 
     @property
     def cache_url(self) -> str:
-        return str(getattr(self.cache, "url", self.cache))
+        return self.cache.url
 
 
 @dataclass

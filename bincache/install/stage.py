@@ -245,21 +245,15 @@ class _Installer:
         """Manifest (signature checked before any blob is fetched), then the spec file."""
         manifest = cache.fetch_manifest(item)
         # Problems are reported as "<spec>: <label>: ...": the label names the mirror only.
-        label = str(getattr(cache, "url", cache))
-        mirror_ref = getattr(cache, "ref", None)
+        label = cache.url
+        mirror_ref = cache.ref
         allow = allow_unsigned if allow_unsigned is not None else (
-            getattr(mirror_ref, "signed", None) is False)
+            mirror_ref is not None and mirror_ref.signed is False)
         verified = verify_manifest(manifest.raw, mirror_ref, allow, source=label)
-        # Only what the signature covered is used: the records come from the verified text.
-        from_verified = getattr(cache, "manifest_from_verified", None)
-        if from_verified is not None:
-            # A cache whose manifest is not a v3 one (layout v2: the signed spec file; OCI: the
-            # signature document of an image).
-            manifest = from_verified(verified, manifest, label)
-        elif hasattr(cache, "backend"):
-            from ..mirror.layout_v3 import parse_manifest
-
-            manifest = parse_manifest(verified, manifest.raw, label)
+        # Only what the signature covered is used: the records come from the verified text
+        # (layout v3: the manifest; layout v2: the signed spec file; OCI: the signature
+        # document of an image).
+        manifest = cache.manifest_from_verified(verified, manifest, label)
         specfile, nodes = _fetch_specfile(cache, manifest, scratch, label)
         spec = nodes[0]
         if not _filed_as(spec, item):
@@ -289,8 +283,7 @@ class _Installer:
         work = tempfile.mkdtemp(prefix=f"{plan.spec.hash[:7]}-", dir=self.staging)
         plan.tarball = os.path.join(work, "package.tar.gz")
         record = plan.manifest.tarball
-        local_path = getattr(getattr(plan.cache, "backend", None), "local_path", None)
-        path = local_path(record.path) if local_path is not None and self.local_blobs else None
+        path = plan.cache.local_blob_path(record) if self.local_blobs else None
         if path is None:
             plan.cache.fetch_blob(record, plan.tarball)
             return

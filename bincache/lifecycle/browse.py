@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from ..config import mask_url
 from ..errors import BincacheError, BlobNotFound, MirrorError, SignatureError, UsageError
 from ..index import read_index
+from ..mirror.layout_v3 import LayoutV3Cache
 from .trust import UnsignedPackage, key_names, verified_package
 
 PAGE_NAME = "index.html"
@@ -50,12 +51,9 @@ def _arch(spec) -> str:
 
 
 def _pushed(cache, spec) -> float | None:
-    backend = getattr(cache, "backend", None)
-    path_of = getattr(cache, "manifest_path", None)
-    local = getattr(backend, "local_path", None)
-    if path_of is None or local is None:
+    if not isinstance(cache, LayoutV3Cache):  # the push time of a v3 manifest file only
         return None
-    path = local(path_of(spec.name, spec.version, spec.hash))
+    path = cache.backend.local_path(cache.manifest_path(spec.name, spec.version, spec.hash))
     return os.stat(path).st_mtime if path is not None else None
 
 
@@ -230,16 +228,17 @@ def write_page(cache, out_dir: str | None = None, *, mirror_url: str | None = No
         out_dir = os.path.abspath(out_dir)
         if os.path.exists(out_dir) and not os.path.isdir(out_dir):
             raise UsageError(f"{out_dir} is a file, not a directory: give a directory for the page")
-    backend = getattr(cache, "backend", None)
+    backend = cache.backend
     if out_dir is None and backend is None:
         raise UsageError(f"{mask_url(cache.url)}: a registry cannot serve a web page; write it "
                          "elsewhere with `bincache browse MIRROR -o DIR`")
     entries = collect(cache, jobs=jobs)
     url = mirror_url or mask_url(cache.url)
     if out_dir is None:
+        assert backend is not None
         backend.write(PAGE_NAME, render(entries, url, at_root=True).encode())
         return PageResult(f"{mask_url(cache.url)}/{PAGE_NAME}", len(entries))
-    root = getattr(backend, "root", None)
+    root = backend.root if backend is not None else None
     at_root = root is not None and os.path.realpath(root) == os.path.realpath(out_dir)
     page = render(entries, url, at_root=at_root and mirror_url is None).encode()
     os.makedirs(out_dir, exist_ok=True)

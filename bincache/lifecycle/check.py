@@ -17,6 +17,7 @@ from ..config import mask_url
 from ..errors import BincacheError, BlobNotFound, MirrorError, SignatureError, SpecError
 from ..index import read_index
 from ..mirror import open_cache
+from ..mirror.layout_v2 import V2Record
 from ..mirror.layout_v3 import is_clearsigned
 from ..signing import clearsigned_text
 from ..spec import Spec, parse_specfile
@@ -156,7 +157,7 @@ def _listing(cache) -> dict[str, object]:
 
 def _check_one(cache, target: Target, item, unsigned: bool) -> CheckResult:
     def result(status: str, reason: str = "", signer: str | None = None) -> CheckResult:
-        return CheckResult(target, mask_url(cache.url), getattr(cache.ref, "name", None), status,
+        return CheckResult(target, mask_url(cache.url), cache.ref.name if cache.ref else None, status,
                            reason, signer)
 
     if item is None:
@@ -171,18 +172,21 @@ def _check_one(cache, target: Target, item, unsigned: bool) -> CheckResult:
         return result(BAD_SIGNATURE, str(e))
     except BincacheError as e:
         return result(DAMAGED, str(e))
-    backend = getattr(cache, "backend", None)
+    backend = cache.backend
     if backend is not None:
-        # A registry refuses a manifest whose blobs it lacks; files and buckets do not.
+        # A registry refuses a manifest whose blobs it lacks; files and buckets do not. (A v2
+        # spec file was read to verify it: it is there.)
         for rec in pkg.manifest.records:
-            if getattr(rec, "data", None) is None and not backend.exists(rec.path):
+            if isinstance(rec, V2Record) and rec.data is not None:
+                continue
+            if not backend.exists(rec.path):
                 return result(DAMAGED, f"its manifest names {rec.path}, which the mirror lacks")
     return result(OK, "signed by " + pkg.signer if pkg.signer else "unsigned, accepted", pkg.signer)
 
 
 def _open(ref):
     cache = open_cache(ref)
-    root = getattr(getattr(cache, "backend", None), "root", None)
+    root = cache.backend.root if cache.backend is not None else None
     if root is not None and not os.path.isdir(root):
         raise MirrorError(f"no mirror at {root} (the directory does not exist)")
     return cache

@@ -32,8 +32,9 @@ from ..errors import (
     SignatureError,
     UsageError,
 )
-from ..index import update_index
+from ..index import read_index, update_index
 from ..mirror import open_cache
+from ..mirror.base import ByteBackend
 from ..mirror.layout_v2 import BUILD_CACHE, LayoutV2Cache, holds_v2
 from ..mirror.layout_v3 import (
     LAYOUT_JSON,
@@ -105,7 +106,7 @@ def _has_v2(backend) -> bool:
 
 def _layout_backend(ref, what: str):
     cache = open_cache(ref)
-    backend = getattr(cache, "backend", None)
+    backend = cache.backend
     if backend is None:
         raise MirrorError(f"{mask_url(cache.url)}: migrate {what} Spack's file layouts (a "
                           "directory, http or s3 mirror), not an OCI registry")
@@ -116,7 +117,7 @@ def _refs(v2: LayoutV2Cache) -> list:
     try:
         return v2.list_package_refs()
     except MirrorError:  # http cannot list: the index names the packages (as Spack migrates)
-        idx = v2.read_index()
+        idx = read_index(v2)
         if idx is None:
             raise
         return [e.spec for e in idx.packages()]
@@ -167,7 +168,7 @@ def _write(v2: LayoutV2Cache, v3: LayoutV3Cache, plan: _Plan, signer, scratch: s
     rec = plan.manifest.tarball
     if rec.checksum_algorithm != "sha256":
         raise MirrorError(f"its tarball checksum is {rec.checksum_algorithm}; layout v3 records sha256")
-    local = getattr(v2.backend, "local_path", lambda _rel: None)(rec.path)
+    local = v2.local_blob_path(rec)
     if local is None:
         local = os.path.join(scratch, f"{ref.hash}.spack")
         v2.fetch_blob(rec, local)  # checked against the verified checksum
@@ -193,8 +194,8 @@ def _write(v2: LayoutV2Cache, v3: LayoutV3Cache, plan: _Plan, signer, scratch: s
                            plan.v2_signer, fingerprint)
 
 
-def _delete_old(backend) -> None:
-    root = getattr(backend, "root", None)
+def _delete_old(backend: ByteBackend) -> None:
+    root = backend.root
     if root is not None:
         shutil.rmtree(os.path.join(root, BUILD_CACHE))
         return
@@ -206,7 +207,7 @@ def migrate(source, dest=None, *, key: str | None = None, unsigned: bool = False
             delete_old: bool = False, jobs: int = 4) -> MigrateResult:
     """Migrate the v2 cache at ``source`` (a MirrorRef) to v3 at ``dest`` (default: in place)."""
     src_backend = _layout_backend(source, "reads")
-    src_root = getattr(src_backend, "root", None)
+    src_root = src_backend.root
     if src_root is not None and not os.path.isdir(src_root):
         raise MirrorError(f"no mirror at {src_root} (the directory does not exist)")
     if not _has_v2(src_backend):
@@ -215,16 +216,16 @@ def migrate(source, dest=None, *, key: str | None = None, unsigned: bool = False
     dest_backend = src_backend
     if dest is not None:
         dest_backend = _layout_backend(dest, "writes")
-        dest_root = getattr(dest_backend, "root", None)
+        dest_root = dest_backend.root
         if dest_root is not None and os.path.exists(dest_root) and not os.path.isdir(dest_root):
             raise UsageError(f"{dest_root} is a file, not a directory: give a directory for the "
                              "v3 cache (or no DEST, to migrate in place)")
         if dest_backend.url == src_backend.url:
             dest_backend = src_backend
     in_place = dest_backend is src_backend
-    if getattr(dest_backend, "root", None) is None:
+    if dest_backend.root is None:
         dest_backend.check_writable()  # http: read only, said before any work
-    if delete_old and getattr(src_backend, "root", None) is None and not hasattr(src_backend, "delete"):
+    if delete_old and not src_backend.writable:
         raise UsageError(f"{mask_url(src_backend.url)}: --delete-old removes files, which this "
                          "kind of mirror does not offer here; delete build_cache/ yourself")
     v2 = LayoutV2Cache(src_backend, source)

@@ -55,9 +55,9 @@ class PruneResult:
 
 def _cache(ref) -> LayoutV3Cache:
     cache = open_cache(ref)
-    root = getattr(getattr(cache, "backend", None), "root", None)
-    if not isinstance(cache, LayoutV3Cache) or root is None:
-        kind = "a layout v2 cache" if getattr(cache, "kind", "") == "layout-v2" else "this kind of mirror"
+    root = cache.backend.root if isinstance(cache, LayoutV3Cache) else None
+    if root is None:
+        kind = "a layout v2 cache" if cache.kind == "layout-v2" else "this kind of mirror"
         raise UsageError(f"{mask_url(cache.url)}: prune works on layout v3 directory mirrors; "
                          f"{kind} is not pruned yet")
     if not os.path.isdir(root):

@@ -55,11 +55,10 @@ def _side(ref, role: str):
     if isinstance(cache, OciCache):
         return OciSide(cache)
     if not isinstance(cache, LayoutV3Cache):
-        kind = getattr(cache, "kind", "")
-        hint = " (bincache migrate SRC DST copies a layout v2 cache)" if kind == "layout-v2" else ""
+        hint = " (bincache migrate SRC DST copies a layout v2 cache)" if cache.kind == "layout-v2" else ""
         raise UsageError(f"{mask_url(cache.url)}: sync copies between layout v3 mirrors and OCI "
                          f"registries (http as a source); this {role} is neither{hint}")
-    root = getattr(cache.backend, "root", None)
+    root = cache.backend.root
     if root is not None and os.path.exists(root) and not os.path.isdir(root):
         raise UsageError(f"{root} is a file, not a mirror directory; name a directory (or a "
                          "new path) as the {role}".replace("{role}", role))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ..config import mask_url
 from ..errors import BincacheError, SignatureError
-from ..mirror.layout_v3 import is_clearsigned, parse_manifest
+from ..mirror.layout_v3 import is_clearsigned
 from ..signing import clearsigned_text, list_keys, verify_clearsigned
 
 
@@ -31,7 +31,7 @@ def unsigned_allowed(cache, unsigned: bool | None) -> bool:
     """``--unsigned`` wins; else a mirror configured ``signed: false``; else signatures required."""
     if unsigned is not None:
         return unsigned
-    return getattr(getattr(cache, "ref", None), "signed", None) is False
+    return cache.ref is not None and cache.ref.signed is False
 
 
 def package_label(cache, item) -> str:
@@ -63,13 +63,9 @@ def verify_fetched(cache, item, fetched, *, unsigned: bool, home: str | None = N
                              "acceptable)")
     else:
         text = raw
-    from_verified = getattr(cache, "manifest_from_verified", None)
-    if from_verified is not None:
-        # layout v2: the signed document is the spec file; OCI: the records and the image
-        # digest the verified signature text names, checked against the fetched image.
-        manifest = from_verified(text, fetched, label)
-    else:
-        manifest = parse_manifest(text, raw, label)
+    # layout v3: the manifest; layout v2: the signed document is the spec file; OCI: the
+    # records and the image digest the verified signature text names, checked against the image.
+    manifest = cache.manifest_from_verified(text, fetched, label)
     return VerifiedPackage(manifest, text, signed, signer)
 
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from urllib.parse import unquote, urlparse
 
-from ..errors import BincacheError, MirrorError, UsageError
+from ..errors import BincacheError, ConfigError, MirrorError, OptionNotTaken, UsageError
+from .base import BuildCache, ByteBackend
 from .config import MirrorRef
 from .layout_v3 import LayoutV3Cache
+from .urls import refuse_settings
 
 LAYOUTS = ("v2", "v3")
 
 
-def _layout_cache(backend, ref: MirrorRef, layout: str | None = None, push: bool = False):
+def _layout_cache(backend: ByteBackend, ref: MirrorRef, layout: str | None = None,
+                  push: bool = False) -> BuildCache:
     """The cache of a byte backend in the layout asked for, else the one the mirror holds.
 
     Reading: layout v2 only when the mirror holds v2 and no v3 (a mirror migrated in place
@@ -43,10 +46,18 @@ def _layout_cache(backend, ref: MirrorRef, layout: str | None = None, push: bool
     return LayoutV3Cache(backend, ref)
 
 
-def open_cache(ref: MirrorRef, layout: str | None = None, push: bool = False):
+def open_cache(ref: MirrorRef, layout: str | None = None, push: bool = False) -> BuildCache:
     """The build cache of a mirror; ``layout`` ("v2", "v3") and ``push`` choose between the
     layouts of a directory, http or s3 mirror (see :func:`_layout_cache`)."""
     url = ref.url
+    try:
+        refuse_settings(url, {"s3_profile": ref.s3_profile, "s3_endpoint_url": ref.s3_endpoint_url},
+                        ref.display)
+    except OptionNotTaken as e:
+        # From mirrors.yaml (the CLI refuses it at `mirror add`): named as the file spells it.
+        key = {"s3_profile": "profile", "s3_endpoint_url": "endpoint_url"}[e.options[0]]
+        raise ConfigError(f"mirror {ref.display}: {key} {e.use}, and this is {e.what}; remove "
+                          "it from mirrors.yaml or give the mirror an s3:// URL") from None
     scheme = urlparse(url).scheme
     if scheme in ("", "file"):
         from .directory import DirectoryBackend
@@ -56,7 +67,7 @@ def open_cache(ref: MirrorRef, layout: str | None = None, push: bool = False):
     if scheme in ("http", "https"):
         from .http import HttpBackend
 
-        auth = (ref.username, ref.password) if ref.username else None
+        auth = (ref.username, ref.password or "") if ref.username else None
         return _layout_cache(HttpBackend(url, auth=auth, insecure=ref.insecure), ref, layout, push)
     if scheme == "s3":
         try:
@@ -69,8 +80,8 @@ def open_cache(ref: MirrorRef, layout: str | None = None, push: bool = False):
         return _layout_cache(backend, ref, layout, push)
     if scheme in ("oci", "oci+http"):
         if layout is not None:
-            raise UsageError(f"{url}: --layout is for directory, http and s3 mirrors; an OCI "
-                             "mirror has one layout, which Spack 0.2x and 1.x both read")
+            raise OptionNotTaken(["layout"], "is for directory, http and s3 mirrors", ref.display,
+                                 "an OCI mirror has one layout, which Spack 0.2x and 1.x both read")
         try:
             from .oci import OciCache
         except ImportError as e:

@@ -29,7 +29,7 @@ from typing import Any
 
 from .. import config as _config
 from ..errors import ConfigError, MirrorError, MirrorNotFound, UsageError
-from .urls import SCHEMES, check_url, expand_variables, path_to_url  # noqa: F401
+from .urls import SCHEMES, check_url, expand_variables, path_to_url, refuse_settings  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -438,6 +438,11 @@ class EditResult:
     warnings: list[str] = field(default_factory=list)
 
 
+def _refuse_settings(name: str, url: str, changes: MirrorChanges) -> None:
+    refuse_settings(url, {"s3_profile": changes.profile, "s3_endpoint_url": changes.endpoint_url},
+                    f'mirror "{name}"')
+
+
 def _check_name(name: str) -> None:
     if not re.fullmatch(_config.MIRROR_NAME, name):
         raise UsageError(
@@ -528,6 +533,7 @@ def add_mirror(
     """
     _check_name(name)
     check_url(url)
+    _refuse_settings(name, url, changes)
     target = _config.current().write_scope(scope)
     entry: dict[str, Any] = {"url": url}
     _set_pair(entry, changes)
@@ -616,6 +622,11 @@ def set_mirror(
             get_mirror(name, cfg)  # raises MirrorNotFound with suggestions
             raise MirrorError(f'mirror "{name}" is not defined in a file; give --scope')
         target = defining[0]
+    current = get_mirror(name, cfg)
+    for conn in (current.fetch, current.push) if direction is None else (current.connection(direction),):
+        url = changes.url or (conn.url if conn is not None else None)
+        if url is not None and "$" not in url:  # a variable's value is known only when used
+            _refuse_settings(name, url, changes)
 
     written: list[Any] = []
 

@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 import threading
+from typing import ClassVar
 
 from ..errors import BlobNotFound, MirrorError, NoSpaceError
 from ..limits import check_size
@@ -20,6 +21,9 @@ def _os_error(action: str, path: str, e: OSError) -> MirrorError:
 
 class DirectoryBackend:
     """Bytes stored under a root directory; every write is atomic (temp file + rename)."""
+
+    transport: ClassVar[str] = "directory"
+    writable: ClassVar[bool] = True
 
     def __init__(self, root: str):
         self.root = os.path.abspath(root)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import requests
 
 from ..errors import BlobNotFound, MirrorError
@@ -10,6 +12,10 @@ from ..limits import MAX_INDEX, read_bounded, too_large
 
 class HttpBackend:
     """Fetches files of a mirror below a base URL. Writing is not possible over plain http."""
+
+    transport: ClassVar[str] = "http"
+    writable: ClassVar[bool] = False  # plain http has no way to write
+    root = None  # not on the local file system
 
     def __init__(self, url: str, auth: tuple[str, str] | None = None, timeout: float = 60.0,
                  insecure: bool = False):
@@ -51,10 +57,12 @@ class HttpBackend:
             raise MirrorError(f"cannot reach {self.url}: {e.__class__.__name__}") from None
         return r.status_code == 200
 
-    def read(self, rel: str, max_size: int = MAX_INDEX) -> bytes:
-        """The whole file, cut with an error past ``max_size`` (a server may stream forever)."""
+    def read(self, rel: str, max_size: int | None = None) -> bytes:
+        """The whole file, cut with an error past ``max_size`` (default: the index limit; a
+        server may stream forever)."""
+        limit = MAX_INDEX if max_size is None else max_size
         with self._get(rel, stream=True) as r:
-            return read_bounded(r.iter_content(1 << 16), max_size, f"{self.url}/{rel}")
+            return read_bounded(r.iter_content(1 << 16), limit, f"{self.url}/{rel}")
 
     def get_file(self, rel: str, dest: str, max_size: int | None = None) -> None:
         """Stream to ``dest``; past ``max_size`` bytes (the manifest's size) it stops."""
@@ -66,7 +74,7 @@ class HttpBackend:
                     raise too_large(f"{self.url}/{rel}", max_size, name="the manifest's size")
                 f.write(chunk)
 
-    def local_path(self, rel: str) -> None:
+    def local_path(self, rel: str) -> str | None:
         return None
 
     def write(self, rel: str, data: bytes) -> None:
@@ -78,4 +86,5 @@ class HttpBackend:
     def list(self, rel_dir: str) -> list[str]:
         raise MirrorError(f"{self.url}: an http mirror cannot be listed; it needs an index (bincache update-index)")
 
-
+    def delete(self, rel: str) -> None:
+        self.check_writable()

@@ -27,24 +27,45 @@ index is DB version 7, the version Spack 0.2x reads (it refuses anything newer).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..errors import (
-    BincacheError,
-    BlobNotFound,
-    IndexVersionError,
-    IntegrityError,
-    MirrorError,
-    SpecError,
-)
+from ..errors import BincacheError, BlobNotFound, IntegrityError, MirrorError, SpecError
 from ..limits import MAX_SPECFILE
-from .layout_v3 import LAYOUT_JSON, SpecRef, clearsigned_payload, is_clearsigned, staging_dir
+from .base import (
+    ByteBackend,
+    Manifest,
+    PackageId,
+    Packed,
+    PushOutcome,
+    Record,
+    Signer,
+    SpecRef,
+    describe,
+    directory_lock,
+    read_specfile_entry,
+    refuse_options,
+)
+from .layout_v3 import (
+    LAYOUT_JSON,
+    LayoutV3Cache,
+    clearsigned_payload,
+    is_clearsigned,
+    staging_dir,
+    v2_public_key_blobs,
+)
+
+if TYPE_CHECKING:
+    from ..spec import Spec
+    from .config import MirrorRef
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +120,7 @@ class V2Manifest:
         return [self.tarball, self.spec]
 
 
-def is_layout_v2(backend) -> bool:
+def is_layout_v2(backend: ByteBackend) -> bool:
     """A mirror holding Spack's ``build_cache/`` and no ``v3/layout.json``.
 
     A directory is recognised by ``build_cache/`` itself; http and s3, which cannot cheaply
@@ -113,9 +134,9 @@ def is_layout_v2(backend) -> bool:
         return False
 
 
-def holds_v2(backend) -> bool:
+def holds_v2(backend: ByteBackend) -> bool:
     """Whether a mirror holds a layout v2 cache (``build_cache/``), whatever else it holds."""
-    root = getattr(backend, "root", None)
+    root = backend.root
     if root is not None:
         return os.path.isdir(os.path.join(root, BUILD_CACHE))
     return backend.exists(INDEX_JSON) or backend.exists(KEY_INDEX)
@@ -129,12 +150,6 @@ def v2_specfile_bytes(specfile: bytes, tarball_sha256: str) -> bytes:
     doc["buildcache_layout_version"] = WRITTEN_LAYOUT
     doc["binary_cache_checksum"] = {"hash_algorithm": "sha256", "hash": tarball_sha256}
     return json.dumps(doc, indent=0, separators=(",", ":")).encode()
-
-
-def v7_index_bytes(index) -> bytes:
-    """The index as Spack's database version 7: Spack 0.2x raises on a newer version and drops
-    the whole index. Its nodes stay as they were read (a v7 database holds v4 nodes)."""
-    return index.to_bytes(INDEX_DB_VERSION)
 
 
 def _component(value: str) -> str:
@@ -190,10 +205,14 @@ def tarball_path(node: dict) -> str | None:
 class LayoutV2Cache:
     """A build cache in Spack's layout v2, read only, over a directory, http or s3 backend."""
 
-    kind = "layout-v2"
+    kind: ClassVar[str] = "layout-v2"
+    push_options: ClassVar[frozenset[str]] = frozenset()
+    index_remedy: ClassVar[str] = (
+        "regenerate its index with `bincache update-index` or `spack buildcache update-index`, "
+        "or copy it to a directory mirror")
 
-    def __init__(self, backend, ref=None):
-        self.backend = backend
+    def __init__(self, backend: ByteBackend, ref: MirrorRef | None = None):
+        self.backend: ByteBackend = backend
         self.ref = ref
         self.url = backend.url
         self._listing: dict[str, str] | None = None  # hash -> spec file path
@@ -203,14 +222,19 @@ class LayoutV2Cache:
         return f"LayoutV2Cache({self.url})"
 
     # -- writing -------------------------------------------------------------------------------
-    #: Where update-index takes its lock (bincache.index): inside the v2 tree, so updating a v2
-    #: index never leaves a v3 directory behind.
-    index_dir = BUILD_CACHE
-
     def staging_dir(self) -> str:
         return staging_dir(self.backend)
 
-    def push_package(self, packed, signer=None) -> None:
+    def configure_push(self, *, base_image: str | None = None, tag: str | None = None) -> None:
+        refuse_options(self, {"base_image": base_image, "tag": tag}, describe(self.kind, self.backend))
+
+    def push_failed(self, spec: PackageId) -> None:
+        """Nothing waits on another package's push here."""
+
+    def finish_push(self, result: PushOutcome) -> None:
+        """Nothing is written after a run: every spec file is its own commit point."""
+
+    def push_package(self, packed: Packed, signer: Signer | None = None) -> None:
         """The tarball, then the spec file (clearsigned when ``signer``), as Spack 0.23 does;
         the spec file is the commit point. A spec file of the other kind (signed vs plain) left
         by an earlier push is removed after it, so readers never prefer a stale one."""
@@ -233,21 +257,22 @@ class LayoutV2Cache:
         self.backend.write(final, body)
         self._listing = None
         if self.backend.exists(other):
-            delete = getattr(self.backend, "delete", None)
-            if delete is not None:
-                delete(other)
-            else:
-                log.warning("%s/%s is left from an earlier push and readers prefer it; remove it",
-                            self.url, other)
+            self.backend.delete(other)
 
-    def write_index(self, index, db_version: str | None = None) -> None:
-        """``index.json`` as DB version 7 (what Spack 0.2x reads; another version only when
-        asked for), then ``index.json.hash``."""
-        data = index.to_bytes(db_version) if db_version else v7_index_bytes(index)
+    def write_index_bytes(self, data: bytes, db_version: str) -> None:
+        """``index.json`` (bincache.index writes DB version 7 here, what Spack 0.2x reads,
+        unless another is asked for), then ``index.json.hash``."""
         self.backend.write(INDEX_JSON, data)
         self.backend.write(INDEX_HASH, hashlib.sha256(data).hexdigest().encode())
 
-    def publish_public_keys(self, keys: dict[str, bytes]) -> list[str]:
+    def index_lock(self) -> contextlib.AbstractContextManager[None]:
+        # Inside the v2 tree, so updating a v2 index never leaves a v3 directory behind.
+        return directory_lock(self.backend, BUILD_CACHE)
+
+    def read_index_entry(self, ref: SpecRef) -> tuple[list[Spec], int]:
+        return read_specfile_entry(self, ref)
+
+    def publish_public_keys(self, keys: Mapping[str, bytes]) -> list[str]:
         """``_pgp/<FPR>.pub`` for each armored key, then ``_pgp/index.json`` naming every key
         the mirror holds (Spack's generate_key_index lists the ``.pub`` files)."""
         self.backend.check_writable()
@@ -259,9 +284,14 @@ class LayoutV2Cache:
                          if rel.endswith(".pub") and rel.count("/") == 2)
         except (BlobNotFound, MirrorError):
             pass
-        doc = {"keys": {fpr: {} for fpr in sorted(known)}}
+        doc: dict[str, dict[str, Any]] = {"keys": {fpr: {} for fpr in sorted(known)}}
         self.backend.write(KEY_INDEX, json.dumps(doc, separators=(",", ":")).encode())
         return list(keys)
+
+    def public_key_blobs(self) -> list[tuple[str, str, bytes]]:
+        """The keys of the mirror: Spack's v3 key manifests when it has them (a mirror
+        migrated in place), else ``_pgp/``."""
+        return LayoutV3Cache(self.backend, self.ref).public_key_blobs() or v2_public_key_blobs(self.backend)
 
     # -- finding spec files -----------------------------------------------------------------
     def _list_spec_files(self) -> dict[str, str]:
@@ -276,9 +306,12 @@ class LayoutV2Cache:
             self._listing = found
         return self._listing
 
-    def _spec_file_path(self, item) -> tuple[str, bytes]:
+    def _spec_file_path(self, item: PackageId) -> tuple[str, bytes]:
         """(path, raw bytes) of an item's spec file; BlobNotFound when the mirror lacks it."""
-        node = getattr(item, "node", None)
+        from ..spec import Spec
+
+        # A Spec knows its node, so its file name; a listed SpecRef is found by hash.
+        node = item.node if isinstance(item, Spec) else None
         stem = _stem(node) if isinstance(node, dict) else None
         candidates = [f"{BUILD_CACHE}/{stem}.spec.json.sig", f"{BUILD_CACHE}/{stem}.spec.json"] if stem else []
         for rel in candidates:
@@ -299,7 +332,7 @@ class LayoutV2Cache:
         raise BlobNotFound(f"{self.url} has no package {item.name}@{item.version}/{item.hash[:7]} "
                            f"(no {BUILD_CACHE}/*-{item.hash}.spec.json[.sig])")
 
-    def has_package(self, spec) -> bool:
+    def has_package(self, spec: PackageId) -> bool:
         try:
             self._spec_file_path(spec)
             return True
@@ -338,18 +371,19 @@ class LayoutV2Cache:
                            "or `spack buildcache update-index`, or copy it to a directory mirror")
 
     # -- manifests ----------------------------------------------------------------------------
-    def fetch_manifest(self, ref) -> V2Manifest:
+    def fetch_manifest(self, ref: PackageId) -> V2Manifest:
         """The spec file as a manifest, parsed WITHOUT verifying a signature (install verifies
         ``raw`` first and rebuilds the manifest with :meth:`manifest_from_verified`)."""
         rel, raw = self._spec_file_path(ref)
         payload = clearsigned_payload(raw) if is_clearsigned(raw) else raw
         return self.manifest_from_verified(payload, raw, f"{self.url}/{rel}")
 
-    def manifest_from_verified(self, verified: bytes, raw, label: str) -> V2Manifest:
+    def manifest_from_verified(self, verified: bytes, fetched: Manifest | bytes,
+                               label: str) -> V2Manifest:
         """Records of a package from its verified spec file: the tarball's path from the root
-        node, its checksum from ``binary_cache_checksum``. ``raw``: the fetched spec file (or
-        the manifest :meth:`fetch_manifest` made of it)."""
-        raw = getattr(raw, "raw", raw)
+        node, its checksum from ``binary_cache_checksum``. ``fetched``: the manifest
+        :meth:`fetch_manifest` made of the spec file (or the spec file's bytes)."""
+        raw = fetched if isinstance(fetched, bytes) else fetched.raw
         try:
             doc = json.loads(verified)
         except (ValueError, UnicodeDecodeError) as e:
@@ -394,8 +428,7 @@ class LayoutV2Cache:
         return V2Manifest(tar_rec, spec_rec, raw, signed, layout)
 
     def _size(self, rel: str) -> int:
-        local_path = getattr(self.backend, "local_path", None)
-        path = local_path(rel) if local_path is not None else None
+        path = self.backend.local_path(rel)
         if path is not None:
             try:
                 return os.path.getsize(path)
@@ -424,14 +457,19 @@ class LayoutV2Cache:
                 f"spec file says {record.checksum[:12]}...): the tarball is corrupt or was replaced")
         record.content_length = size
 
-    def get_blob_bytes(self, record: V2Record) -> bytes:
+    def get_blob_bytes(self, record: Record) -> bytes:
+        record = _v2_record(record)
         data = record.data if record.data is not None else self.backend.read(record.path)
         self._check(data, record)
         return data
 
-    def fetch_blob(self, record: V2Record, dest: str) -> None:
+    def local_blob_path(self, record: Record) -> str | None:
+        return self.backend.local_path(record.path)
+
+    def fetch_blob(self, record: Record, dest: str) -> None:
         """Copy a file to ``dest`` after checking its checksum (and its size, when known); no
         partial file is left."""
+        record = _v2_record(record)
         tmp = dest + ".part"
         try:
             if record.data is not None:
@@ -462,15 +500,9 @@ class LayoutV2Cache:
             log.warning("%s: %s does not match index.json (index being updated?)", self.url, INDEX_HASH)
         return data
 
-    def read_index(self):
-        from ..index import Index
 
-        data = self.read_index_bytes()
-        if data is None:
-            return None
-        try:
-            return Index.from_bytes(data, f"{self.url}/{INDEX_JSON}")
-        except IndexVersionError:
-            raise
-        except BincacheError as e:  # the advice to run bincache update-index does not apply
-            raise self._listing_error(e) from None
+def _v2_record(record: Record) -> V2Record:
+    """The records of a v2 cache are its own (they learn the tarball's size when fetched)."""
+    if not isinstance(record, V2Record):
+        raise MirrorError(f"{record.path}: not a record of a layout v2 cache")
+    return record

@@ -8,6 +8,7 @@ Blobs are written before the manifest that names them: the manifest is the commi
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -16,103 +17,53 @@ import re
 import tempfile
 import threading
 import weakref
-from dataclasses import dataclass
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import BlobNotFound, IntegrityError, MirrorError, SignatureError
 from ..limits import MAX_MANIFEST, load_json
 from ..signing.cleartext import clearsigned_text, is_clearsigned
 from ..spec import v5_specfile
+from .base import (  # noqa: F401  (the records are imported from here too)
+    MT_SPEC_PREFIX,
+    MT_TARBALL,
+    BlobRecord,
+    ByteBackend,
+    Manifest,
+    PackageId,
+    PackageManifest,
+    Packed,
+    PushOutcome,
+    Record,
+    Signer,
+    SpecRef,
+    describe,
+    directory_lock,
+    read_specfile_entry,
+    refuse_options,
+)
+
+if TYPE_CHECKING:
+    from ..spec import Spec
+    from .config import MirrorRef
 
 LAYOUT_VERSION = 3
-MT_TARBALL = "application/vnd.spack.install.v2.tar+gzip"
-MT_SPEC_PREFIX = "application/vnd.spack.spec.v"
 MT_INDEX_PREFIX = "application/vnd.spack.db.v"
 MT_KEY = "application/pgp-keys"
 MT_KEYINDEX = "application/vnd.spack.keyindex.v1+json"
 SPEC_MANIFESTS = "v3/manifests/spec"
 INDEX_MANIFEST = "v3/manifests/index/index.manifest.json"
 LAYOUT_JSON = "v3/layout.json"
+KEY_MANIFESTS = "v3/manifests/key"
+KEYS_MANIFEST = f"{KEY_MANIFESTS}/keys.manifest.json"
+V2_KEYS = "build_cache/_pgp"
+V2_KEY_INDEX = f"{V2_KEYS}/index.json"
 _MANIFEST_NAME = re.compile(r"^(?P<stem>.+)-(?P<hash>[a-z2-7]{32})\.spec\.manifest\.json$")
-_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_FPR = re.compile(r"^[0-9A-F]{40}$")
 #: A remote blob at least this big is looked for (HEAD) before it is uploaded: the upload it
 #: may save costs more than the request. A smaller one is PUT at once; its path is its digest,
 #: so writing it again changes nothing. (A local mirror always looks: a stat is cheaper.)
 HEAD_BEFORE_PUT = 1 << 20
-
-
-@dataclass(frozen=True)
-class BlobRecord:
-    """One entry of a manifest's ``data`` list."""
-
-    content_length: int
-    media_type: str
-    compression: str
-    checksum: str
-    checksum_algorithm: str = "sha256"
-
-    @property
-    def path(self) -> str:
-        return f"blobs/{self.checksum_algorithm}/{self.checksum[:2]}/{self.checksum}"
-
-    def to_dict(self) -> dict:
-        return {
-            "contentLength": self.content_length,
-            "mediaType": self.media_type,
-            "compression": self.compression,
-            "checksumAlgorithm": self.checksum_algorithm,
-            "checksum": self.checksum,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> BlobRecord:
-        try:
-            rec = cls(int(d["contentLength"]), str(d["mediaType"]), d.get("compression", "none"),
-                      str(d["checksum"]), d.get("checksumAlgorithm", "sha256"))
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise MirrorError(f"manifest entry without a valid {e}") from None
-        # The checksum becomes a path in the mirror: anything but 64 hex digits is refused.
-        if rec.checksum_algorithm != "sha256" or not _SHA256_RE.fullmatch(rec.checksum):
-            raise MirrorError(f"manifest entry with an unsupported checksum "
-                              f"{rec.checksum_algorithm}:{rec.checksum[:70]!r} (only sha256 is read)")
-        if rec.content_length < 0:
-            raise MirrorError(f"manifest entry with a negative size {rec.content_length}")
-        return rec
-
-
-@dataclass(frozen=True)
-class SpecRef:
-    name: str
-    version: str
-    hash: str
-
-    @property
-    def dag_name(self) -> str:
-        return f"{self.name}-{self.version}-{self.hash}"
-
-
-@dataclass
-class PackageManifest:
-    """A package's manifest: the tarball record and the spec file record."""
-
-    records: list[BlobRecord]
-    raw: bytes
-    signed: bool
-    #: OCI: the digest of the image manifest the records were read from (the signature's subject).
-    subject: str | None = None
-
-    @property
-    def tarball(self) -> BlobRecord:
-        for r in self.records:
-            if r.media_type == MT_TARBALL:
-                return r
-        raise MirrorError("the manifest lists no package tarball")
-
-    @property
-    def spec(self) -> BlobRecord:
-        specs = [r for r in self.records if r.media_type.startswith(MT_SPEC_PREFIX)]
-        if not specs:
-            raise MirrorError("the manifest lists no spec file")
-        return specs[0]
 
 
 def manifest_bytes(records: list[BlobRecord]) -> bytes:
@@ -156,9 +107,9 @@ def gzip_bytes(data: bytes) -> bytes:
     return gzip.compress(data, compresslevel=6, mtime=0)
 
 
-def staging_dir(backend) -> str:
+def staging_dir(backend: ByteBackend) -> str:
     """A temporary directory on the mirror's file system when it has one (copy-free publish)."""
-    root = getattr(backend, "root", None)
+    root = backend.root
     if root:
         from ..staging import make_private_dir
 
@@ -174,10 +125,12 @@ def staging_dir(backend) -> str:
 class LayoutV3Cache:
     """A build cache in Spack's layout v3, over a backend that stores bytes at relative paths."""
 
-    kind = "layout-v3"
+    kind: ClassVar[str] = "layout-v3"
+    push_options: ClassVar[frozenset[str]] = frozenset()
+    index_remedy: ClassVar[str] = "run bincache update-index"
 
-    def __init__(self, backend, ref=None):
-        self.backend = backend
+    def __init__(self, backend: ByteBackend, ref: MirrorRef | None = None):
+        self.backend: ByteBackend = backend
         self.ref = ref
         self.url = backend.url
         self._layout_written: str | None = None  # layout.json as this cache read or wrote it
@@ -195,11 +148,11 @@ class LayoutV3Cache:
         return staging_dir(self.backend)
 
     # -- blobs ---------------------------------------------------------------------------------
-    def has_blob(self, record: BlobRecord) -> bool:
+    def has_blob(self, record: Record) -> bool:
         return self.backend.exists(record.path)
 
     def _worth_looking(self, size: int) -> bool:
-        return getattr(self.backend, "root", None) is not None or size >= HEAD_BEFORE_PUT
+        return self.backend.root is not None or size >= HEAD_BEFORE_PUT
 
     def put_blob_bytes(self, data: bytes, media_type: str, compression: str = "none") -> BlobRecord:
         rec = BlobRecord(len(data), media_type, compression, hashlib.sha256(data).hexdigest())
@@ -207,16 +160,16 @@ class LayoutV3Cache:
             self.backend.write(rec.path, data)
         return rec
 
-    def put_blob_file(self, path: str, record: BlobRecord) -> None:
+    def put_blob_file(self, path: str, record: Record) -> None:
         if not (self._worth_looking(record.content_length) and self.backend.exists(record.path)):
             self.backend.put_file(record.path, path)
 
-    def get_blob_bytes(self, record: BlobRecord) -> bytes:
+    def get_blob_bytes(self, record: Record) -> bytes:
         data = self.backend.read(record.path, max_size=record.content_length)
         _verify(data, record, self.url)
         return data
 
-    def fetch_blob(self, record: BlobRecord, dest: str) -> None:
+    def fetch_blob(self, record: Record, dest: str) -> None:
         """Copy a blob to ``dest`` after checking its size and SHA-256; no partial file is left."""
         tmp = dest + ".part"
         try:
@@ -228,9 +181,15 @@ class LayoutV3Cache:
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
+    def local_blob_path(self, record: Record) -> str | None:
+        return self.backend.local_path(record.path)
+
     # -- packages ------------------------------------------------------------------------------
-    def has_package(self, spec) -> bool:
+    def has_package(self, spec: PackageId) -> bool:
         return self.backend.exists(self.manifest_path(spec.name, spec.version, spec.hash))
+
+    def configure_push(self, *, base_image: str | None = None, tag: str | None = None) -> None:
+        refuse_options(self, {"base_image": base_image, "tag": tag}, describe(self.kind, self.backend))
 
     def write_layout(self, signing: str | None) -> None:
         """layout.json, read and written once per cache (a push of N packages, not N times)."""
@@ -247,7 +206,7 @@ class LayoutV3Cache:
                 self.backend.write(LAYOUT_JSON, data)
             self._layout_written = data.decode()
 
-    def push_package(self, packed, signer=None) -> None:
+    def push_package(self, packed: Packed, signer: Signer | None = None) -> None:
         """Blobs first (tarball, gzipped spec file), then the manifest, then layout.json."""
         self.backend.check_writable()
         tar_rec = BlobRecord(packed.result.compressed_size, MT_TARBALL, "gzip", packed.result.digest)
@@ -264,18 +223,28 @@ class LayoutV3Cache:
         self.backend.write(self.manifest_path(s.name, s.version, s.hash), body)
         self.write_layout("gpg" if signer is not None else None)
 
-    def fetch_manifest_raw(self, ref) -> bytes:
+    def push_failed(self, spec: PackageId) -> None:
+        """Nothing waits on another package's push here."""
+
+    def finish_push(self, result: PushOutcome) -> None:
+        """Nothing is written after a run: every manifest is its own commit point."""
+
+    def fetch_manifest_raw(self, ref: PackageId) -> bytes:
         path = self.manifest_path(ref.name, ref.version, ref.hash)
         try:
             return self.backend.read(path, max_size=MAX_MANIFEST)
         except BlobNotFound:
             raise BlobNotFound(f"{self.url} has no package {ref.name}@{ref.version}/{ref.hash[:7]}") from None
 
-    def fetch_manifest(self, ref) -> PackageManifest:
+    def fetch_manifest(self, ref: PackageId) -> PackageManifest:
         """The manifest, parsed WITHOUT verifying a signature (install verifies ``raw`` first)."""
         raw = self.fetch_manifest_raw(ref)
         payload = clearsigned_payload(raw) if is_clearsigned(raw) else raw
         return parse_manifest(payload, raw, f"{self.url} {ref.name}/{ref.hash[:7]}")
+
+    def manifest_from_verified(self, verified: bytes, fetched: Manifest, label: str) -> PackageManifest:
+        """The manifest parsed from the text gpg verified (the fetched one is not trusted)."""
+        return parse_manifest(verified, fetched.raw, label)
 
     def list_package_refs(self) -> list[SpecRef]:
         refs = []
@@ -308,8 +277,100 @@ class LayoutV3Cache:
         rec = self.put_blob_bytes(data, f"{MT_INDEX_PREFIX}{db_version}+json", "none")
         self.backend.write(INDEX_MANIFEST, manifest_bytes([rec]))
 
+    def index_lock(self) -> contextlib.AbstractContextManager[None]:
+        return directory_lock(self.backend, INDEX_MANIFEST.rsplit("/", 1)[0])
 
-def _verify(data: bytes, record: BlobRecord, where: str) -> None:
+    def read_index_entry(self, ref: SpecRef) -> tuple[list[Spec], int]:
+        return read_specfile_entry(self, ref)
+
+    # -- public keys ---------------------------------------------------------------------------
+    def publish_public_keys(self, keys: Mapping[str, bytes]) -> list[str]:
+        """``v3/manifests/key/<FPR>.key.manifest.json`` naming each armored key blob, then the
+        key index ``keys.manifest.json`` naming every key the mirror holds."""
+        self.backend.check_writable()
+        for fpr, armored in keys.items():
+            rec = self.put_blob_bytes(armored, MT_KEY, "none")
+            self.backend.write(f"{KEY_MANIFESTS}/{fpr}.key.manifest.json", manifest_bytes([rec]))
+        index = self._read_key_index()
+        for fpr in keys:
+            index.setdefault(fpr, {})
+        doc = {"keys": {k: index[k] for k in sorted(index)}}
+        rec = self.put_blob_bytes(json.dumps(doc, indent=2).encode(), MT_KEYINDEX, "none")
+        self.backend.write(KEYS_MANIFEST, manifest_bytes([rec]))
+        return list(keys)
+
+    def _read_key_index(self) -> dict[str, dict[str, Any]]:
+        try:
+            raw = self.backend.read(KEYS_MANIFEST)
+        except BlobNotFound:
+            return {}
+        records = [r for r in parse_manifest(raw, origin=f"{self.url}/{KEYS_MANIFEST}").records
+                   if r.media_type == MT_KEYINDEX]
+        if not records:
+            return {}
+        try:
+            doc = json.loads(self.get_blob_bytes(records[0]))
+            keys = doc["keys"]
+            return {str(k).upper(): (v if isinstance(v, dict) else {}) for k, v in keys.items()}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise MirrorError(f"{self.url}/{KEYS_MANIFEST}: the key index is damaged") from None
+
+    def key_fingerprints(self) -> list[str]:
+        """Fingerprints of the keys the mirror publishes (its key index, else its key manifests)."""
+        fprs = list(self._read_key_index())
+        if not fprs:
+            try:
+                names = self.backend.list(KEY_MANIFESTS)
+            except BlobNotFound:
+                names = []
+            except MirrorError:
+                if self.backend.root is not None:
+                    raise  # a local mirror that is missing: say so
+                names = []  # http cannot list: the key index above is all there is
+            for rel in names:
+                base = rel.rsplit("/", 1)[-1]
+                if base.endswith(".key.manifest.json"):
+                    fprs.append(base[: -len(".key.manifest.json")].upper())
+        return sorted(f for f in set(fprs) if _FPR.match(f))
+
+    def public_key_blobs(self) -> list[tuple[str, str, bytes]]:
+        """(fingerprint, path, key data) of every key the mirror publishes; an old cache's
+        (layout v2, ``build_cache/_pgp/``) when there are no v3 keys."""
+        blobs = []
+        for fpr in self.key_fingerprints():
+            path = f"{KEY_MANIFESTS}/{fpr}.key.manifest.json"
+            try:
+                raw = self.backend.read(path)
+            except BlobNotFound:
+                raise MirrorError(f"{self.url}: the key index names {fpr} but {path} is missing") from None
+            records = [r for r in parse_manifest(raw, origin=f"{self.url}/{path}").records
+                       if r.media_type == MT_KEY]
+            if not records:
+                raise MirrorError(f"{self.url}/{path}: lists no {MT_KEY} blob")
+            blobs.append((fpr, path, self.get_blob_bytes(records[0])))
+        return blobs or v2_public_key_blobs(self.backend)
+
+
+def v2_public_key_blobs(backend: ByteBackend) -> list[tuple[str, str, bytes]]:
+    """The keys of a layout v2 cache (``build_cache/_pgp/index.json`` and ``<FPR>.pub``)."""
+    try:
+        doc = json.loads(backend.read(V2_KEY_INDEX))
+        fprs = sorted(f for f in (str(k).upper() for k in doc["keys"]) if _FPR.match(f))
+    except BlobNotFound:
+        return []
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise MirrorError(f"{backend.url}/{V2_KEY_INDEX}: the key index is damaged") from None
+    blobs = []
+    for fpr in fprs:
+        path = f"{V2_KEYS}/{fpr}.pub"
+        try:
+            blobs.append((fpr, path, backend.read(path)))
+        except BlobNotFound:
+            raise MirrorError(f"{backend.url}: the key index names {fpr} but {path} is missing") from None
+    return blobs
+
+
+def _verify(data: bytes, record: Record, where: str) -> None:
     if len(data) != record.content_length:
         raise IntegrityError(f"{where}/{record.path}: size {len(data)} but the manifest says {record.content_length}")
     digest = hashlib.sha256(data).hexdigest()
@@ -317,7 +378,7 @@ def _verify(data: bytes, record: BlobRecord, where: str) -> None:
         raise IntegrityError(f"{where}/{record.path}: checksum mismatch: the blob is corrupt")
 
 
-def verify_blob_file(f, record: BlobRecord, where: str, *, checksum: bool = True) -> None:
+def verify_blob_file(f: Any, record: Record, where: str, *, checksum: bool = True) -> None:
     """Size and checksum of an open blob against its manifest record (IntegrityError if not).
 
     ``checksum=False`` checks the size only, for a reader that hashes the bytes it uses itself

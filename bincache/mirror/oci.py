@@ -13,17 +13,17 @@ code as a directory mirror's manifest, and this module checks that it belongs to
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..errors import BincacheError, BlobNotFound, IndexVersionError, MirrorError, SignatureError
+from ..errors import BlobNotFound, MirrorError, SignatureError
 from ..oci import image as img
 from ..oci.auth import Credentials
 from ..oci.blobcache import BlobCache
@@ -38,16 +38,24 @@ from ..oci.client import (
     sha256_digest,
 )
 from ..oci.reference import ImageReference
-from .config import MirrorRef
-from .layout_v3 import (
+from .base import (
     MT_SPEC_PREFIX,
     MT_TARBALL,
     BlobRecord,
+    Manifest,
+    PackageId,
     PackageManifest,
+    Packed,
+    PushOutcome,
+    Record,
+    Signer,
     SpecRef,
-    is_clearsigned,
-    manifest_bytes,
 )
+from .config import MirrorRef
+from .layout_v3 import is_clearsigned, manifest_bytes
+
+if TYPE_CHECKING:
+    from ..spec import Spec
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +78,17 @@ def _ref_from_mirror(ref: MirrorRef) -> ImageReference:
 
 
 class OciCache:
-    """The BuildCache interface of docs/internals.md over one registry repository.
+    """The BuildCache protocol (mirror/base.py) over one registry repository.
 
-    Optional push settings (set as attributes, as `api.push` does with its backend options):
-    `base_image` (a reference: packages are put on that image, for the right platform) and
-    `tag` (one more tag naming an image with every package pushed in this run).
+    Its push options (:meth:`configure_push`): `base_image` (a reference: packages are put on
+    that image, for the right platform) and `tag` (one more tag naming an image with every
+    package pushed in this run).
     """
 
-    kind = "oci"
+    kind: ClassVar[str] = "oci"
+    push_options: ClassVar[frozenset[str]] = frozenset({"base_image", "tag"})
+    index_remedy: ClassVar[str] = "run bincache update-index"
+    backend = None  # images, not files at paths
 
     def __init__(self, ref: MirrorRef, *, client: RegistryClient | None = None,
                  blob_cache: BlobCache | None = None, jobs: int = 8) -> None:
@@ -101,6 +112,7 @@ class OciCache:
         #: sync): each upload's POST asks to mount from them, which costs no extra request.
         self.mount_from: list[str] = []
         self._shared_blobs: set[str] = set()
+        self._listed: dict[str, str] = {}  # hash -> tag, from the last listing
 
     def __repr__(self) -> str:
         return f"OciCache({self.image.scheme}://{self.image})"
@@ -112,8 +124,11 @@ class OciCache:
     def staging_dir(self) -> str:
         return tempfile.mkdtemp(prefix="bincache-oci-")
 
+    def configure_push(self, *, base_image: str | None = None, tag: str | None = None) -> None:
+        self.base_image, self.tag = base_image, tag
+
     # --- packages -------------------------------------------------------------------------
-    def has_package(self, spec: Any) -> bool:
+    def has_package(self, spec: PackageId) -> bool:
         ref = self.tag_ref(spec.name, spec.version, spec.hash)
         try:
             present = self.client.manifest_digest(ref) is not None
@@ -127,7 +142,7 @@ class OciCache:
                 self._expected.add(spec.hash)
         return present
 
-    def push_package(self, packed: Any, signer: Any = None) -> None:
+    def push_package(self, packed: Packed, signer: Signer | None = None) -> None:
         """Upload the tarball, the config and the manifest (last); sign it if asked."""
         spec = packed.spec
         try:
@@ -184,7 +199,7 @@ class OciCache:
         with self._lock:
             self._shared_blobs.add(digest)
 
-    def push_failed(self, spec: Any) -> None:
+    def push_failed(self, spec: PackageId) -> None:
         """Say that `spec` will not be pushed in this run after all (its packing failed), so
         that dependents stop waiting for its layer."""
         with self._lock:
@@ -219,9 +234,9 @@ class OciCache:
         raw = img.dumps(doc)
         return FetchedManifest(raw, media_type, sha256_digest(raw))
 
-    def _dependency_layers(self, packed: Any) -> list[tuple[str, img.Layer]]:
+    def _dependency_layers(self, packed: Packed) -> list[tuple[str, img.Layer]]:
         """(hash, layer) of the link/run dependencies, leaves first (a runnable image's order)."""
-        nodes = {n.hash: n for n in getattr(packed, "nodes", ()) or ()}
+        nodes = {n.hash: n for n in packed.nodes}
         order = leaves_first(nodes, packed.spec.hash)
         layers = []
         for h in order[:-1]:
@@ -349,13 +364,12 @@ class OciCache:
         self.client.put_manifest(self.image.with_tag(img.sanitize_tag(tag)), manifest.data,
                                  manifest.media_type)
 
-    def finish_push(self, result: Any = None) -> None:
+    def finish_push(self, result: PushOutcome) -> None:
         """After a push run: write the `tag` image with every package of the run, including
         the ones already in the registry (`result.skipped`)."""
         if not self.tag:
             return
-        specs = [p.spec for p in getattr(result, "pushed", None) or self._tagged]
-        specs += list(getattr(result, "skipped", None) or [])
+        specs = [p.spec for p in result.pushed or self._tagged] + list(result.skipped)
         self._put_tag_image(self.tag, specs)
 
     # --- signatures -----------------------------------------------------------------------
@@ -365,7 +379,7 @@ class OciCache:
                 BlobRecord(int(config.size), MT_SPEC, "none", config.digest.split(":")[1])]
 
     def _push_signature(self, manifest: FetchedManifest, own: img.Layer, *,
-                        config_desc: Descriptor, signer: Any) -> None:
+                        config_desc: Descriptor, signer: Signer) -> None:
         body = json.loads(manifest_bytes(self._records(own, config_desc)))
         body["subject"] = {"mediaType": manifest.media_type, "digest": manifest.digest,
                            "size": len(manifest.data)}
@@ -418,38 +432,40 @@ class OciCache:
         return self.client.fetch_blob_bytes(self.image, desc.digest, desc.size, max_size=1 << 20)
 
     # --- reading packages -----------------------------------------------------------------
-    def fetch_manifest(self, spec_ref: Any) -> PackageManifest:
+    def fetch_manifest(self, ref: PackageId) -> PackageManifest:
         """The package's records (tarball = last layer, spec = the config) and its signature.
 
         `raw` is the clearsigned signature document when the image is signed (install verifies
         it like any layout v3 manifest), else a v3-style manifest made from the image.
         """
-        ref = self.tag_ref(spec_ref.name, spec_ref.version, spec_ref.hash)
+        tagged = self.tag_ref(ref.name, ref.version, ref.hash)
         try:
-            manifest = self.client.resolve_image(ref, Platform(architecture=img.goarch()))
+            manifest = self.client.resolve_image(tagged, Platform(architecture=img.goarch()))
         except BlobNotFound:
-            raise BlobNotFound(f"{self.url} has no package {spec_ref.name}@{spec_ref.version}/"
-                               f"{spec_ref.hash[:7]} (no tag {ref.tag})") from None
+            raise BlobNotFound(f"{self.url} has no package {ref.name}@{ref.version}/"
+                               f"{ref.hash[:7]} (no tag {tagged.tag})") from None
         doc = manifest.json()
         try:
             tarball = Descriptor.from_json(doc["layers"][-1])
             config = Descriptor.from_json(doc["config"])
         except (KeyError, IndexError) as exc:
-            raise MirrorError(f"{self.url}: {ref.tag} is not a package image") from exc
+            raise MirrorError(f"{self.url}: {tagged.tag} is not a package image") from exc
         records = self._records(tarball, config)
         raw = self._fetch_signature(manifest)
         if raw is None:
             return PackageManifest(records, manifest_bytes(records), False, manifest.digest)
         if not is_clearsigned(raw):
-            raise SignatureError(f"{self.url}: the signature of {ref.tag} is not a clearsigned "
+            raise SignatureError(f"{self.url}: the signature of {tagged.tag} is not a clearsigned "
                                  "document")
         # Not parsed here: install verifies `raw` and hands gpg's text to manifest_from_verified.
         return PackageManifest(records, raw, True, manifest.digest)
 
-    def manifest_from_verified(self, verified: bytes, fetched: PackageManifest,
+    def manifest_from_verified(self, verified: bytes, fetched: Manifest,
                                label: str) -> PackageManifest:
         """The package's records from the signature text gpg verified (never from a parse of the
         fetched document): they must name the image that was fetched and its layers."""
+        if not isinstance(fetched, PackageManifest):
+            raise SignatureError(f"{label}: not a manifest of this registry")
         if not fetched.signed:
             return fetched
         try:
@@ -479,7 +495,7 @@ class OciCache:
                                  "image's: refusing it")
         return PackageManifest(signed, fetched.raw, True, fetched.subject)
 
-    def fetch_blob(self, record: BlobRecord, dest: str) -> None:
+    def fetch_blob(self, record: Record, dest: str) -> None:
         """Download a blob to `dest`, verified (IntegrityError otherwise), via the local cache."""
         digest = f"{record.checksum_algorithm}:{record.checksum}"
         if self.blobs.copy_to(digest, dest, record.content_length):
@@ -487,7 +503,10 @@ class OciCache:
         self.client.fetch_blob(self.image, digest, dest, record.content_length)
         self.blobs.add(digest, dest)
 
-    def get_blob_bytes(self, record: BlobRecord) -> bytes:
+    def local_blob_path(self, record: Record) -> str | None:
+        return None  # a registry is never a local file system
+
+    def get_blob_bytes(self, record: Record) -> bytes:
         digest = f"{record.checksum_algorithm}:{record.checksum}"
         data = self.blobs.read_bytes(digest)
         if data is None or len(data) != record.content_length:
@@ -497,16 +516,17 @@ class OciCache:
 
     def list_package_refs(self) -> list[SpecRef]:
         refs = []
+        listed = {}
         for tag in self.client.list_tags(self.image):
             ref = _spec_ref_from_tag(tag)
             if ref is not None:
                 refs.append(ref)
+                listed[ref.hash] = tag
+        self._listed = listed
         return refs
 
     # --- index ----------------------------------------------------------------------------
-    def read_index(self) -> Any:
-        from ..index import Index
-
+    def read_index_bytes(self) -> bytes | None:
         try:
             manifest = self.client.fetch_manifest(self.image.with_tag(img.INDEX_TAG))
         except BlobNotFound:
@@ -516,14 +536,10 @@ class OciCache:
         except (KeyError, IndexError) as exc:
             raise MirrorError(f"{self.url}: the {img.INDEX_TAG} image has no index layer; "
                               "run bincache update-index") from exc
-        data = self.client.fetch_blob_bytes(self.image, layer.digest, layer.size,
+        return self.client.fetch_blob_bytes(self.image, layer.digest, layer.size,
                                             max_size=1 << 30)
-        return Index.from_bytes(data, f"{self.url} index")
 
-    def write_index(self, index: Any, db_version: str | None = None) -> None:
-        from ..index import choose_db_version
-
-        data = index.to_bytes(db_version or choose_db_version(index, None, self.kind))
+    def write_index_bytes(self, data: bytes, db_version: str) -> None:
         digest = sha256_digest(data)
         self.client.upload_blob(self.image, data, digest)
         self.client.upload_blob(self.image, img.EMPTY_JSON, sha256_digest(img.EMPTY_JSON))
@@ -535,54 +551,36 @@ class OciCache:
         self.client.put_manifest(self.image.with_tag(img.INDEX_TAG), img.dumps(doc),
                                  OCI_MANIFEST)
 
-    def update_index(self, jobs: int = 8, db_version: str | None = None) -> tuple[Any, int]:
-        """Bring `index.spack` up to date with the tags; only new tags' configs are fetched."""
-        from ..index import Index, IndexEntry, choose_db_version
+    def index_lock(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
 
-        try:
-            index = self.read_index() or Index()
-        except IndexVersionError:
-            raise  # a newer Spack's index is not replaced by an older format
-        except BincacheError as exc:
-            log.warning("%s: the existing index is unreadable (%s); rebuilding it", self.url, exc)
-            index = Index()
-        tags = {}
-        for tag in self.client.list_tags(self.image):
-            h = img.hash_from_tag(tag)
-            if h is not None:
-                tags[h] = tag
-        for h, entry in list(index.entries.items()):
-            if entry.in_buildcache and h not in tags:
-                index.entries[h] = IndexEntry(entry.spec, 0, False)
-        missing = [tag for h, tag in sorted(tags.items())
-                   if not (h in index.entries and index.entries[h].in_buildcache)]
-
-        def read(tag: str) -> tuple[list[Any], int] | None:
-            try:
-                return self._read_package_config(tag)
-            except (BlobNotFound, MirrorError, ValueError) as exc:
-                log.warning("%s: skipping %s: %s", self.url, tag, exc)
-                return None
-
-        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            for found in pool.map(read, missing):
-                if found is not None:
-                    nodes, size = found
-                    index.add_specfile(nodes, size)
-        self.write_index(index, choose_db_version(index, db_version, self.kind))
-        return index, len(missing)
-
-    def _read_package_config(self, tag: str) -> tuple[list[Any], int]:
-        """(spec nodes, tarball size) of a package tag: one manifest GET, one config GET."""
+    def read_index_entry(self, ref: SpecRef) -> tuple[list[Spec], int] | None:
+        """(spec nodes, tarball size) of a package tag: one manifest GET, one config GET (no
+        signature lookup, no platform resolution). A tag that is no package image is skipped."""
         from ..spec import parse_specfile
 
+        tag = self._listed.get(ref.hash) or img.package_tag(ref.name, ref.version, ref.hash)
+        try:
+            manifest = self.client.fetch_manifest(self.image.with_tag(tag))
+            doc = manifest.json()
+            config = Descriptor.from_json(doc["config"])
+            size = int((doc.get("layers") or [{}])[-1].get("size", 0))
+            data = self.client.fetch_blob_bytes(self.image, config.digest, config.size)
+            return parse_specfile(data, f"{self.url}:{tag}"), size
+        except (BlobNotFound, MirrorError, ValueError, KeyError, TypeError) as exc:
+            log.warning("%s: skipping %s: %s", self.url, tag, exc)
+            return None
 
-        manifest = self.client.fetch_manifest(self.image.with_tag(tag))
-        doc = manifest.json()
-        config = Descriptor.from_json(doc["config"])
-        size = int((doc.get("layers") or [{}])[-1].get("size", 0))
-        data = self.client.fetch_blob_bytes(self.image, config.digest, config.size)
-        return parse_specfile(data, f"{self.url}:{tag}"), size
+    # --- public keys ----------------------------------------------------------------------
+    def publish_public_keys(self, keys: Mapping[str, bytes]) -> list[str]:
+        raise self._no_keys("publish")
+
+    def public_key_blobs(self) -> list[tuple[str, str, bytes]]:
+        raise self._no_keys("install")
+
+    def _no_keys(self, verb: str) -> MirrorError:
+        return MirrorError(f"cannot {verb} keys in {self.url}: key manifests exist only in "
+                           "directory, http and s3 mirrors (Spack's layout v3)")
 
 
 def leaves_first(nodes: dict[str, Any], root: str) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import Counter
+from typing import ClassVar
 from urllib.parse import unquote, urlparse
 
 from ..config import mask_url
@@ -45,6 +46,10 @@ _CREDENTIALS_HINT = (
 
 
 class S3Backend:
+    """Objects below a key prefix of a bucket."""
+
+    transport: ClassVar[str] = "s3"
+    writable: ClassVar[bool] = True
     root = None  # no local directory: readers fetch, writers upload
 
     def __init__(
@@ -201,7 +206,7 @@ class S3Backend:
         except (ClientError, BotoCoreError) as e:
             raise self._fail("read", rel, e) from None
 
-    def local_path(self, rel: str) -> None:
+    def local_path(self, rel: str) -> str | None:
         return None
 
     def write(self, rel: str, data: bytes) -> None:
@@ -224,6 +229,12 @@ class S3Backend:
         except Exception as e:  # boto3's S3UploadFailedError wraps ClientError
             cause = e.__context__ if isinstance(e.__context__, (ClientError, BotoCoreError)) else e
             raise self._fail("write", rel, cause) from None
+
+    def delete(self, rel: str) -> None:
+        try:
+            self._s3.delete_object(Bucket=self.bucket, Key=self._key(rel))
+        except (ClientError, BotoCoreError) as e:
+            raise self._fail("delete", rel, e) from None
 
     def list(self, rel_dir: str) -> list[str]:
         prefix = self._key(rel_dir).rstrip("/") + "/"

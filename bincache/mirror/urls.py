@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from urllib.parse import urlparse
 
 from .. import config as _config
-from ..errors import ConfigError, UsageError
+from ..errors import ConfigError, OptionNotTaken, UsageError
 
 #: URL schemes a mirror may use; a string without a scheme is a local path.
 SCHEMES = ("file", "http", "https", "s3", "oci", "oci+http")
@@ -60,3 +61,40 @@ def check_url(url: str) -> None:
             f'unsupported mirror URL scheme "{scheme}" in {_config.mask_url(url)}; '
             f"use a path or one of {', '.join(s + '://' for s in SCHEMES)}"
         )
+
+
+def mirror_kind(url: str) -> str:
+    """"directory", "http", "s3" or "oci": the kind of mirror a URL or path names."""
+    scheme = urlparse(url).scheme.lower() if _has_scheme(url) else ""
+    if scheme in ("", "file"):
+        return "directory"
+    if scheme in ("http", "https"):
+        return "http"
+    return "oci" if scheme.startswith("oci") else scheme
+
+
+#: The kind-specific settings of a mirror (mirrors.yaml, `mirror add/set`) each kind takes;
+#: one given for another kind is refused by name, never ignored. (Credentials, access_pair,
+#: are Spack's setting of any mirror: a directory mirror holding one is not refused.)
+_SETTINGS_TAKEN = {
+    "directory": (),
+    "http": (),
+    "s3": ("s3_profile", "s3_endpoint_url"),
+    "oci": (),
+}
+_SETTING_USE = {
+    "s3_profile": "is for s3:// mirrors",
+    "s3_endpoint_url": "is for s3:// mirrors",
+}
+
+
+def refuse_settings(url: str, given: Mapping[str, object], where: str) -> None:
+    """OptionNotTaken naming a setting given (truthy) that the kind of mirror at ``url`` does
+    not take (an S3 profile for a directory, credentials for a directory, ...)."""
+    kind = mirror_kind(url)
+    taken = _SETTINGS_TAKEN.get(kind, tuple(_SETTING_USE))
+    for name, value in given.items():
+        if value and name not in taken:
+            article = "an" if kind[0] in "aeiou" else "a"
+            raise OptionNotTaken([name], _SETTING_USE[name], where,
+                                 f"{article} {'OCI' if kind == 'oci' else kind} mirror")

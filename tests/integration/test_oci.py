@@ -19,6 +19,7 @@ import pytest
 
 from bincache import api
 from bincache.errors import BincacheError, BlobNotFound, IntegrityError, SignatureError
+from bincache.index import update_index
 from bincache.mirror import MirrorRef, open_cache
 from bincache.oci import image as img
 from bincache.oci.client import (
@@ -395,7 +396,7 @@ def test_update_index_over_2000_tags_then_one_new_push(registry_factory, capsys)
 
     cache = open_cache(MirrorRef(url))
     t0 = time.perf_counter()
-    index, fetched = cache.update_index(jobs=16)
+    index, fetched = update_index(cache, jobs=16)
     t_first = time.perf_counter() - t0
     assert fetched == 2000 and len(index.packages()) == 2000
 
@@ -404,7 +405,7 @@ def test_update_index_over_2000_tags_then_one_new_push(registry_factory, capsys)
     client.put_manifest(image.with_tag(tag), manifest, OCI_MANIFEST)
     cache = open_cache(MirrorRef(url))
     t0 = time.perf_counter()
-    index, fetched = cache.update_index(jobs=16)
+    index, fetched = update_index(cache, jobs=16)
     t_second = time.perf_counter() - t0
     assert fetched == 1 and len(index.packages()) == 2001
     # One new tag: its manifest and config, plus the index itself - not 2,001 configs.
@@ -426,7 +427,7 @@ def test_base_layers_are_mounted_on_the_same_registry_and_copied_from_another(
                                     f"docker://{busybox_image}").stdout)["Layers"]
     for reg, how in ((registry_http, "mounted"), (registry_factory("http"), "copied")):
         cache = open_cache(MirrorRef(repo(reg)))
-        cache.base_image = f"oci+http://{busybox_image}"
+        cache.configure_push(base_image=f"oci+http://{busybox_image}")
         create.push(tree, tree.select(["greet"]), cache)
         manifest = cache.client.fetch_manifest(cache.tag_ref("greet", "1.0", stack.greet.hash))
         assert [d["digest"] for d in manifest.json()["layers"]][:-1] == base_layers
@@ -443,7 +444,7 @@ def test_tag_names_a_whole_environment_even_when_everything_was_pushed(registry_
     tree = InstallTree(stack.root)
     create.push(tree, tree.select(["hello"]), open_cache(MirrorRef(url)))
     cache = open_cache(MirrorRef(url))
-    cache.tag = "my-env"
+    cache.configure_push(tag="my-env")
     result = create.push(tree, tree.select(["hello"]), cache)
     assert not result.pushed and len(result.skipped) == 3
     cache.finish_push(result)

@@ -17,7 +17,7 @@ import re
 import pytest
 
 from bincache.errors import IndexVersionError
-from bincache.index import Index, choose_db_version
+from bincache.index import Index, choose_db_version, read_index
 from bincache.spec import Spec, legacy_compiler, parse_specfile, upgrade_node
 from tests.conftest import run_cli
 from tests.fixtures.spack_tree import SPECS, spack_tree
@@ -148,8 +148,8 @@ def test_oci_config_and_index_keep_the_v4_format(registry_http, tmp_path):
     assert config["spec"]["_meta"]["version"] == 4
     assert {n["hash"]: n for n in config["spec"]["nodes"]} == \
         {k: v for k, v in v4_nodes().items() if k in {n["hash"] for n in config["spec"]["nodes"]}}
-    index = cache.read_index()
-    assert index.db_version == "7"  # every node is a v4 one: Spack 0.2x and 1.x read it
+    index = read_index(cache)
+    assert index is not None and index.db_version == "7"  # every node is a v4 one: Spack 0.2x and 1.x read it
     root = str(tmp_path / "root")
     run_cli("--root", root, "install", "--unsigned", "--mirror", url, "hello", check=True)
     assert_runs_from(root)

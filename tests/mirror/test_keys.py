@@ -82,13 +82,14 @@ def test_install_keys_from_a_mirror_without_keys(home, tmp_path):
 
 
 def test_keys_cannot_go_to_an_oci_registry(keyed):
+    from bincache.mirror import MirrorRef, open_cache
+
     home, _ = keyed
-
-    class OciLike:
-        url = "oci://127.0.0.1:5000/cache"
-
+    registry = open_cache(MirrorRef("oci+http://127.0.0.1:1/cache"))  # nothing is sent to it
     with pytest.raises(MirrorError, match="only in directory, http and s3"):
-        keys.publish_keys(OciLike(), home=home)
+        keys.publish_keys(registry, home=home)
+    with pytest.raises(MirrorError, match="only in directory, http and s3"):
+        keys.install_keys(registry, trust=True, home=home)
 
 
 def test_install_keys_from_an_old_layout_v2_cache(make_home, tmp_path):
