@@ -567,7 +567,7 @@ class OciCache:
             size = int((doc.get("layers") or [{}])[-1].get("size", 0))
             data = self.client.fetch_blob_bytes(self.image, config.digest, config.size)
             return parse_specfile(data, f"{self.url}:{tag}"), size
-        except (BlobNotFound, MirrorError, ValueError, KeyError, TypeError) as exc:
+        except (BlobNotFound, MirrorError, ValueError) as exc:
             log.warning("%s: skipping %s: %s", self.url, tag, exc)
             return None
 

@@ -295,7 +295,8 @@ def test_oci_manifests_and_configs(registry_http, one_attempt, data):
 
     def read():
         cache.fetch_manifest(SpecRef("curl", "8.1", h))
-        cache._read_package_config(tag)
+        cache.list_package_refs()  # the tag is read as update-index reads it
+        cache.read_index_entry(SpecRef("curl", "8.1", h))
 
     _clean(read)
 
