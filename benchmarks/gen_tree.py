@@ -157,8 +157,27 @@ def _closure(pkgs: list[Package], index: int) -> list[int]:
     return seen
 
 
-def _plan(root: str, size_mb: int, seed: int, rng: random.Random) -> list[Package]:
-    count = max(6, min(80, size_mb // 16))
+SHAPES = ("random", "chain", "flat")
+
+
+def _deps(shape: str, i: int, rng: random.Random) -> list[int]:
+    """Indices of the earlier packages package ``i`` depends on.
+
+    ``random``: 0-4 earlier packages; ``chain``: the one before (each package needs the whole
+    chain below it, so a scheduler that waits for dependencies packs one at a time);
+    ``flat``: none.
+    """
+    if shape == "chain":
+        return [i - 1] if i else []
+    if shape == "flat":
+        return []
+    ndeps = min(i, rng.choice([0, 1, 1, 2, 2, 3, 4]))
+    return sorted(rng.sample(range(i), ndeps)) if ndeps else []
+
+
+def _plan(root: str, size_mb: int, seed: int, rng: random.Random, prefixes: int | None = None,
+          shape: str = "random") -> list[Package]:
+    count = prefixes or max(6, min(80, size_mb // 16))
     total = size_mb << 20
     weights = [rng.lognormvariate(0.0, 0.8) for _ in range(count)]
     scale = total / sum(weights)
@@ -168,8 +187,12 @@ def _plan(root: str, size_mb: int, seed: int, rng: random.Random) -> list[Packag
     for i in range(count):
         name = names[i % len(names)] + ("" if i < len(names) else f"-{i // len(names)}")
         version = f"{rng.randint(0, 12)}.{rng.randint(0, 30)}.{rng.randint(0, 9)}"
-        ndeps = min(i, rng.choice([0, 1, 1, 2, 2, 3, 4]))
-        deps = sorted(rng.sample(range(i), ndeps)) if ndeps else []
+        if shape == "random":
+            deps = _deps(shape, i, rng)
+        else:
+            # The same draw as the random shape, so sizes and names do not depend on the shape.
+            _deps("random", i, rng)
+            deps = _deps(shape, i, rng)
         pkg = Package(name, version, deps, max(256 << 10, int(weights[i] * scale)))
         pkg.node = _spec_node(pkg, [pkgs[d] for d in deps], seed)
         pkg.prefix = os.path.join(root, ARCH_DIR, f"{name}-{version}-{pkg.hash}")
@@ -496,20 +519,28 @@ def _fill_package(pkgs: list[Package], index: int, compiled: Compiled,
     _write_specfile(pkgs, index)
 
 
-def generate(root: str, size_mb: int, seed: int = 0) -> list[str]:
+def generate(root: str, size_mb: int, seed: int = 0, prefixes: int | None = None,
+             shape: str = "random") -> list[str]:
     """Write a synthetic install tree of about ``size_mb`` MiB under ``root``.
+
+    ``prefixes``: how many (default: one per 16 MiB, 6 to 80); ``shape``: the dependency DAG
+    (``random``, ``chain`` or ``flat``, see ``_deps``).
 
     Returns the prefixes, dependencies before dependents. ``root`` must not exist or be empty:
     prefixes embed ``root`` itself, so a tree cannot be moved after it is written.
     """
     if size_mb < 1:
         raise ValueError(f"size_mb must be at least 1, not {size_mb}")
+    if shape not in SHAPES:
+        raise ValueError(f"shape must be one of {', '.join(SHAPES)}, not {shape!r}")
+    if prefixes is not None and prefixes < 1:
+        raise ValueError(f"prefixes must be at least 1, not {prefixes}")
     root = os.path.abspath(root)
     if os.path.isdir(root) and os.listdir(root):
         raise FileExistsError(f"{root} is not empty; pick a new directory or remove it first")
     os.makedirs(root, exist_ok=True)
     rng = random.Random(seed)
-    pkgs = _plan(root, size_mb, seed, rng)
+    pkgs = _plan(root, size_mb, seed, rng, prefixes, shape)
     compiled = _compile(max(len(p.prefix) for p in pkgs), random.Random(seed + 1))
     elves, archives = _system_pool()
     corpus = _corpus(random.Random(seed + 2))
@@ -546,10 +577,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("root", help="directory to create (must not exist or be empty)")
     ap.add_argument("--size-mb", type=int, default=100, help="approximate size in MiB (default 100)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--prefixes", type=int, default=None,
+                    help="number of prefixes (default: one per 16 MiB, 6 to 80)")
+    ap.add_argument("--shape", choices=SHAPES, default="random",
+                    help="dependency DAG: random (default), chain (each on the one before), flat")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     try:
-        prefixes = generate(args.root, args.size_mb, args.seed)
+        prefixes = generate(args.root, args.size_mb, args.seed, args.prefixes, args.shape)
     except (FileExistsError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -12,12 +12,12 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import _native
 from .errors import BincacheError, MirrorError, NoSpaceError, SpecError
 from .mirror.base import BuildCache
+from .pipeline import DependencyFailed, Pipeline
 from .presence import present
 from .spec import Spec, read_prefix_specfile, specfile_bytes
 from .tar.pack import buildinfo, pack_prefix, write_buildinfo
@@ -238,18 +238,15 @@ def push(tree: InstallTree, specs: list[InstalledSpec], cache: BuildCache, *, in
         return result
     staging = cache.staging_dir()
     lock = threading.Lock()
-    # Packages in parallel, and within a package deflate on the cores left over: measured on the
-    # 2-core machine (100 MB tree), -j 2 with one deflate thread each packs 398 MB/s against
-    # 292 MB/s for one package at a time with two deflate threads (pipeline drains between
-    # packages cost more than the handoffs save).
     cpus = os.cpu_count() or 1
     jobs = max(1, min(cpus, 8) if jobs is None else jobs)
     jobs = min(jobs, len(pending))
-    threads = max(1, cpus // jobs) if jobs > 1 else 0
+    # Every writer may deflate on every core: while several packages are packed the cores are
+    # shared, and the last (often the largest) package still gets all of them, instead of one.
+    threads = 0
 
     if events.planned:
         events.planned([(inst, _prefix_bytes(inst.prefix)) for inst in pending])
-    futures: dict[str, Future] = {}
     cancel = Cancel()
 
     def tick(nbytes: int) -> None:
@@ -258,62 +255,79 @@ def push(tree: InstallTree, specs: list[InstalledSpec], cache: BuildCache, *, in
         if events.packed_bytes:
             events.packed_bytes(nbytes)
 
-    def one(inst: InstalledSpec) -> PackedPackage:
-        path = os.path.join(staging, f"{inst.spec.dag_name}.tar.gz")
+    def tarball(inst: InstalledSpec) -> str:
+        return os.path.join(staging, f"{inst.spec.dag_name}.tar.gz")
+
+    def discard(inst: InstalledSpec, _packed) -> None:
+        path = tarball(inst)
+        if os.path.exists(path):
+            os.unlink(path)
+
+    def pack_one(inst: InstalledSpec) -> PackedPackage:
         try:
             if cancel.is_set():
                 raise _Cancelled()
             if events.started:
                 events.started(inst)
-            packed = pack(inst, tree, path, level=level, threads=threads, tick=tick, cancel=cancel)
-            # Packing runs in parallel; committing waits for the dependencies pushed in this run,
-            # so the mirror never holds a package whose dependency failed. Dependencies were
-            # submitted first and a pool starts jobs in order, so this wait cannot deadlock.
-            for dep in inst.spec.link_run_deps():
-                if dep.hash in futures:
-                    try:
-                        futures[dep.hash].result()
-                    except BaseException:
-                        if cancel.is_set():
-                            raise _Cancelled() from None
-                        raise BincacheError(f"{inst.spec.short()} was not pushed: its dependency "
-                                            f"{dep.name}/{dep.hash[:7]} failed") from None
+            return pack(inst, tree, tarball(inst), level=level, threads=threads, tick=tick,
+                        cancel=cancel)
+        except BaseException:
+            discard(inst, None)
+            cache.push_failed(inst.spec)  # OCI: dependents stop waiting for this layer
+            raise
+
+    def commit_one(inst: InstalledSpec, packed: PackedPackage) -> None:
+        # Only once every dependency pushed in this run is committed: the mirror never holds a
+        # package whose dependency failed.
+        try:
             if cancel.is_set():
                 raise _Cancelled()  # before any blob: an interrupted push adds nothing partial
             cache.push_package(packed, signer)
         except BaseException:
-            cache.push_failed(inst.spec)  # OCI: dependents stop waiting for this layer
+            cache.push_failed(inst.spec)
             raise
         finally:
-            if os.path.exists(path):
-                os.unlink(path)
+            discard(inst, packed)
         with lock:
             result.pushed.append(packed)
             if events.pushed:
                 events.pushed(packed)
-        return packed
 
     # Workers do all the packing and uploading, even with -j 1: Ctrl-C reaches only the main
     # thread, which then stops them between files, never in the middle of writing a blob.
-    pool = ThreadPoolExecutor(max_workers=jobs)
+    pipe = Pipeline(pending, key=lambda i: i.hash,
+                    deps=lambda i: [d.hash for d in i.spec.link_run_deps()],
+                    pack=pack_one, commit=commit_one, jobs=jobs, discard=discard)
     try:
-        for inst in pending:
-            futures[inst.hash] = pool.submit(one, inst)
-        for f in list(futures.values()):
-            f.result()
+        outcomes = pipe.start()
+        first_error: BaseException | None = None
+        for inst, fut in zip(pending, outcomes):
+            exc = fut.exception()  # waits; Ctrl-C interrupts it
+            if isinstance(exc, DependencyFailed):
+                dep = _spec_of(pending, exc.key)
+                exc = BincacheError(f"{inst.spec.short()} was not pushed: its dependency "
+                                    f"{dep.name}/{dep.hash[:7]} failed")
+            if exc is not None and first_error is None:
+                first_error = exc
+        if first_error is not None:
+            raise first_error
     except KeyboardInterrupt:
         cancel.set()
-        pool.shutdown(wait=True, cancel_futures=True)
+        pipe.stop()
         done = {p.spec.hash for p in result.pushed}
         raise PushInterrupted(result, [i.spec for i in pending if i.hash not in done]) from None
     finally:
-        pool.shutdown(wait=True)  # a failed package: the others still finish
+        pipe.close()  # a failed package: the others still finish
         shutil.rmtree(staging, ignore_errors=True)
         _rmdir_quiet(os.path.dirname(staging))
     order = {inst.hash: i for i, inst in enumerate(pending)}
     result.pushed.sort(key=lambda p: order[p.spec.hash])
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _spec_of(pending: list[InstalledSpec], key: str):
+    return next(i.spec for i in pending if i.hash == key)
 
 
 def push_prefix(ref, prefix: str, *, include_deps: bool = False, signed: bool | None = None,

@@ -162,3 +162,21 @@ def test_refuses_a_non_empty_root(tmp_path):
     (tmp_path / "something").write_text("x")
     with pytest.raises(FileExistsError, match="not empty"):
         gen_tree.generate(str(tmp_path), 1)
+
+
+@pytest.mark.parametrize("shape", ["chain", "flat"])
+def test_shape_and_prefix_count_options_give_that_dag(tmp_path, shape):
+    root = str(tmp_path / "tree")
+    prefixes = gen_tree.generate(root, 4, seed=3, prefixes=5, shape=shape)
+    assert len(prefixes) == 5
+    installed = {i.prefix: i for i in InstallTree(root).specs().values()}
+    by_hash = {i.hash: p for p, i in installed.items()}
+    for k, prefix in enumerate(prefixes):
+        deps = [by_hash[d.hash] for d in installed[prefix].spec.deps]
+        expected = [prefixes[k - 1]] if shape == "chain" and k else []
+        assert deps == expected
+
+
+def test_a_bad_shape_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="shape must be one of"):
+        gen_tree.generate(str(tmp_path / "t"), 4, shape="star")

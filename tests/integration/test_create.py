@@ -195,6 +195,24 @@ def test_fifo_in_a_prefix_is_refused_and_the_mirror_is_left_as_it_was(stack, tmp
     assert not os.path.exists(os.path.join(mirror, ".bincache-staging")) or not os.listdir(os.path.join(mirror, ".bincache-staging"))
 
 
+def test_a_dependency_that_fails_keeps_its_dependents_out_of_the_mirror(stack, tmp_path):
+    # greet <- shout <- hello: packed concurrently, but committed only after their dependencies.
+    mirror = str(tmp_path / "mirror")
+    fifo = os.path.join(stack.greet.prefix, "share", "a-fifo")
+    os.mkfifo(fifo)
+    try:
+        p = run_cli("--root", stack.root, "create", "--unsigned", "-j", "3", mirror)
+    finally:
+        os.unlink(fifo)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert "a-fifo is a fifo" in p.stderr
+    assert _manifests(mirror) == {}
+    blobs = glob.glob(os.path.join(mirror, "blobs", "**"), recursive=True)
+    assert not [b for b in blobs if os.path.isfile(b)]  # not even the blobs of shout and hello
+    staging = os.path.join(mirror, ".bincache-staging")
+    assert not os.path.exists(staging) or not os.listdir(staging)
+
+
 def test_missing_prefix_and_mirror_path_that_is_a_file(stack, tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("x")
