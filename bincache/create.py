@@ -141,7 +141,8 @@ def pack(inst: InstalledSpec, tree: InstallTree, out_path: str, level: int | Non
         raise NoSpaceError(f"no space left while writing {out_path}; free some space and run again") from None
     nodes = inst.nodes or (inst.spec,)
     return PackedPackage(
-        spec=inst.spec, nodes=tuple(nodes), prefix=inst.prefix,
+        # The prefix's own spec file describes it (a database record may hold it converted).
+        spec=nodes[0], nodes=tuple(nodes), prefix=inst.prefix,
         specfile=_buildcache_specfile(nodes, result.digest), tarball=out_path, result=result,
         buildinfo=info, files=report.files, bytes_in=report.bytes_in,
         seconds=time.perf_counter() - t0,

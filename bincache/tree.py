@@ -7,7 +7,6 @@ import json
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 from .atomic import write_atomic
 from .errors import SpecError
@@ -31,16 +30,33 @@ from .spec import (
     specfile_dict,
     upgrade_node,
 )
+from .treedb import TreeDatabase, entry
 
 # ---------------------------------------------------------------------------------------------
 # Install trees
 
 
-@dataclass(frozen=True)
 class InstalledSpec:
-    spec: Spec
-    prefix: str
-    nodes: tuple[Spec, ...] = field(default=(), compare=False, repr=False)  # spec file, root first
+    """A prefix and its spec; ``nodes`` is its spec file's DAG (root first), read from the
+    prefix when first asked for when the record came from the tree's database."""
+
+    __slots__ = ("spec", "prefix", "_nodes")
+
+    def __init__(self, spec: Spec, prefix: str, nodes: tuple[Spec, ...] | None = ()):
+        self.spec = spec
+        self.prefix = prefix
+        self._nodes = nodes  # None: not read yet
+
+    @property
+    def nodes(self) -> tuple[Spec, ...]:
+        if self._nodes is None:
+            try:
+                nodes = read_prefix_specfile(self.prefix)
+            except SpecError:
+                nodes = []
+            # The prefix's own spec file, unless it is not this package's (then the record's).
+            self._nodes = tuple(nodes) if nodes and nodes[0].hash == self.spec.hash else (self.spec,)
+        return self._nodes
 
     @property
     def name(self) -> str:
@@ -49,6 +65,18 @@ class InstalledSpec:
     @property
     def hash(self) -> str:
         return self.spec.hash
+
+    def _key(self) -> tuple:
+        return (self.spec, self.prefix)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, InstalledSpec) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return f"InstalledSpec(spec={self.spec!r}, prefix={self.prefix!r})"
 
 
 PADDING_PLACEHOLDER = "__spack_path_placeholder__"
@@ -129,7 +157,7 @@ class InstallTree:
         if self._specs is None:
             if not os.path.isdir(self.root):
                 raise SpecError(f"install tree {self.root} does not exist; give one with --root or BINCACHE_ROOT")
-            self._specs = self._from_db() if os.path.exists(self.db_path) else self._scan()
+            self._specs = self._from_db() if self.database.exists() else self._scan()
         return self._specs
 
     def packages(self) -> dict[str, InstalledSpec]:
@@ -137,45 +165,57 @@ class InstallTree:
         return {h: i for h, i in self.specs().items() if not i.spec.is_external}
 
     def _from_db(self) -> dict[str, InstalledSpec]:
+        # The records alone: a prefix's spec file is read only when its DAG is asked for
+        # (InstalledSpec.nodes), so opening a tree of 50,000 does not parse 50,000 files.
         try:
-            with open(self.db_path, "rb") as f:
-                db = json.load(f)["database"]
+            db = self.database.read()["database"]
             installs = db["installs"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            node_format = DB_NODE_FORMAT.get(str(db.get("version")), SPECFILE_VERSION)
+            found: dict[str, InstalledSpec] = {}
+            for h, rec in installs.items():
+                path = rec.get("path")
+                if not rec.get("installed", True):
+                    continue
+                spec_node = rec.get("spec")
+                if isinstance(spec_node, dict) and spec_node.get("external"):
+                    spec = Spec.from_node(dict(spec_node, hash=h), node_format)
+                    found[h] = InstalledSpec(spec, path or spec.external_path or "", (spec,))
+                    continue
+                if not path or not os.path.isdir(path):
+                    continue
+                found[h] = InstalledSpec(Spec.from_node(dict(spec_node, hash=h), node_format),
+                                         path, None)
+        except (KeyError, TypeError, AttributeError) as e:
             raise SpecError(f"{self.db_path}: not a readable Spack database ({e})") from None
-        node_format = DB_NODE_FORMAT.get(str(db.get("version")), SPECFILE_VERSION)
-        found: dict[str, InstalledSpec] = {}
-        for h, rec in installs.items():
-            path = rec.get("path")
-            if not rec.get("installed", True):
-                continue
-            spec_node = rec.get("spec")
-            if isinstance(spec_node, dict) and spec_node.get("external"):
-                spec = Spec.from_node(dict(spec_node, hash=h), node_format)
-                found[h] = InstalledSpec(spec, path or spec.external_path or "", (spec,))
-                continue
-            if not path or not os.path.isdir(path):
-                continue
-            try:
-                nodes = read_prefix_specfile(path)
-            except SpecError:
-                nodes = [Spec.from_node(dict(rec["spec"], hash=h), node_format)]
-            found[nodes[0].hash] = InstalledSpec(nodes[0], path, tuple(nodes))
         # Prefixes registered after the database was written are found by a scan too.
-        for h, inst in self._scan().items():
+        known = {i.prefix for i in found.values()}
+        for h, inst in self._scan(known).items():
             found.setdefault(h, inst)
         return found
 
-    def _scan(self) -> dict[str, InstalledSpec]:
+    def _scan(self, known: set[str] | frozenset[str] = frozenset()) -> dict[str, InstalledSpec]:
+        """Prefixes (a ``.spack/spec.json``) up to ``_SCAN_DEPTH`` levels down; the ``known``
+        ones (recorded in the database) are neither entered nor parsed."""
         found: dict[str, InstalledSpec] = {}
-        for dirpath, dirnames, _files in os.walk(self.root):
-            depth = dirpath[len(self.root):].count(os.sep)
-            if os.path.isfile(os.path.join(dirpath, SPEC_DIR, SPEC_JSON)) and dirpath != self.root:
-                nodes = read_prefix_specfile(dirpath)
-                found[nodes[0].hash] = InstalledSpec(nodes[0], dirpath, tuple(nodes))
-                dirnames[:] = []
-                continue
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if depth < _SCAN_DEPTH else []
+
+        def walk(directory: str, depth: int) -> None:
+            try:
+                with os.scandir(directory) as it:
+                    subdirs = sorted(e.name for e in it if not e.name.startswith(".")
+                                     and e.is_dir(follow_symlinks=False))
+            except OSError:
+                return
+            for name in subdirs:
+                path = os.path.join(directory, name)
+                if path in known:
+                    continue
+                if os.path.isfile(os.path.join(path, SPEC_DIR, SPEC_JSON)):
+                    nodes = read_prefix_specfile(path)
+                    found[nodes[0].hash] = InstalledSpec(nodes[0], path, tuple(nodes))
+                elif depth + 1 < _SCAN_DEPTH:
+                    walk(path, depth + 1)
+
+        walk(self.root, 0)
         return found
 
     def get(self, h: str) -> InstalledSpec | None:
@@ -253,45 +293,39 @@ class InstallTree:
                 out[h] = dep.prefix
         return out
 
+    @property
+    def database(self) -> TreeDatabase:
+        return TreeDatabase(os.path.join(self.root, DB_DIR))
+
     def record(self, inst: InstalledSpec, explicit: bool = True) -> None:
-        """Add a prefix (or an external) to ``<root>/.spack-db/index.json`` (atomically, one
-        writer at a time)."""
-        from .locks import dir_lock
-
-        with dir_lock(os.path.dirname(self.db_path)):
-            self._record(inst, explicit)
-
-    def _record(self, inst: InstalledSpec, explicit: bool) -> None:
+        """Add a prefix (or an external) to the tree's database: one line appended to its
+        journal (:mod:`bincache.treedb`), whatever the size of the tree."""
+        db = self.database
         # A new database takes the version Spack 0.2x reads when the node is a v4 one (so Spack
         # 0.2x can use the tree); an existing one keeps its version, its nodes converted to fit.
-        version = "7" if node_format(inst.spec) <= 4 else DB_VERSION
-        db = {"database": {"version": version, "installs": {}}}
-        if os.path.exists(self.db_path):
-            try:
-                with open(self.db_path, "rb") as f:
-                    db = json.load(f)
-            except (OSError, ValueError) as e:
-                raise SpecError(f"{self.db_path}: cannot read the database ({e})") from None
-        database = db.setdefault("database", {})
-        version = str(database.setdefault("version", version))
-        installs = database.setdefault("installs", {})
-        ref_counts = {h: 0 for h in installs}
+        version = db.version("7" if node_format(inst.spec) <= 4 else DB_VERSION)
         node = db_node(inst.spec, version)
-        installs[inst.hash] = {
+        rec = {
             "spec": {k: v for k, v in node.items() if k != "hash"},
             "path": inst.prefix,
             "installed": True,
-            "ref_count": installs.get(inst.hash, {}).get("ref_count", 0),
             "explicit": explicit,
             "installation_time": time.time(),
         }
-        for dep in inst.spec.deps:
-            if dep.hash in ref_counts:
-                installs[dep.hash]["ref_count"] = installs[dep.hash].get("ref_count", 0) + 1
-        os.makedirs(os.path.dirname(self.db_path), exist_ok=True)
-        write_atomic(self.db_path, json.dumps(db, separators=(",", ":")).encode())
+        try:
+            db.append([entry(inst.hash, rec, [d.hash for d in inst.spec.deps], version)])
+        except OSError as e:
+            raise SpecError(f"{self.db_path}: cannot record {inst.spec.short()} ({e.strerror})") from None
         if self._specs is not None:
             self._specs[inst.hash] = inst
+
+    def settle(self) -> None:
+        """At the end of a command that recorded packages: ``index.json`` made complete when
+        Spack reads this tree (see :meth:`TreeDatabase.settle`)."""
+        try:
+            self.database.settle()
+        except OSError as e:
+            raise SpecError(f"{self.db_path}: cannot update the database ({e.strerror})") from None
 
 
 def db_node(spec: Spec, db_version: str) -> dict:
@@ -410,7 +444,9 @@ def register_prefix(prefix: str, name: str, version: str, deps: Iterable[str] = 
     write_atomic(os.path.join(spec_dir, SPEC_JSON), json.dumps(doc, indent=2).encode())
     inst = InstalledSpec(spec, prefix, tuple(nodes))
     if root is not None:
-        InstallTree(root).record(inst)
+        tree = InstallTree(root)
+        tree.record(inst)
+        tree.settle()
     return inst
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import gzip
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -159,6 +158,9 @@ class _Catalog:
             raise MirrorError("; ".join(errors))
 
     def select(self, selector: str):
+        whole = self.entries.get(selector[1:]) if selector.startswith("/") else None
+        if whole is not None:
+            return whole  # a whole hash (a DAG's worth of them is N lookups, not N^2 matches)
         matches = [(item, cache) for item, cache in self.entries.values() if _matches(item, selector)]
         if not matches:
             names = sorted({item.name for item, _ in self.entries.values()})
@@ -172,16 +174,10 @@ class _Catalog:
 
 
 def _fetch_specfile(cache, manifest, dest_dir: str, label: str) -> tuple[bytes, list[Spec]]:
+    # In memory (size and SHA-256 checked by the cache): a temporary file per package costs a
+    # create and an unlink, milliseconds each on disks with slow unlinks.
     record = manifest.spec
-    fd, path = tempfile.mkstemp(dir=dest_dir, suffix=".spec")
-    os.close(fd)
-    try:
-        cache.fetch_blob(record, path)
-        with open(path, "rb") as f:
-            data = f.read()
-    finally:
-        if os.path.exists(path):
-            os.unlink(path)
+    data = cache.get_blob_bytes(record)
     if record.compression == "gzip" or data[:2] == b"\x1f\x8b":
         data = gzip.decompress(data)
     return data, parse_specfile(data, f"{label} spec file")

@@ -92,6 +92,9 @@ class _Installer:
         self.staging: str | None = None
         self.staging_dir: PrivateDir | None = None
         self.externals: dict[str, Spec] = {}  # external dependencies to record, by hash
+        # Where the packages' old prefixes were (their directory), learned from the first one
+        # extracted: see extract().
+        self.old_store_dir: str | None = None
 
     # -- staging ---------------------------------------------------------------------------
     def open_staging(self) -> str:
@@ -280,11 +283,11 @@ class _Installer:
         could be rewritten in place between a check and a later read: finding 3 of issue 10).
         """
         assert self.staging is not None
-        work = tempfile.mkdtemp(prefix=f"{plan.spec.hash[:7]}-", dir=self.staging)
-        plan.tarball = os.path.join(work, "package.tar.gz")
         record = plan.manifest.tarball
         path = plan.cache.local_blob_path(record) if self.local_blobs else None
         if path is None:
+            work = tempfile.mkdtemp(prefix=f"{plan.spec.hash[:7]}-", dir=self.staging)
+            plan.tarball = os.path.join(work, "package.tar.gz")
             plan.cache.fetch_blob(record, plan.tarball)
             return
         f = open(path, "rb")
@@ -296,8 +299,11 @@ class _Installer:
         plan.tarball_file = f
 
     def extract(self, plan: PackagePlan, new_prefixes: dict[str, str]) -> None:
-        assert plan.tarball is not None
-        plan.staged = os.path.join(os.path.dirname(plan.tarball), "prefix")
+        assert plan.tarball is not None or plan.tarball_file is not None
+        assert self.staging is not None
+        # Staged in the run's directory under the package's hash (unique in a plan): a fetched
+        # tarball's scratch directory is not needed once it is extracted.
+        plan.staged = os.path.join(self.staging, f"{plan.spec.hash}.prefix")
         os.mkdir(plan.staged)
 
         dependencies: dict[str, str] = {}  # old prefix -> new prefix, of the verified DAG
@@ -307,19 +313,29 @@ class _Installer:
             dependencies.update(self.dependency_prefixes(plan, new_prefixes))
             return list(dependencies)
 
-        # The old prefix is learned from the last member (the buildinfo): see extract_package.
         source = plan.tarball_file if plan.tarball_file is not None else plan.tarball
+        assert source is not None
         where = getattr(source, "name", None) or f"{plan.cache_url}/{plan.manifest.tarball.path}"
+
+        # The old prefix is learned from the last member (the buildinfo): see extract_package.
+        # Packages built in one store sit side by side: the previous package's directory and
+        # this one's name-version-hash are where it most likely was (a hint, checked).
+        hint = None
+        if self.old_store_dir is not None:
+            hint = os.path.join(self.old_store_dir, _dag_dir(plan.spec))
         try:
             plan.extracted = extract_package(source, None, plan.staged,
                                              external_prefixes=dependency_prefixes,
-                                             expect=Expected.of(plan.manifest.tarball, where))
+                                             expect=Expected.of(plan.manifest.tarball, where),
+                                             prefix_hint=hint)
         finally:
             if plan.tarball_file is not None:
                 plan.tarball_file.close()
                 plan.tarball_file = None
-            elif os.path.exists(plan.tarball):
+            elif plan.tarball is not None and os.path.exists(plan.tarball):
                 os.unlink(plan.tarball)
+        if os.path.basename(plan.extracted.old_prefix) == _dag_dir(plan.spec):
+            self.old_store_dir = os.path.dirname(plan.extracted.old_prefix)
         info = plan.buildinfo
         assert info is not None
         if os.path.normpath(info.old_prefix) != plan.extracted.old_prefix:
@@ -390,7 +406,8 @@ class _Installer:
         # An unpredictable name: the package may have planted a link at any fixed one.
         fd, tmp = tempfile.mkstemp(dir=spec_dir, prefix=f".{SPEC_JSON}-")
         with os.fdopen(fd, "wb") as f:
-            f.write(json.dumps(specfile_dict(plan.nodes), indent=2).encode())
+            # Compact, as Spack writes it (json's C encoder: indent=2 runs the Python one).
+            f.write(json.dumps(specfile_dict(plan.nodes), separators=(",", ":")).encode())
         os.chmod(tmp, 0o644)
         os.replace(tmp, spec_path)
         plan.extracted.apply_dir_modes()
@@ -475,9 +492,6 @@ def install(
     inst.open_staging()
     try:
         _stage_all(inst, plans)
-        for plan in plans:
-            inst.progress("relocate", plan)
-            inst.finish(plan)
         for node in inst.externals.values():
             # Recorded as Spack records an external: its own path, installed, implicit.
             inst.tree.record(InstalledSpec(node, node.external_path or "", (node,)), explicit=False)
@@ -497,8 +511,15 @@ def install(
             if plan.tarball_file is not None:
                 plan.tarball_file.close()
         inst.close_staging()
+        if result.installed or inst.externals:
+            inst.tree.settle()  # index.json complete for Spack (see bincache.treedb)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _dag_dir(spec: Spec) -> str:
+    """The directory name Spack's default projection gives a prefix."""
+    return f"{spec.name}-{spec.version}-{spec.hash}"
 
 
 def _problem(plan: PackagePlan, e: BaseException) -> tuple[str, type]:
@@ -507,29 +528,25 @@ def _problem(plan: PackagePlan, e: BaseException) -> tuple[str, type]:
 
 
 def _stage_all(inst: _Installer, plans: list[PackagePlan]) -> None:
-    """Fetch, check, extract and plan every package; raise naming every problem."""
+    """Fetch, check, extract, plan and relocate every package in its staging directory, -j at
+    a time; raise naming every problem. Nothing is published here: publish() then renames the
+    packages into place in the plan's order (dependencies first)."""
     problems: list[tuple[str, type]] = []
     for plan in plans:
         problem = inst.check_target(plan)
         if problem:
             problems.append((problem, InstallError))
-
-    def fetch(plan: PackagePlan) -> tuple[str, type] | None:
-        inst.progress("fetch", plan)
-        try:
-            inst.fetch(plan)
-        except (BincacheError, OSError) as e:
-            return _problem(plan, e)
-        inst.progress("fetched", plan)
-        return None
-
-    with ThreadPoolExecutor(max_workers=inst.jobs) as pool:
-        failed = list(pool.map(fetch, plans))
-    problems += [p for p in failed if p]
     new_prefixes = {h: i.prefix for h, i in inst.installed().items()}
     new_prefixes.update({p.spec.hash: p.prefix for p in plans})
 
     def stage(plan: PackagePlan) -> list[tuple[str, type]]:
+        inst.progress("fetch", plan)
+        try:
+            inst.fetch(plan)
+        except (BincacheError, OSError) as e:
+            return [_problem(plan, e)]
+        inst.progress("fetched", plan)
+        # A package that did fetch is still extracted and checked, so every problem is named now.
         inst.progress("extract", plan)
         try:
             inst.extract(plan, new_prefixes)
@@ -539,12 +556,19 @@ def _stage_all(inst: _Installer, plans: list[PackagePlan]) -> None:
         out: list[tuple[str, type]] = [(p, RelocationError) for p in plan.relocation.problems]
         if any(u.blocking for u in plan.relocation.unrelocated) and not inst.allow_unrelocated:
             out.append((cannot_grow_message(plan.relocation, plan.prefix), CannotGrowString))
-        return out
+        if out:
+            return out
+        # Relocated in the staging directory (which an install that fails drops whole), in
+        # parallel with the other packages.
+        inst.progress("relocate", plan)
+        try:
+            inst.finish(plan)
+        except (BincacheError, OSError) as e:
+            return [_problem(plan, e)]
+        return []
 
-    # Packages that did fetch are still extracted and checked, so every problem is named now.
-    fetched = [p for p, f in zip(plans, failed) if f is None]
     with ThreadPoolExecutor(max_workers=inst.jobs) as pool:
-        for found in pool.map(stage, fetched):
+        for found in pool.map(stage, plans):
             problems += found
     if problems:
         if all(k is CannotGrowString for _, k in problems):

@@ -1,8 +1,8 @@
 """The paths an ELF file's loader reads: DT_RPATH, DT_RUNPATH and PT_INTERP.
 
-Read with pyelftools from the program headers and the dynamic segment (so stripped files with
-no section headers work too). Rewritten in place when the new value fits where the old one was;
-when it does not, the dynamic string table has to grow, which means moving it into a new
+Read from the program headers and the dynamic segment (so stripped files with no section
+headers work too): by :mod:`.elffast` with ``struct`` when it can, else with pyelftools.
+Rewritten in place when the new value fits where the old one was; when it does not, the dynamic string table has to grow, which means moving it into a new
 loadable segment and, usually, moving the program header table too. That layout surgery is
 what `patchelf` does well, so growth is delegated to it (and only growth): a missing `patchelf`
 is a clear :class:`~bincache.errors.RelocationError` at planning time, before anything is
@@ -29,6 +29,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.gnuversions import GNUVerDefSection, GNUVerNeedSection
 
 from ..errors import RelocationError
+from . import elffast
 
 ELF_MAGIC = b"\x7fELF"
 
@@ -143,6 +144,9 @@ def read_elf_strings(path: str) -> list[ElfString]:
     Raises:
         ElfFormatError: the file is not a well-formed ELF file.
     """
+    fast = elffast.read_fields(path)
+    if fast is not None:
+        return [ElfString(*f) for f in fast]
     try:
         with open(path, "rb") as f:
             elf = ELFFile(f)

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import stat
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import yaml
@@ -30,6 +29,7 @@ from ..errors import CannotGrowString, RelocationError
 from ..limits import MAX_BUILDINFO, load_yaml
 from ..tar.extract import ExtractedPackage
 from . import elf
+from .text import TextRelocator
 
 BUILDINFO = ".spack/binary_distribution"
 # Linux reads at most this much of a `#!` line on older kernels (BINPRM_BUF_SIZE 128,
@@ -127,27 +127,6 @@ def prefix_pairs(old_to_new: Mapping[str, str]) -> Pairs:
     return pairs
 
 
-def _text_regex(olds: Iterable[bytes]) -> re.Pattern[bytes]:
-    # Spack's rule (relocate_text.py): the prefix counts only where it is not preceded by a word
-    # character, '-', '_' or '/', but a run of word characters before it may belong to the same
-    # token, so `-I/old/prefix/include` is relocated while `/other/old/prefix` is not.
-    alternatives = b"|".join(re.escape(o) for o in olds)
-    return re.compile(rb"(?<![\w\-_/])([\w\-_]*?)(" + alternatives + rb")([\w\-_/]*)")
-
-
-class TextRelocator:
-    """Replace old prefixes in text, any change of length allowed."""
-
-    def __init__(self, pairs: Pairs):
-        self.map = dict(pairs)
-        self.regex = _text_regex(o for o, _ in pairs) if pairs else None
-
-    def __call__(self, data: bytes) -> bytes:
-        if self.regex is None:
-            return data
-        return self.regex.sub(lambda m: m.group(1) + self.map[m.group(2)] + m.group(3), data)
-
-
 def fix_shebang(data: bytes) -> tuple[bytes, bool]:
     """Shorten a `#!` line the kernel would cut (over 127 bytes) to `/usr/bin/env NAME`.
 
@@ -220,6 +199,12 @@ class RelocationPlan:
     links: list[tuple[str, str]] = field(default_factory=list)  # rel, new target
     problems: list[str] = field(default_factory=list)
     unrelocated: list[Unrelocated] = field(default_factory=list)
+    text: TextRelocator | None = field(default=None, repr=False)  # built once, for every file
+
+    def relocator(self) -> TextRelocator:
+        if self.text is None:
+            self.text = TextRelocator(self.pairs)
+        return self.text
 
 
 @dataclass
@@ -267,6 +252,24 @@ def _binary_hits(
             return hits, False
     olds = [o for o, _ in pairs]
     return [(off, olds[i]) for i, off in _native.scan_buffer(data, olds)], recorded is not None
+
+
+def _relocate_path_field(text: TextRelocator, value: bytes) -> bytes:
+    """An RPATH/RUNPATH (a ``:``-separated list) or interpreter, relocated entry by entry.
+
+    An entry may start with several slashes: Spack's same-length relocation pads a path on
+    the left with ``/``. Text relocation does not count a prefix preceded by ``/`` (it is inside
+    another path there), so such an entry is read with one leading slash.
+    """
+    out = []
+    for entry in value.split(b":"):
+        core = entry.lstrip(b"/")
+        if entry.startswith(b"//") and core:
+            moved = text(b"/" + core)
+            out.append(moved if moved != b"/" + core else entry)
+        else:
+            out.append(text(entry))
+    return b":".join(out)
 
 
 def plan_relocation(
@@ -343,9 +346,9 @@ def plan_relocation(
             except elf.ElfFormatError as e:
                 plan.problems.append(f"{shown}/{rel}: {e}".replace(path + ": ", ""))
                 continue
-            text = TextRelocator(pairs)
+            text = plan.relocator()
             for fld in fields:
-                new = text(fld.value)
+                new = _relocate_path_field(text, fld.value)
                 edit = elf.plan_edit(fld, new, _padded(fld.value, pairs))
                 if edit is not None:
                     fp.elf_edits.append(edit)
@@ -467,7 +470,7 @@ def apply_relocation(plan: RelocationPlan, *, allow_unrelocated: bool = False) -
     if any(u.blocking for u in plan.unrelocated) and not allow_unrelocated:
         raise CannotGrowString(cannot_grow_message(plan, plan.root))
     report = RelocationReport(unrelocated=list(plan.unrelocated))
-    text = TextRelocator(plan.pairs)
+    text = plan.relocator()
     for fp in plan.files:
         with _owner_writable(os.path.join(plan.root, fp.rel)):
             if fp.kind == "text":

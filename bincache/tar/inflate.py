@@ -325,6 +325,10 @@ def _cpus() -> int:
         return os.cpu_count() or 1
 
 
+# Below this many compressed bytes a package is inflated in the thread that extracts it.
+SMALL_BLOB = 1 << 20
+
+
 def _open_stream(f: BinaryIO, expect: Expected | None = None) -> _ThreadedInflater:
     head = f.read(4)
     f.seek(0)
@@ -337,8 +341,10 @@ def _open_stream(f: BinaryIO, expect: Expected | None = None) -> _ThreadedInflat
     # not kept.
     if head[:2] == GZIP_MAGIC:
         native = _NATIVE_INFLATE and _descriptor(f) is not None
-        # A threaded extraction keeps two CPUs busy (inflate, and parse + write).
-        inline = native and 2 * _extracting() > _cpus()
+        # A threaded extraction keeps two CPUs busy (inflate, and parse + write); for a small
+        # blob a thread's start and handoffs cost more than it saves.
+        inline = native and (2 * _extracting() > _cpus()
+                             or expect is not None and 0 <= expect.size < SMALL_BLOB)
         return _ThreadedInflater(f, "gzip", not inline, expect)
     if head == ZSTD_MAGIC:
         return _ThreadedInflater(f, "zstd", True, expect)

@@ -103,7 +103,7 @@ def test_a_killed_install_leaves_debris_the_next_install_removes(tmp_path):
     staging = root / ".bincache-staging"
 
     def extracting() -> bool:
-        return any(f.name.startswith("zero") for f in staging.glob("install-*/*/.extract-*/**/*"))
+        return any(f.name.startswith("zero") for f in staging.glob("install-*/**/.extract-*/**/*"))
 
     p = _cli("--root", str(root), "install", "--unsigned", "-m", mirror, "big")
     _kill_when(p, extracting)
