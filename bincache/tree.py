@@ -142,6 +142,11 @@ class InstallTree:
         self.given = os.path.abspath(root)
         self.root = find_store(root) if os.path.exists(root) else self.given
         self._specs: dict[str, InstalledSpec] | None = None
+        # The database's records as read (journal applied), and what get() made of them.
+        self._records: dict | None = None
+        self._node_format = SPECFILE_VERSION
+        self._unrecorded: dict[str, InstalledSpec] = {}
+        self._made: dict[str, InstalledSpec | None] = {}
 
     @property
     def db_path(self) -> str:
@@ -157,7 +162,7 @@ class InstallTree:
         if self._specs is None:
             if not os.path.isdir(self.root):
                 raise SpecError(f"install tree {self.root} does not exist; give one with --root or BINCACHE_ROOT")
-            self._specs = self._from_db() if self.database.exists() else self._scan()
+            self._specs = self._from_db()
         return self._specs
 
     def packages(self) -> dict[str, InstalledSpec]:
@@ -165,33 +170,58 @@ class InstallTree:
         return {h: i for h, i in self.specs().items() if not i.spec.is_external}
 
     def _from_db(self) -> dict[str, InstalledSpec]:
-        # The records alone: a prefix's spec file is read only when its DAG is asked for
-        # (InstalledSpec.nodes), so opening a tree of 50,000 does not parse 50,000 files.
+        self._load()
+        assert self._records is not None
+        found: dict[str, InstalledSpec] = {}
+        for h, rec in self._records.items():
+            inst = self._make(h, rec)
+            if inst is not None:
+                found[h] = inst
+        for h, inst in self._unrecorded.items():
+            found.setdefault(h, inst)
+        return found
+
+    def _load(self) -> None:
+        """The records alone: a prefix's spec file is read only when its DAG is asked for
+        (InstalledSpec.nodes), and a record becomes an InstalledSpec only when looked up, so
+        opening a tree of 50,000 parses one JSON document, not 50,000 files."""
+        if self._records is not None:
+            return
+        if not os.path.isdir(self.root):
+            raise SpecError(f"install tree {self.root} does not exist; give one with --root or BINCACHE_ROOT")
+        records: dict = {}
+        if self.database.exists():
+            try:
+                db = self.database.read()["database"]
+                records = db["installs"]
+                if not isinstance(records, dict):
+                    raise TypeError("installs is not a mapping")
+                self._node_format = DB_NODE_FORMAT.get(str(db.get("version")), SPECFILE_VERSION)
+            except (KeyError, TypeError, AttributeError) as e:
+                raise SpecError(f"{self.db_path}: not a readable Spack database ({e})") from None
+        # Prefixes put in the tree after the database was written are found by a scan too.
+        known = {rec.get("path") for rec in records.values() if isinstance(rec, dict)}
+        self._unrecorded = self._scan(known)  # type: ignore[arg-type]
+        self._records = records
+
+    def _make(self, h: str, rec) -> InstalledSpec | None:
+        if h in self._made:
+            return self._made[h]
+        inst = None
         try:
-            db = self.database.read()["database"]
-            installs = db["installs"]
-            node_format = DB_NODE_FORMAT.get(str(db.get("version")), SPECFILE_VERSION)
-            found: dict[str, InstalledSpec] = {}
-            for h, rec in installs.items():
+            if isinstance(rec, dict) and rec.get("installed", True):
                 path = rec.get("path")
-                if not rec.get("installed", True):
-                    continue
                 spec_node = rec.get("spec")
                 if isinstance(spec_node, dict) and spec_node.get("external"):
-                    spec = Spec.from_node(dict(spec_node, hash=h), node_format)
-                    found[h] = InstalledSpec(spec, path or spec.external_path or "", (spec,))
-                    continue
-                if not path or not os.path.isdir(path):
-                    continue
-                found[h] = InstalledSpec(Spec.from_node(dict(spec_node, hash=h), node_format),
+                    spec = Spec.from_node(dict(spec_node, hash=h), self._node_format)
+                    inst = InstalledSpec(spec, path or spec.external_path or "", (spec,))
+                elif path and os.path.isdir(path):
+                    inst = InstalledSpec(Spec.from_node(dict(spec_node, hash=h), self._node_format),
                                          path, None)
         except (KeyError, TypeError, AttributeError) as e:
             raise SpecError(f"{self.db_path}: not a readable Spack database ({e})") from None
-        # Prefixes registered after the database was written are found by a scan too.
-        known = {i.prefix for i in found.values()}
-        for h, inst in self._scan(known).items():
-            found.setdefault(h, inst)
-        return found
+        self._made[h] = inst
+        return inst
 
     def _scan(self, known: set[str] | frozenset[str] = frozenset()) -> dict[str, InstalledSpec]:
         """Prefixes (a ``.spack/spec.json``) up to ``_SCAN_DEPTH`` levels down; the ``known``
@@ -206,7 +236,7 @@ class InstallTree:
             except OSError:
                 return
             for name in subdirs:
-                path = os.path.join(directory, name)
+                path = f"{directory}/{name}"  # (os.path.join: a tenth of a second at 10,000)
                 if path in known:
                     continue
                 if os.path.isfile(os.path.join(path, SPEC_DIR, SPEC_JSON)):
@@ -219,7 +249,14 @@ class InstallTree:
         return found
 
     def get(self, h: str) -> InstalledSpec | None:
-        return self.specs().get(h)
+        """One installed spec by hash, without making every record one."""
+        if self._specs is not None:
+            return self._specs.get(h)
+        self._load()
+        assert self._records is not None
+        rec = self._records.get(h)
+        inst = self._make(h, rec) if rec is not None else None
+        return inst if inst is not None else self._unrecorded.get(h)
 
     def select(self, selectors: Iterable[str]) -> list[InstalledSpec]:
         """Installed specs matching ``name``, ``name@version``, ``/hashprefix`` (or combinations)."""
@@ -318,12 +355,15 @@ class InstallTree:
             raise SpecError(f"{self.db_path}: cannot record {inst.spec.short()} ({e.strerror})") from None
         if self._specs is not None:
             self._specs[inst.hash] = inst
+        self._made[inst.hash] = inst
+        if self._records is not None:
+            self._records.setdefault(inst.hash, {})
 
-    def settle(self) -> None:
+    def settle(self, *, small: bool = True) -> None:
         """At the end of a command that recorded packages: ``index.json`` made complete when
         Spack reads this tree (see :meth:`TreeDatabase.settle`)."""
         try:
-            self.database.settle()
+            self.database.settle(small=small)
         except OSError as e:
             raise SpecError(f"{self.db_path}: cannot update the database ({e.strerror})") from None
 
@@ -446,7 +486,7 @@ def register_prefix(prefix: str, name: str, version: str, deps: Iterable[str] = 
     if root is not None:
         tree = InstallTree(root)
         tree.record(inst)
-        tree.settle()
+        tree.settle(small=False)
     return inst
 
 

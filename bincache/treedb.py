@@ -10,10 +10,12 @@ package). bincache appends each record as one line to ``.spack-db/bincache-journ
 * when ``index.json`` does not exist yet (its version is then chosen);
 * at the end of a command (:meth:`TreeDatabase.settle`) in a tree Spack uses (Spack leaves its
   ``.spack-db/lock`` there), so Spack, which reads only ``index.json``, sees every install; and
-  in any tree whose ``index.json`` is small (up to ``SETTLE_SIZE``: a few thousand records, a
-  rewrite of a few tens of milliseconds), so a tree Spack has not opened yet is complete too.
-  Only a large tree that Spack has never opened keeps up to 1/8 of its records in the journal
-  (bincache reads them; Spack would see them after the next compaction).
+  at the end of an install also in any tree whose ``index.json`` is small (up to
+  ``SETTLE_SIZE``: about two thousand records, a rewrite of a few milliseconds), so a tree
+  Spack has not opened yet is complete too. ``register``, which runs once per prefix, does not
+  (N registers would cost O(N^2) again). So only a tree Spack has never opened keeps up to 1/8
+  of its records in the journal: bincache reads them; Spack sees them once bincache next
+  records into the tree after Spack opened it.
 
 Readers get ``index.json`` with the journal replayed over it. A journal line is applied once:
 it carries its record's ``installation_time``, and a record already holding that time and path
@@ -39,7 +41,7 @@ INDEX = "index.json"
 JOURNAL = "bincache-journal.jsonl"
 SPACK_LOCK = "lock"  # Spack's lock file: Spack has opened this database
 COMPACT_RATIO = 8
-SETTLE_SIZE = 4 << 20
+SETTLE_SIZE = 1 << 20
 
 
 class TreeDatabase:
@@ -129,10 +131,11 @@ class TreeDatabase:
         """Whether the journal holds records ``index.json`` does not."""
         return _size(self.journal_path) > 0
 
-    def settle(self) -> None:
-        """At the end of a command: fold the journal in when Spack uses this tree."""
+    def settle(self, *, small: bool = True) -> None:
+        """At the end of a command: fold the journal in when Spack uses this tree, or (with
+        ``small``) when ``index.json`` is small enough that rewriting it costs little."""
         if self.pending() and (os.path.exists(os.path.join(self.dir, SPACK_LOCK))
-                               or _size(self.index_path) <= SETTLE_SIZE):
+                               or small and _size(self.index_path) <= SETTLE_SIZE):
             self.compact()
 
     def compact(self) -> None:

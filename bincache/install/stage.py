@@ -24,7 +24,7 @@ import os
 import stat
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import (
@@ -130,8 +130,9 @@ class _Installer:
                 except OSError:
                     break  # not empty: an install landed there
 
-    def installed(self) -> dict[str, InstalledSpec]:
-        return self.tree.specs() if os.path.isdir(self.root) else {}
+    def installed(self) -> Mapping[str, InstalledSpec]:
+        """What the tree has, looked up by hash (a DAG's worth of records, not the tree's)."""
+        return _Lookup(self.tree) if os.path.isdir(self.root) else {}
 
     # -- planning --------------------------------------------------------------------------
     def resolve(self, selectors: Sequence[str], mirrors: Sequence, scratch: str,
@@ -517,6 +518,28 @@ def install(
     return result
 
 
+class _Lookup(Mapping):
+    """The install tree as a mapping hash -> InstalledSpec, each record made when asked for."""
+
+    def __init__(self, tree: InstallTree):
+        self.tree = tree
+
+    def __getitem__(self, h: str) -> InstalledSpec:
+        found = self.tree.get(h)
+        if found is None:
+            raise KeyError(h)
+        return found
+
+    def __contains__(self, h: object) -> bool:
+        return isinstance(h, str) and self.tree.get(h) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tree.specs())
+
+    def __len__(self) -> int:
+        return len(self.tree.specs())
+
+
 def _dag_dir(spec: Spec) -> str:
     """The directory name Spack's default projection gives a prefix."""
     return f"{spec.name}-{spec.version}-{spec.hash}"
@@ -536,7 +559,12 @@ def _stage_all(inst: _Installer, plans: list[PackagePlan]) -> None:
         problem = inst.check_target(plan)
         if problem:
             problems.append((problem, InstallError))
-    new_prefixes = {h: i.prefix for h, i in inst.installed().items()}
+    installed = inst.installed()
+    new_prefixes = {}
+    for h in {n.hash for plan in plans for n in plan.nodes}:
+        found = installed.get(h)
+        if found is not None:
+            new_prefixes[h] = found.prefix
     new_prefixes.update({p.spec.hash: p.prefix for p in plans})
 
     def stage(plan: PackagePlan) -> list[tuple[str, type]]:

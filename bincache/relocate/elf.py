@@ -2,11 +2,11 @@
 
 Read from the program headers and the dynamic segment (so stripped files with no section
 headers work too): by :mod:`.elffast` with ``struct`` when it can, else with pyelftools.
-Rewritten in place when the new value fits where the old one was; when it does not, the dynamic string table has to grow, which means moving it into a new
-loadable segment and, usually, moving the program header table too. That layout surgery is
-what `patchelf` does well, so growth is delegated to it (and only growth): a missing `patchelf`
-is a clear :class:`~bincache.errors.RelocationError` at planning time, before anything is
-written.
+Rewritten in place when the new value fits where the old one was; when it does not, the
+dynamic string table has to grow, which means moving it into a new loadable segment and,
+usually, moving the program header table too. That layout surgery is what `patchelf` does
+well, so growth is delegated to it (and only growth): a missing `patchelf` is a clear
+:class:`~bincache.errors.RelocationError` at planning time, before anything is written.
 
 The linker merges strings with common tails in ``.dynstr`` (a ``DT_NEEDED`` or symbol name
 can point into the middle of another string). An in-place rewrite that would change bytes

@@ -146,50 +146,38 @@ def _section_refs(fd: int, size: int, shoff: int, shentsize: int, shnum: int, sh
             dynsym = True
             refs.update(struct.unpack_from(end + "I", data, j)[0]
                         for j in range(0, len(data) - 3, sh_entsize))
-        elif sh_type == SHT_GNU_VERNEED:
-            refs |= _verneed(data, sh_info, end)
         else:
-            refs |= _verdef(data, sh_info, end)
+            refs |= _version_refs(data, sh_info, end,
+                                  _VERNEED if sh_type == SHT_GNU_VERNEED else _VERDEF)
     _need(dynsym)  # without it pyelftools reads the symbols through the hash table
     return refs
 
 
-def _verneed(data: bytes, count: int, end: str) -> set[int]:
+# (record format, index of its aux count, aux offset, next; aux format, index of its name, next)
+_VERNEED = ("HHIII", 1, 3, 4, "IHHII", 3, 4)  # Elf_Verneed / Elf_Vernaux
+_VERDEF = ("HHHHIII", 3, 5, 6, "II", 0, 1)  # Elf_Verdef / Elf_Verdaux
+
+
+def _version_refs(data: bytes, count: int, end: str, shape: tuple) -> set[int]:
+    """String offsets of a version section: vn_file and vna_name, or vda_name (walked as
+    pyelftools walks them: ``count`` records, each with its aux entries, by the next fields)."""
+    rec_fmt, cnt_i, aux_i, next_i, aux_fmt, name_i, aux_next_i = shape
     refs: set[int] = set()
     off = 0
     _need(count <= MAX_ENTRIES)
     for _ in range(count):
-        _version, cnt, vn_file, vn_aux, vn_next = struct.unpack_from(end + "HHIII", data, off)
-        refs.add(vn_file)
-        aux = off + vn_aux
-        _need(cnt <= MAX_ENTRIES)
-        for _ in range(cnt):
-            _hash, _flags, _other, vna_name, vna_next = struct.unpack_from(end + "IHHII", data, aux)
-            refs.add(vna_name)
-            if not vna_next:
+        rec = struct.unpack_from(end + rec_fmt, data, off)
+        if shape is _VERNEED:
+            refs.add(rec[2])  # vn_file: the library's name
+        aux = off + rec[aux_i]
+        _need(rec[cnt_i] <= MAX_ENTRIES)
+        for _ in range(rec[cnt_i]):
+            entry = struct.unpack_from(end + aux_fmt, data, aux)
+            refs.add(entry[name_i])
+            if not entry[aux_next_i]:
                 break
-            aux += vna_next
-        if not vn_next:
+            aux += entry[aux_next_i]
+        if not rec[next_i]:
             break
-        off += vn_next
-    return refs
-
-
-def _verdef(data: bytes, count: int, end: str) -> set[int]:
-    refs: set[int] = set()
-    off = 0
-    _need(count <= MAX_ENTRIES)
-    for _ in range(count):
-        _version, _flags, _ndx, cnt, _hash, vd_aux, vd_next = struct.unpack_from(end + "HHHHIII", data, off)
-        aux = off + vd_aux
-        _need(cnt <= MAX_ENTRIES)
-        for _ in range(cnt):
-            vda_name, vda_next = struct.unpack_from(end + "II", data, aux)
-            refs.add(vda_name)
-            if not vda_next:
-                break
-            aux += vda_next
-        if not vd_next:
-            break
-        off += vd_next
+        off += rec[next_i]
     return refs
