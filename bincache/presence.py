@@ -33,8 +33,7 @@ _CHEAP_LISTING = ("layout-v3",)
 
 
 def _local(cache: Any) -> bool:
-    backend = getattr(cache, "backend", None)
-    return backend is not None and getattr(backend, "root", None) is not None
+    return cache.backend is not None and cache.backend.root is not None
 
 
 def indexed(cache: Any, specs: Sequence[Any]) -> tuple[set[str], int] | None:

@@ -18,6 +18,7 @@ import pytest
 from bincache import create
 from bincache.index import update_index
 from bincache.mirror import MirrorRef, open_cache
+from bincache.oci.reference import ImageReference
 from bincache.tree import InstallTree
 from tests.conftest import REPO
 from tests.fixtures.moto import moto_server
@@ -76,6 +77,24 @@ def test_oci_push_costs_five_requests_per_package_and_nothing_per_package_when_p
     # The images pushed without those HEADs are whole: a chain head installs with its deps.
     text = installed_text(url, scale_data.package_name(49 if N > 49 else N - 1), tmp_path / "i")
     assert "installed in " + str(tmp_path / "i") in text
+
+
+@pytest.mark.registry
+def test_oci_push_mounts_tarballs_from_another_repository_of_the_registry(registry_http, tiny,
+                                                                          tmp_path):
+    first = f"{registry_http.url}/req{next(_repos)}/cache"
+    push(first, tiny)
+    second = f"{registry_http.url}/req{next(_repos)}/cache"
+    tree = InstallTree(tiny["tree"])
+    cache = open_cache(MirrorRef(second), push=True)
+    cache.mount_from = [ImageReference.from_url(first).name]
+    result = create.push(tree, create.select_specs(tree, []), cache, jobs=2)
+    assert len(result.pushed) == N
+    stats = cache.client.stats
+    # Each tarball: one POST that mounts it (201), no PUT; the config is new: POST + PUT.
+    assert stats["PUT upload"] == N and stats["POST upload"] == 2 * N, dict(stats)
+    assert sum(stats.values()) <= 4 * N + 4, dict(stats)
+    assert "installed in " in installed_text(second, scale_data.package_name(5), tmp_path / "i")
 
 
 @pytest.fixture(scope="module")
