@@ -33,8 +33,10 @@ def tests_asan(session):
 
 @nox.session
 def lint(session):
-    session.install("ruff")
+    """ruff, then mypy with the configuration of pyproject.toml (strict on the public API)."""
+    session.install("-e", ".[dev,s3]")  # mypy reads the dependencies' own types
     session.run("ruff", "check", "bincache", "tests", "benchmarks")
+    session.run("mypy")
 
 
 @nox.session

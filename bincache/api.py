@@ -6,8 +6,8 @@ Everything the CLI does goes through here; nothing here prints.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from . import autopush as _autopush
 from . import create as _create
@@ -19,6 +19,10 @@ from .mirror import BuildCache, MirrorRef, open_cache, resolve
 from .mirror.base import Signer
 from .root import optional_root, resolve_root
 from .tree import InstalledSpec, InstallTree, register_prefix
+
+if TYPE_CHECKING:
+    from .lifecycle.browse import PageResult
+    from .lifecycle.migrate import MigrateResult
 
 __all__ = ["register", "push", "push_prefix", "update_index", "list_mirror", "install", "download",
            "on_build_finished", "check", "migrate", "write_cache_page", "prune", "sync", "resolve_root", "UsageError", "PushInterrupted", "PushProgress",
@@ -37,7 +41,7 @@ def _mirrors(mirrors: Sequence[str | MirrorRef] | str | MirrorRef | None, direct
     return [_mirror(m, direction) for m in _as_list(mirrors, "mirrors")]
 
 
-def _refuse_unknown(function: str, unknown: dict, known: Sequence[str]) -> None:
+def _refuse_unknown(function: str, unknown: dict[str, object], known: Sequence[str]) -> None:
     """An option the function does not take is a mistake to name, not something to ignore."""
     if not unknown:
         return
@@ -52,8 +56,9 @@ def _refuse_unknown(function: str, unknown: dict, known: Sequence[str]) -> None:
 
 
 
-def register(prefix: str, name: str, version: str, deps: Sequence[str] | str = (), arch: dict | None = None,
-             root: str | None = None, parameters: dict | None = None, compiler: str | None = None,
+def register(prefix: str, name: str, version: str, deps: Sequence[str] | str = (),
+             arch: dict[str, str] | None = None, root: str | None = None,
+             parameters: dict[str, Any] | None = None, compiler: str | None = None,
              hash_inputs: Sequence[str] | str = (), **unknown: object) -> InstalledSpec:
     """Write ``<prefix>/.spack/spec.json`` (Spack's format and hash) and record it in the tree.
 
@@ -76,16 +81,15 @@ def register(prefix: str, name: str, version: str, deps: Sequence[str] | str = (
                            root=tree_root, compiler=compiler, hash_inputs=_as_list(hash_inputs, "hash_inputs"))
 
 
-def _as_list(value, what: str) -> list:
+def _as_list(value: object, what: str) -> list[Any]:
     """A list argument; one string is one item (never its characters)."""
     if value is None:
         return []
     if isinstance(value, (str, bytes, os.PathLike, MirrorRef)):
         return [value]
-    try:
-        return list(value)
-    except TypeError:
-        raise UsageError(f"{what} takes a list, not {type(value).__name__}") from None
+    if not isinstance(value, Iterable):
+        raise UsageError(f"{what} takes a list, not {type(value).__name__}")
+    return list(value)
 
 
 _PUSH_OPTIONS = ("root", "include_deps", "include_roots", "force", "jobs", "level", "signed", "key",
@@ -240,7 +244,7 @@ def check(specs: Sequence[str] | str = (), *, mirrors: Sequence[str | MirrorRef]
 
 
 def migrate(mirror: str | MirrorRef, dest: str | MirrorRef | None = None, *, key: str | None = None,
-            unsigned: bool = False, delete_old: bool = False, jobs: int = 4):
+            unsigned: bool = False, delete_old: bool = False, jobs: int = 4) -> MigrateResult:
     """A Spack layout v2 cache to layout v3, in place or into ``dest``; see
     :mod:`bincache.lifecycle.migrate`."""
     from .lifecycle.migrate import migrate as _migrate
@@ -250,7 +254,7 @@ def migrate(mirror: str | MirrorRef, dest: str | MirrorRef | None = None, *, key
 
 
 def write_cache_page(mirror: str | MirrorRef, out_dir: str | None = None, *,
-                     url: str | None = None, jobs: int = 8):
+                     url: str | None = None, jobs: int = 8) -> PageResult:
     """The static HTML page of a mirror's packages, into the mirror or ``out_dir``; see
     :mod:`bincache.lifecycle.browse`."""
     from .lifecycle.browse import write_page

@@ -13,6 +13,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import FrameType
 
 from .create import push_prefix
 from .mirror.config import MirrorRef, autopush_mirrors
@@ -41,7 +42,8 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 def _outside_stacklevel() -> int:
     """The stacklevel (for a warn call made here) of the first caller outside bincache, so a
     warning points at the build system's line rather than at bincache's own."""
-    level, frame = 2, sys._getframe(2)
+    level = 2
+    frame: FrameType | None = sys._getframe(2)
     while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
         level, frame = level + 1, frame.f_back
     return level

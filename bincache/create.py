@@ -327,7 +327,7 @@ def push(tree: InstallTree, specs: list[InstalledSpec], cache: BuildCache, *, in
     return result
 
 
-def _spec_of(pending: list[InstalledSpec], key: str):
+def _spec_of(pending: list[InstalledSpec], key: object) -> Spec:
     return next(i.spec for i in pending if i.hash == key)
 
 

@@ -6,7 +6,7 @@ traceback (unless ``--debug``). Messages say what is wrong and, where it helps, 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 
 class BincacheError(Exception):
@@ -91,7 +91,7 @@ class ExtractError(BincacheError):
 class InstallError(BincacheError):
     """An install plan cannot succeed; the message lists every problem found."""
 
-    def __init__(self, problems):
+    def __init__(self, problems: Iterable[str]):
         self.problems = list(problems)
         if len(self.problems) == 1:
             super().__init__(self.problems[0])

@@ -183,9 +183,9 @@ def _update_index(cache: BuildCache, jobs: int, warn: Callable[[str], None] | No
     refs = cache.list_package_refs()
     present = {r.hash for r in refs}
     # Packages whose manifests vanished leave the index; their nodes may stay as dependencies.
-    for h, e in list(index.entries.items()):
-        if e.in_buildcache and h not in present:
-            index.entries[h] = IndexEntry(e.spec, 0, False)
+    for h, entry in list(index.entries.items()):
+        if entry.in_buildcache and h not in present:
+            index.entries[h] = IndexEntry(entry.spec, 0, False)
     missing = [r for r in refs if not (r.hash in index.entries and index.entries[r.hash].in_buildcache)]
     if missing:
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:

@@ -9,6 +9,7 @@ bincache data stay far below each one.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from .errors import LimitError
 
@@ -74,6 +75,7 @@ def check_nesting(data, what: str, limit: int = MAX_NESTING) -> None:
     stack = [(data, 1)]
     while stack:
         value, depth = stack.pop()
+        children: Iterable[Any]
         if isinstance(value, dict):
             children = value.values()
         elif isinstance(value, list):
@@ -86,8 +88,9 @@ def check_nesting(data, what: str, limit: int = MAX_NESTING) -> None:
         stack.extend((c, depth + 1) for c in children)
 
 
-def load_json(data: bytes | str, what: str, limit: int) -> object:
-    """``json.loads`` with a size limit and a nesting limit; ValueError for bad JSON."""
+def load_json(data: bytes | str, what: str, limit: int) -> Any:
+    """``json.loads`` with a size limit and a nesting limit; ValueError for bad JSON. Its shape
+    is the caller's to check (Any, as json.loads: a KeyError or TypeError is a bad document)."""
     import json
 
     check_size(len(data), limit, what)
@@ -117,7 +120,7 @@ def _max_indent(data: bytes) -> int:
     return max((len(m.group(1)) for m in re.finditer(rb"\n([ \t]*)", data)), default=0)
 
 
-def load_yaml(data: bytes, what: str, limit: int) -> object:
+def load_yaml(data: bytes, what: str, limit: int) -> Any:
     """YAML through the safe loader, with a size limit, no aliases (they can expand a 1 KB
     document into gigabytes) and a nesting limit; yaml.YAMLError for bad YAML."""
     import yaml

@@ -15,6 +15,7 @@ import platform
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from .errors import SpecError, UsageError
 
@@ -164,7 +165,8 @@ class Spec:
 
     def _projection_field(self, key: str) -> str | None:
         arch_os = str(self.arch.get("platform_os") or "none")
-        compiler = self.node.get("compiler") if isinstance(self.node.get("compiler"), dict) else {}
+        given = self.node.get("compiler")
+        compiler = given if isinstance(given, dict) else {}
         values = {
             "name": self.name, "version": self.version, "hash": self.hash,
             "namespace": str(self.node.get("namespace") or "builtin"),
@@ -193,9 +195,9 @@ def _check_arch(arch, name: str) -> None:
             raise SpecError(f"{name}: invalid arch {key} {str(value)[:80]!r}")
 
 
-def specfile_version(doc: dict, origin: str = "spec file") -> int:
+def specfile_version(doc: Any, origin: str = "spec file") -> int:
     """``spec._meta.version`` of a spec file (1 when ``spec`` is a list, as Spack reads it)."""
-    spec = doc.get("spec") if isinstance(doc, dict) else None
+    spec: Any = doc.get("spec") if isinstance(doc, dict) else None
     if isinstance(spec, list):
         return 1
     try:
@@ -211,19 +213,20 @@ def specfile_version(doc: dict, origin: str = "spec file") -> int:
 
 def parse_specfile(data: bytes | str | dict, origin: str = "spec file") -> list[Spec]:
     """The nodes of a Spack spec file (formats v1-v6), root first, each knowing the format."""
+    doc: Any = data
     if not isinstance(data, dict):
         from .limits import MAX_SPECFILE, load_json
 
         try:
-            data = load_json(data, origin, MAX_SPECFILE)
+            doc = load_json(data, origin, MAX_SPECFILE)
         except (ValueError, UnicodeDecodeError) as e:
             raise SpecError(f"{origin}: not valid JSON ({e})") from None
     try:
-        spec = data["spec"]
+        spec = doc["spec"]
         nodes = spec["nodes"] if isinstance(spec, dict) else spec
     except (KeyError, TypeError):
         raise SpecError(f"{origin}: no 'spec.nodes': not a Spack spec file") from None
-    version = specfile_version(data, origin)
+    version = specfile_version(doc, origin)
     out = []
     for node in nodes:
         if isinstance(node, dict) and "name" not in node and len(node) == 1:
@@ -336,7 +339,18 @@ def host_arch() -> dict:
             "target": platform.machine() or "x86_64"}
 
 
-def matches(spec: Spec, selector: str) -> bool:
+class PackageId(Protocol):
+    """What names a package: a :class:`Spec`, or a cache's listing of one (``SpecRef``)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def hash(self) -> str: ...
+
+
+def matches(spec: PackageId, selector: str) -> bool:
     """Whether a spec matches ``name``, ``name@VERSIONS``, ``/hashprefix`` or
     ``name@VERSIONS/hash``, with Spack's version syntax: ``@1.3`` is 1.3 and every 1.3.x,
     ``@=1.3`` exactly 1.3, ``@1.2:1.4`` / ``@1.3:`` / ``@:1.4`` ranges (bounds included, as

@@ -49,7 +49,7 @@ def make_private_dir(base: str, prefix: str) -> PrivateDir:
 
 def sweep(base: str) -> list[str]:
     """Remove the directories under ``base`` that no live run holds; returns their names."""
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(base)
     except OSError:

@@ -7,6 +7,7 @@ import json
 import os
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from .atomic import write_atomic
 from .errors import SpecError
@@ -211,7 +212,7 @@ class InstallTree:
         try:
             if isinstance(rec, dict) and rec.get("installed", True):
                 path = rec.get("path")
-                spec_node = rec.get("spec")
+                spec_node: Any = rec.get("spec")
                 if isinstance(spec_node, dict) and spec_node.get("external"):
                     spec = Spec.from_node(dict(spec_node, hash=h), self._node_format)
                     inst = InstalledSpec(spec, path or spec.external_path or "", (spec,))

@@ -94,9 +94,10 @@ def plain(node: Any, file: str, path: Path = (), lines: dict[Path, int] | None =
             line = node.lc.key(key)[0] + 1 if key in node._ok else lines[path]
             if not isinstance(key, (str, int, float, bool)) or key is None:
                 raise ConfigError(f"{file}:{line}: a key must be a name")
-            lines[(*path, key)] = line
+            key_path = (*path, key)
+            lines[key_path] = line
             result[str(key) if not isinstance(key, (int, float, bool)) else key] = plain(
-                value, file, (*path, key), lines
+                value, file, key_path, lines
             )
         return result
     if isinstance(node, CommentedSeq):
@@ -164,7 +165,7 @@ def flow(value: Any) -> str:
     return text[len("k:") :].strip().removesuffix("...").strip()
 
 
-def _after(m: CommentedMap, key: Any) -> tuple[Any, int] | None:
+def _after(m: CommentedMap, key: Any) -> tuple[Any, int]:
     """Where the comment after ``m[key]`` (and what its value holds) lives: (container, slot)."""
     value = m[key]
     if isinstance(value, CommentedMap) and value:
@@ -177,7 +178,7 @@ def _after(m: CommentedMap, key: Any) -> tuple[Any, int] | None:
 def _take_following(m: CommentedMap, key: Any) -> Any:
     """Detach the comment lines that follow ``m[key]`` (not its end-of-line comment)."""
     slot = _after(m, key)
-    if slot is None or slot[0][slot[1]] is None:
+    if slot[0][slot[1]] is None:
         return None
     token = slot[0][slot[1]]
     eol, nl, rest = token.value.partition("\n")

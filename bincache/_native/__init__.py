@@ -16,25 +16,32 @@ compare the two). Both expose the same names:
 
 from __future__ import annotations
 
+import importlib
 import os
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from ..errors import NativeError
 
-_policy = os.environ.get("BINCACHE_NATIVE", "auto")
-if _policy not in ("auto", "cffi", "python"):
-    raise NativeError(f"BINCACHE_NATIVE={_policy!r}: use auto, cffi or python")
 
-_impl = None
-if _policy in ("auto", "cffi"):
-    try:
-        from . import _cffi as _impl  # type: ignore[no-redef]
-    except ImportError as e:
-        if _policy == "cffi":
-            raise NativeError(
-                f"the C core is not built ({e}); run `pip install -e .` to build it"
-            ) from None
-if _impl is None:
-    from . import _pure as _impl  # type: ignore[no-redef]
+def _load(policy: str) -> ModuleType:
+    if policy not in ("auto", "cffi", "python"):
+        raise NativeError(f"BINCACHE_NATIVE={policy!r}: use auto, cffi or python")
+    if policy in ("auto", "cffi"):
+        try:
+            return importlib.import_module("._cffi", __name__)
+        except ImportError as e:
+            if policy == "cffi":
+                raise NativeError(
+                    f"the C core is not built ({e}); run `pip install -e .` to build it"
+                ) from None
+    return importlib.import_module("._pure", __name__)
+
+
+if TYPE_CHECKING:
+    from . import _pure as _impl  # the C core has the twin's signatures (tests compare them)
+else:
+    _impl = _load(os.environ.get("BINCACHE_NATIVE", "auto"))
 
 TarWriter = _impl.TarWriter
 FileScan = _impl.FileScan

@@ -15,9 +15,9 @@ from ..errors import CannotGrowString, IntegrityError, NativeError, NoSpaceError
 
 if os.environ.get("BINCACHE_SANITIZE", "") not in ("", "0"):
     # The ASan/UBSan build of the same sources (scripts/test-asan); never a silent fallback.
-    from ._lib_asan import ffi, lib  # type: ignore[import-not-found]
+    from ._lib_asan import ffi, lib
 else:
-    from ._lib import ffi, lib  # type: ignore[import-not-found]
+    from ._lib import ffi, lib
 from ._pure import KIND_BINARY, KIND_ELF, KIND_TEXT, FileScan, TarResult
 
 _ABI_VERSION = 3
@@ -366,7 +366,7 @@ class Inflater:
     def read(self, size: int | None = -1) -> bytes:
         """Up to ``size`` bytes (fewer only at the end); everything left when size < 0."""
         if size is None or size < 0:
-            parts = []
+            parts: list[bytes] = []
             while True:
                 part = self.read(1 << 20)
                 if not part:

@@ -244,7 +244,7 @@ class TarWriter:
         if self._own and not self._out.closed:
             self._out.close()
 
-    def _feed(self, data: bytes) -> None:
+    def _feed(self, data: bytes | memoryview) -> None:
         if self._cancelled:
             raise NativeError("cancelled")
         if self._finished:
@@ -320,7 +320,7 @@ class Inflater:
         self._fd = source if isinstance(source, int) else source.fileno()
         self._offset = offset
         self._sha = hashlib.sha256() if digest else None
-        self._d = None
+        self._d: zlib._Decompress | None = None  # the member being inflated
         self._members = 0
         self._member_start = 0
         self._in_total = 0
@@ -408,7 +408,7 @@ class Inflater:
 
     def read(self, size: int | None = -1) -> bytes:
         if size is None or size < 0:
-            parts = []
+            parts: list[bytes] = []
             while True:
                 part = self.read(1 << 20)
                 if not part:

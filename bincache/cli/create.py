@@ -239,11 +239,11 @@ def cmd_list(args) -> int:
     for m in mirrors:
         try:
             entries, from_index = api.list_mirror(m)
-        except MirrorError as e:
+        except MirrorError as err:
             if args.mirror:
                 raise
             # One configured mirror that is missing or down does not hide the others.
-            warnings.warn(f"skipping mirror {m}: {e}", stacklevel=2)
+            warnings.warn(f"skipping mirror {m}: {err}", stacklevel=2)
             continue
         if not from_index:
             warnings.warn(f"{m} has no index; listing its manifests (run bincache update-index {m})", stacklevel=2)
@@ -305,11 +305,9 @@ def _match(entry, selector: str) -> bool:
 
 
 def _configured_fetch_mirrors() -> list:
-    try:
-        from ..mirror.config import configured_mirrors
-    except ImportError:
-        configured_mirrors = None
-    mirrors = configured_mirrors("fetch") if configured_mirrors else []
+    from ..mirror.config import configured_mirrors
+
+    mirrors = configured_mirrors("fetch")
     if not mirrors:
         raise UsageError("no mirror given and none configured: bincache list MIRROR")
     return mirrors

@@ -7,6 +7,10 @@ import json
 import shutil
 import sys
 import threading
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 def human_size(n: float) -> str:
@@ -63,7 +67,7 @@ class LiveStatus:
         self.enabled = (sys.stdout.isatty() and sys.stderr.isatty()) if enabled is None else enabled
         self.unit = unit
         self.total_items, self.done_items, self.current = 0, 0, ""
-        self._bar = None
+        self._bar: tqdm[Any] | None = None  # a bar of no iterable
         self._lock = threading.Lock()
 
     def plan(self, items: int, total: int | None) -> None:

@@ -8,6 +8,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from .. import index as _index
 from ..errors import (
@@ -26,6 +27,7 @@ from ..relocate.plan import (
 )
 from ..spec import (
     DEFAULT_PROJECTION,
+    PackageId,
     Spec,
     host_arch,
     parse_specfile,
@@ -88,7 +90,7 @@ class PackagePlan:
     relocation: RelocationPlan | None = None
     report: RelocationReport | None = None
     replace: bool = False  # --force over an existing prefix
-    tarball_file: object = None  # an open, checked blob of a local mirror (not copied)
+    tarball_file: BinaryIO | None = None  # an open, checked blob of a local mirror (not copied)
 
     @property
     def cache_url(self) -> str:
@@ -133,7 +135,7 @@ class _Catalog:
         if not refs:
             raise SpecError("no mirror to install from: give --mirror, or configure one "
                             "with `bincache mirror add NAME URL`")
-        self.entries: dict[str, tuple[object, object]] = {}  # hash -> (Spec|SpecRef, cache)
+        self.entries: dict[str, tuple[PackageId, BuildCache]] = {}  # hash -> (Spec|SpecRef, cache)
         self.caches = []
         errors = []
         for ref in refs:

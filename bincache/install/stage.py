@@ -596,8 +596,8 @@ def _stage_all(inst: _Installer, plans: list[PackagePlan]) -> None:
         return []
 
     with ThreadPoolExecutor(max_workers=inst.jobs) as pool:
-        for found in pool.map(stage, plans):
-            problems += found
+        for staged in pool.map(stage, plans):
+            problems += staged
     if problems:
         if all(k is CannotGrowString for _, k in problems):
             # One line per file, as the user reads it: no "N problems" heading.

@@ -88,7 +88,7 @@ def collect(cache, *, jobs: int = 8) -> list[PageEntry]:
         return list(pool.map(row, packages))
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     if not n:
         return "-"
     for unit in ("B", "KB", "MB", "GB"):

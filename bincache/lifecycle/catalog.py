@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..errors import BincacheError, MirrorError
 from ..index import Index, IndexEntry, _fetch_entry, read_index
 
+if TYPE_CHECKING:
+    from ..spec import Spec
 
-def closure(roots: list, nodes: dict[str, object]) -> set[str]:
+
+def closure(roots: list, nodes: dict[str, Spec]) -> set[str]:
     """Hashes reachable from the roots through link/run dependencies."""
     seen: set[str] = set()
     stack = [r.hash for r in roots]

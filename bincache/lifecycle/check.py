@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from ..config import mask_url
 from ..errors import BincacheError, BlobNotFound, MirrorError, SignatureError, SpecError
 from ..index import read_index
-from ..mirror import open_cache
+from ..mirror import BuildCache, open_cache
+from ..mirror.base import PackageId
 from ..mirror.layout_v2 import V2Record
 from ..mirror.layout_v3 import is_clearsigned
 from ..signing import clearsigned_text
@@ -138,6 +139,7 @@ def select_targets(selectors: list[str], root: str | None) -> list[Target]:
                 s = installed.spec
                 target = Target(s.hash, s.name, s.version, s)
             else:
+                assert bare is not None  # else a branch above raised
                 target = Target(bare.group(1))
         if target not in targets:
             targets.append(target)
@@ -145,7 +147,7 @@ def select_targets(selectors: list[str], root: str | None) -> list[Target]:
 
 
 # -- checking ---------------------------------------------------------------------------------
-def _listing(cache) -> dict[str, object]:
+def _listing(cache: BuildCache) -> dict[str, PackageId]:
     """hash -> the item naming it in the mirror (index first, else the manifests)."""
     try:
         idx = read_index(cache)

@@ -34,7 +34,7 @@ from ..errors import (
 )
 from ..index import read_index, update_index
 from ..mirror import open_cache
-from ..mirror.base import ByteBackend
+from ..mirror.base import ByteBackend, Manifest, PackageId
 from ..mirror.layout_v2 import BUILD_CACHE, LayoutV2Cache, holds_v2
 from ..mirror.layout_v3 import (
     LAYOUT_JSON,
@@ -90,8 +90,8 @@ class MigrateResult:
 
 @dataclass
 class _Plan:
-    ref: object
-    manifest: object  # V2Manifest from the verified spec file
+    ref: PackageId
+    manifest: Manifest  # a V2Manifest, from the verified spec file
     text: bytes  # the verified spec file
     signed: bool
     v2_signer: str | None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from ..config import mask_url
@@ -28,7 +29,7 @@ from ..mirror.layout_v3 import (
     clearsigned_payload,
     is_clearsigned,
 )
-from ..spec import matches
+from ..spec import Spec, matches
 from .catalog import closure, current_index
 
 DEFAULT_GRACE = 3600.0
@@ -55,11 +56,11 @@ class PruneResult:
 
 def _cache(ref) -> LayoutV3Cache:
     cache = open_cache(ref)
-    root = cache.backend.root if isinstance(cache, LayoutV3Cache) else None
-    if root is None:
+    if not isinstance(cache, LayoutV3Cache) or cache.backend.root is None:
         kind = "a layout v2 cache" if cache.kind == "layout-v2" else "this kind of mirror"
         raise UsageError(f"{mask_url(cache.url)}: prune works on layout v3 directory mirrors; "
                          f"{kind} is not pruned yet")
+    root = cache.backend.root
     if not os.path.isdir(root):
         if os.path.exists(root):
             raise UsageError(f"{root} is a file, not a mirror directory")
@@ -95,10 +96,10 @@ def _hash_file(path: str) -> list[str]:
     return out
 
 
-def select_roots(keep: list[str], packages: dict[str, object], newest: int,
-                 pushed: dict[str, float]) -> list:
+def select_roots(keep: list[str], packages: dict[str, Spec], newest: int,
+                 pushed: dict[str, float]) -> list[Spec]:
     """The root specs: each ``--keep`` value, then the ``newest`` packages of each name."""
-    roots: dict[str, object] = {}
+    roots: dict[str, Spec] = {}
     specs = list(packages.values())
     for value in keep:
         if os.path.isfile(value):
@@ -152,7 +153,7 @@ def _names(cache: LayoutV3Cache, rel: str) -> set[str]:
     return names
 
 
-def _manifest_blobs(cache: LayoutV3Cache, skip: set[str] = frozenset()) -> set[str]:
+def _manifest_blobs(cache: LayoutV3Cache, skip: AbstractSet[str] = frozenset()) -> set[str]:
     """Every blob path the mirror's manifests name (spec, index and key manifests alike)."""
     referenced: set[str] = set()
     for rel in cache.backend.list(MANIFESTS):
@@ -176,8 +177,8 @@ def prune(mirrors: list, keep: list[str], *, newest: int = 0, yes: bool = False,
         raise UsageError("--grace takes a number of seconds >= 0")
     caches = [_cache(ref) for ref in mirrors]
     indexes = [update_index(c, jobs=jobs)[0] if yes else current_index(c, jobs) for c in caches]
-    packages: dict[str, object] = {}
-    nodes: dict[str, object] = {}
+    packages: dict[str, Spec] = {}
+    nodes: dict[str, Spec] = {}
     pushed: dict[str, float] = {}
     for cache, idx in zip(caches, indexes):
         for h, e in idx.entries.items():
@@ -251,7 +252,9 @@ def _sweep(cache: LayoutV3Cache, out: PrunedMirror, grace: float, jobs: int) -> 
 
 
 def _rmdir_empty(cache: LayoutV3Cache, rel: str) -> None:
-    path = os.path.join(cache.backend.root, *rel.split("/"))
+    root = cache.backend.root
+    assert root is not None  # prune takes directory mirrors only (_cache)
+    path = os.path.join(root, *rel.split("/"))
     try:
         os.rmdir(path)
     except OSError:

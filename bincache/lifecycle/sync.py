@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import threading
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -161,7 +162,7 @@ def _select(idx, specs: list[str], only_package: bool) -> list:
                   key=lambda s: (s.name, s.version, s.hash))
 
 
-def sync(source, dest, specs: list[str] = (), *, only_package: bool = False, jobs: int = 4,
+def sync(source, dest, specs: Sequence[str] = (), *, only_package: bool = False, jobs: int = 4,
          update_dest_index: bool = True, planned=None, copied=None) -> SyncResult:
     """``planned(n)`` is told how many packages are looked at, ``copied(spec)`` each one copied."""
     src, dst = _side(source, "source"), _side(dest, "destination")

@@ -32,7 +32,7 @@ from ..mirror.layout_v3 import (
 from ..mirror.oci import OciCache, leaves_first
 from ..oci import image as img
 from ..oci.client import OCI_MANIFEST, Descriptor, FetchedManifest, Platform
-from ..spec import parse_specfile
+from ..spec import Spec, parse_specfile
 
 log = logging.getLogger(__name__)
 KEY_MANIFESTS = "v3/manifests/key"
@@ -40,7 +40,7 @@ KEY_MANIFESTS = "v3/manifests/key"
 
 @dataclass
 class Carried:
-    spec: object  # the index's Spec
+    spec: Spec  # the index's
     raw: bytes
     records: list[BlobRecord]
     image: FetchedManifest | None = None  # from a registry: copied as it is to another one
@@ -237,8 +237,9 @@ class OciSide:
                 self._put_signature_manifest(carried.image, carried.signature)
             self.client.put_manifest(tag, carried.image.data, carried.image.media_type)
             return
+        assert carried.specfile is not None  # a package without an image was read with them
         nodes = parse_specfile(carried.specfile, f"{self.url} {carried.spec.short()}")
-        own = img.Layer(_digest(carried.tarball), carried.diff_id, carried.tarball.content_length)
+        own = layer_of(carried)
         by_hash = {n.hash: n for n in nodes}
         image_layers = []
         for h in leaves_first(by_hash, nodes[0].hash)[:-1]:
@@ -279,6 +280,7 @@ def specfile_bytes(data: bytes, rec: BlobRecord) -> bytes:
 
 
 def layer_of(carried: Carried) -> img.Layer:
+    assert carried.diff_id is not None  # learned when the tarball was read
     return img.Layer(_digest(carried.tarball), carried.diff_id, carried.tarball.content_length)
 
 

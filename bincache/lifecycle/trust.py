@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from ..config import mask_url
 from ..errors import BincacheError, SignatureError
+from ..mirror.base import Manifest
 from ..mirror.layout_v3 import is_clearsigned
 from ..signing import clearsigned_text, list_keys, verify_clearsigned
 
@@ -21,7 +22,7 @@ class UnsignedPackage(SignatureError):
 
 @dataclass
 class VerifiedPackage:
-    manifest: object  # PackageManifest, or V2Manifest for layout v2, built from `text`
+    manifest: Manifest  # built from `text`
     text: bytes  # what the verifier returned (or the plain text of an unsigned package)
     signed: bool  # the package carries a signature
     signer: str | None  # primary fingerprint, when the signature was verified

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from ..errors import MirrorError, OptionNotTaken
+from ..spec import PackageId
 
 if TYPE_CHECKING:
     from .._native import TarResult
@@ -33,17 +34,6 @@ MT_SPEC_PREFIX = "application/vnd.spack.spec.v"
 
 
 # -- records ---------------------------------------------------------------------------------
-class PackageId(Protocol):
-    """What names a package in a cache: a :class:`SpecRef` or a :class:`bincache.spec.Spec`."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def version(self) -> str: ...
-    @property
-    def hash(self) -> str: ...
-
-
 @dataclass(frozen=True)
 class SpecRef:
     """A package a cache holds, as its listing names it (no spec read)."""

@@ -251,8 +251,8 @@ def _mirror_config(section: _config.Section, name: str) -> MirrorConfig:
     top_origin = section.origin(name)
     scope = top_origin.scope.name if top_origin else ""
     if isinstance(entry, str):
-        conn = Connection(entry, _base_dir(top_origin))
-        return MirrorConfig(name, conn, conn, scope=scope)
+        both = Connection(entry, _base_dir(top_origin))
+        return MirrorConfig(name, both, both, scope=scope)
 
     top_pair = _pair(entry.get("access_pair"))
 

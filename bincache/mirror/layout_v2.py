@@ -179,7 +179,7 @@ def _node_names(node: dict) -> tuple[str, str] | None:
         return None
     # Spack 0.21+ stores compiler versions as "=12.2.0" in some places; the path never has "=".
     cver = str(cver).lstrip("=")
-    return _component("-".join(parts)), _component(f"{cname}-{cver}")
+    return _component("-".join(str(p) for p in parts)), _component(f"{cname}-{cver}")
 
 
 def _stem(node: dict) -> str | None:
@@ -321,12 +321,12 @@ class LayoutV2Cache:
                 continue
         # A name Spack formatted differently from us (or a ref without a node): by hash.
         try:
-            rel = self._list_spec_files().get(item.hash)
+            listed = self._list_spec_files().get(item.hash)
         except MirrorError:
-            rel = None
-        if rel is not None:
+            listed = None
+        if listed is not None:
             try:
-                return rel, self.backend.read(rel, max_size=MAX_SPECFILE)
+                return listed, self.backend.read(listed, max_size=MAX_SPECFILE)
             except BlobNotFound:
                 pass
         raise BlobNotFound(f"{self.url} has no package {item.name}@{item.version}/{item.hash[:7]} "
@@ -415,7 +415,7 @@ class LayoutV2Cache:
         nodes = doc["spec"].get("nodes")
         root = nodes[0] if isinstance(nodes, list) and nodes and isinstance(nodes[0], dict) else None
         path = tarball_path(root) if root is not None else None
-        if path is None:
+        if root is None or path is None:
             raise MirrorError(f"{label}: the spec file's root node lacks the name, version, hash, "
                               "arch or compiler that locate its tarball")
         meta = doc["spec"].get("_meta") or {}

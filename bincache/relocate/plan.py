@@ -348,8 +348,8 @@ def plan_relocation(
                 continue
             text = plan.relocator()
             for fld in fields:
-                new = _relocate_path_field(text, fld.value)
-                edit = elf.plan_edit(fld, new, _padded(fld.value, pairs))
+                edit = elf.plan_edit(fld, _relocate_path_field(text, fld.value),
+                                     _padded(fld.value, pairs))
                 if edit is not None:
                     fp.elf_edits.append(edit)
             problem = elf.growth_problem(path, fp.elf_edits)

@@ -105,13 +105,13 @@ _trust_cache: dict[str, tuple[tuple, frozenset[str]]] = {}
 def trusted_fingerprints(home: str | None = None) -> frozenset[str]:
     """Primary fingerprints of the trusted keys; cached until the keyring or trustdb changes."""
     path = gnupg_home(home)
-    stamp = []
+    stamp: list[tuple[str, int | None, int | None, int | None]] = []
     for name in ("pubring.kbx", "pubring.gpg", "trustdb.gpg"):
         try:
             st = os.stat(os.path.join(path, name))
             stamp.append((name, st.st_mtime_ns, st.st_size, st.st_ino))
         except OSError:
-            stamp.append((name, None))
+            stamp.append((name, None, None, None))
     key = tuple(stamp)
     with _trust_lock:
         cached = _trust_cache.get(path)

@@ -35,7 +35,7 @@ from typing import BinaryIO
 
 from ..errors import ExtractError
 from ..limits import MAX_NAME, MAX_PAX_HEADER
-from .inflate import CHUNK, Expected, _counted, _open_stream
+from .inflate import CHUNK, Expected, _counted, _open_stream, _ThreadedInflater
 
 # Linux's own limit on symlinks followed while resolving one path.
 MAX_SYMLINK_HOPS = 40
@@ -100,7 +100,7 @@ class _FastTarInfo(tarfile.TarInfo):
     errors. The short path builds exactly what tarfile's builds (a property test compares the
     two), about 3x faster: ~15 us per member was ~12% of an install's CPU."""
 
-    def _proc_member(self, tarfile):  # type: ignore[override]
+    def _proc_member(self, tarfile):
         if self.type in _EXTENSION_TYPES and self.size > MAX_PAX_HEADER:
             raise ExtractError(f"an extended header of {self.size} bytes before member "
                                f"{self.name!r} (limit MAX_PAX_HEADER = {MAX_PAX_HEADER} bytes): "
@@ -108,7 +108,7 @@ class _FastTarInfo(tarfile.TarInfo):
         return super()._proc_member(tarfile)
 
     @classmethod
-    def frombuf(cls, buf, encoding, errors):  # type: ignore[override]
+    def frombuf(cls, buf, encoding, errors):
         if len(buf) != tarfile.BLOCKSIZE or buf[156:157] not in _FAST_TYPES:
             return super().frombuf(buf, encoding, errors)
         (name, mode, uid, gid, size, mtime, chksum, type_, linkname, uname, gname, devmajor,
@@ -348,7 +348,9 @@ class _Extractor:
         try:
             # The member's data is next in the stream (tarfile's own extraction reads it the
             # same way); a file object per member would cost more than small files take.
-            remaining = m.size - tf.fileobj.write_to(fd, m.size)
+            stream = tf.fileobj
+            assert isinstance(stream, _ThreadedInflater)  # tarfile reads our inflater
+            remaining = m.size - stream.write_to(fd, m.size)
             if remaining:
                 raise ExtractError(
                     f"member {m.name!r} claims {m.size} bytes but the stream ends "
@@ -404,8 +406,10 @@ class _Extractor:
         or None for the rest when it lands in a dependency's prefix (relocation re-points it).
         ``after`` is what remains of the path being resolved beyond this link."""
         norm = "/" + "/".join(_split(target))
-        if _within(norm, self.old_prefix):
-            rest = norm[len(self.old_prefix):]
+        old = self.old_prefix
+        assert old is not None  # learned from the first member, before any link is resolved
+        if _within(norm, old):
+            rest = norm[len(old):]
             return [], _split(rest)
         for ext in self.external:
             if _within(norm, ext):
@@ -527,11 +531,12 @@ def _extract(tarball, old_prefix: str | None, staging: str, external_prefixes, e
 def _read_members(tarball: str | os.PathLike | BinaryIO, ex: _Extractor,
                   expect: Expected | None = None) -> None:
     member = None
-    if hasattr(tarball, "read"):
-        tarball.seek(0)  # type: ignore[union-attr]
-        opened = contextlib.nullcontext(tarball)
+    opened: contextlib.AbstractContextManager[BinaryIO]
+    if isinstance(tarball, (str, os.PathLike)):
+        opened = open(tarball, "rb")
     else:
-        opened = open(tarball, "rb")  # type: ignore[arg-type]
+        tarball.seek(0)
+        opened = contextlib.nullcontext(tarball)
     with opened as f, _counted():
         stream = _open_stream(f, expect)
         try:

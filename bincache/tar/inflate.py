@@ -82,12 +82,12 @@ class _ThreadedInflater:
         self._raw = raw
         self._kind = kind
         self._expect = expect
-        self._q: queue.Queue = queue.Queue(maxsize=8)
+        self._q: queue.Queue[bytes | memoryview | None] = queue.Queue(maxsize=8)
         self._buf = memoryview(b"")
         self._eof = False
         self._error: BaseException | None = None
         self._stop = False
-        self._gen: Iterator[bytes] | None = None
+        self._gen: Iterator[bytes | memoryview] | None = None
         self._pos = 0
         if threaded:
             self._thread = threading.Thread(target=self._run, name="bincache-inflate", daemon=True)
@@ -95,7 +95,7 @@ class _ThreadedInflater:
         else:
             self._gen = self._chunks()
 
-    def _next_block(self) -> bytes | None:
+    def _next_block(self) -> bytes | memoryview | None:
         if self._gen is None:
             return self._q.get()
         try:
@@ -106,7 +106,7 @@ class _ThreadedInflater:
             self._error = e
             return None
 
-    def _chunks(self) -> Iterator[bytes]:
+    def _chunks(self) -> Iterator[bytes | memoryview]:
         expect = self._expect
         fd = _descriptor(self._raw) if self._kind == "gzip" else None
         if fd is not None and (expect is None or expect.algorithm == "sha256"):
@@ -188,7 +188,7 @@ class _ThreadedInflater:
                                      "compressed stream: refusing a blob that is not one stream")
             expect.check(read, inflater.hexdigest())
 
-    def _put(self, item: bytes | None) -> bool:
+    def _put(self, item: bytes | memoryview | None) -> bool:
         """Hand a block over; False once the reader has gone (it closed the stream)."""
         while not self._stop:
             try:
@@ -257,15 +257,15 @@ class _ThreadedInflater:
             self._pos += size
             return buf[:size].tobytes()
         if size is None or size < 0:
-            parts = []
+            chunks: list[bytes] = []
             while True:
-                part = self.read(CHUNK)
-                if not part:
-                    return b"".join(parts)
-                parts.append(part)
+                chunk = self.read(CHUNK)
+                if not chunk:
+                    return b"".join(chunks)
+                chunks.append(chunk)
         # Exactly ``size`` bytes unless the stream ends: tarfile takes a short read of a header
         # for the end of the archive.
-        parts = []
+        parts: list[memoryview] = []
         want = size
         while want and self._fill():
             piece = self._buf[:want]
