@@ -16,6 +16,7 @@ for it (for a shell pipeline, the largest of its processes). MB are MiB; MB/s is
 it prints a table, the targets of issue 2, and writes JSON.
 
     python benchmarks/bench_create.py --root TREE [--work-dir DIR] [--json OUT] [--keep-mirror DIR]
+    python benchmarks/bench_create.py [--size-mb 415 --prefixes 19 --shape chain]   # generates it
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ if HERE not in sys.path:
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from gen_tree import tree_stats  # noqa: E402
+from gen_tree import GENERATOR_VERSION, SHAPES, generate, tree_stats  # noqa: E402
 from reference import discover  # noqa: E402
 
 MB = 1 << 20
@@ -66,6 +67,14 @@ class Row:
         if not self.seconds or self.error:
             return None
         return self.input_bytes / MB / self.seconds
+
+    @property
+    def busy(self) -> float | None:
+        """Cores kept busy: (user + system) / wall of the command. Other work on the machine
+        lowers it; it cannot raise it."""
+        if not self.seconds or self.cpu_seconds is None or self.error:
+            return None
+        return self.cpu_seconds / self.seconds
 
 
 @dataclass
@@ -169,10 +178,10 @@ def bincache_info() -> dict:
 
 
 def bench_bincache(root: str, work: str, level: int | None, label: str, key: str,
-                   input_bytes: int, keep: str | None = None) -> Row:
+                   input_bytes: int, keep: str | None = None, extra: tuple[str, ...] = ()) -> Row:
     mirror = os.path.join(work, f"mirror-{key}")
     shutil.rmtree(mirror, ignore_errors=True)
-    cmd = [sys.executable, "-m", "bincache", "--root", root, "create", "--unsigned"]
+    cmd = [sys.executable, "-m", "bincache", "--root", root, "create", "--unsigned", *extra]
     if level is not None:
         cmd += ["--compression-level", str(level)]
     cmd.append(mirror)
@@ -340,6 +349,8 @@ def summarize(rows: list[Row]) -> tuple[list[list[str]], list[dict]]:
         ratio = (r.compressed_bytes / gz6.compressed_bytes
                  if r.compressed_bytes and gz6 and gz6.compressed_bytes else None)
         speedup = (r.mb_s / ref.mb_s) if r.mb_s and ref and ref.mb_s else None
+        ceiling_share = (r.mb_s / by["ceiling"].mb_s
+                         if r.mb_s and "ceiling" in by and by["ceiling"].mb_s else None)
         table.append([
             r.variant + (f"  [{r.error}]" if r.error else ""),
             _fmt(r.mb_s, ".1f"),
@@ -347,7 +358,9 @@ def summarize(rows: list[Row]) -> tuple[list[list[str]], list[dict]]:
             _fmt(ratio, ".3f"),
             _fmt(r.peak_rss_kb / 1024 if r.peak_rss_kb else None, ".0f"),
             _fmt(speedup, ".1f") + ("x" if speedup else ""),
+            _fmt(ceiling_share, ".2f"),
             _fmt(r.cpu_seconds, ".1f"),
+            _fmt(r.busy if r.key != "ceiling" else None, ".2f"),
         ])
     d = by.get("bincache_default")
     targets = []
@@ -367,20 +380,36 @@ def summarize(rows: list[Row]) -> tuple[list[list[str]], list[dict]]:
            if d and d.compressed_bytes and gz6 and gz6.compressed_bytes else None, 1.2, "<=")
     target("default create / ceiling (MB/s)",
            d.mb_s / ceil.mb_s if d and d.mb_s and ceil and ceil.mb_s else None, 0.7, ">=")
+    # issue 14: on every DAG shape
+    target("issue 14: default create / ceiling (MB/s)",
+           d.mb_s / ceil.mb_s if d and d.mb_s and ceil and ceil.mb_s else None, 0.8, ">=")
+    target("issue 14: default create / python reference (MB/s)",
+           d.mb_s / ref.mb_s if d and d.mb_s and ref and ref.mb_s else None, 20, ">=")
+    cores = min(os.cpu_count() or 1, 2)
+    target(f"issue 14: default create CPU busy (cores of {cores})",
+           d.busy if d else None, 0.9 * cores, ">=")
+    z = by.get("bincache_zstd")
+    if z and d and z.compressed_bytes and d.compressed_bytes and z.mb_s and d.mb_s:
+        targets.append({"target": "zstd vs default gzip: size ratio / speed ratio",
+                        "value": z.compressed_bytes / d.compressed_bytes, "goal": "report",
+                        "met": None, "speed": z.mb_s / d.mb_s})
     return table, targets
 
 
 def format_targets(targets: list[dict]) -> str:
-    lines = ["targets (issue 2):"]
+    lines = ["targets (issue 2, issue 14):"]
     for t in targets:
         v = "-" if t["value"] is None else f"{t['value']:.2f}"
+        if t["goal"] == "report":
+            lines.append(f"  {t['target']:<52} {v} / {t['speed']:.2f}")
+            continue
         verdict = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
-        lines.append(f"  {t['target']:<44} {v:>7}  (goal {t['goal']})  {verdict}")
+        lines.append(f"  {t['target']:<52} {v:>7}  (goal {t['goal']})  {verdict}")
     return "\n".join(lines)
 
 
 HEADERS = ["variant", "MB/s", "compressed MB", "vs gzip -6", "peak RSS MB", "vs python ref",
-           "CPU s"]
+           "vs ceiling", "CPU s", "CPU busy"]
 
 
 def run(root: str, work: str, keep_mirror: str | None = None, skip: tuple[str, ...] = (),
@@ -412,6 +441,11 @@ def run(root: str, work: str, keep_mirror: str | None = None, skip: tuple[str, .
         ("bincache_default", lambda: bench_bincache(
             root, work, None, f"bincache create (default, level {default_level})",
             "bincache_default", n, keep_mirror)),
+        ("bincache_j1", lambda: bench_bincache(
+            root, work, None, "bincache create -j 1", "bincache_j1", n, extra=("-j", "1"))),
+        ("bincache_zstd", lambda: bench_bincache(
+            root, work, None, "bincache create --compression zstd (level 3)", "bincache_zstd", n,
+            extra=("--compression", "zstd"))),
         ("bincache_best", lambda: bench_bincache(
             root, work, BEST_RATIO_LEVEL, f"bincache create --compression-level {BEST_RATIO_LEVEL}",
             "bincache_best", n)),
@@ -454,6 +488,17 @@ def run(root: str, work: str, keep_mirror: str | None = None, skip: tuple[str, .
     }
 
 
+def generated_tree(base: str, size_mb: int, prefixes: int, shape: str, seed: int) -> str:
+    """A gen_tree tree of that size, count, shape and seed under ``base``, made once."""
+    root = os.path.join(base, f"tree-v{GENERATOR_VERSION}-{shape}{prefixes}-s{seed}-{size_mb}mb")
+    done = root + ".done"
+    if not os.path.exists(done):
+        shutil.rmtree(root, ignore_errors=True)
+        generate(root, size_mb, seed, prefixes, shape)
+        open(done, "w").close()
+    return root
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -467,13 +512,17 @@ def _cpu_model() -> str:
 
 def render(result: dict) -> str:
     info = result["bincache"]
+    shape = f" ({result['tree']['shape']} DAG)" if result["tree"].get("shape") else ""
     title = (f"create: {result['tree']['bytes'] / MB:.0f} MB in {result['tree']['prefixes']} "
-             f"prefixes, {result['machine']['cpus']} cores; bincache backend "
+             f"prefixes{shape}, {result['machine']['cpus']} cores; bincache backend "
              f"{info.get('backend')} (native={info.get('native')})")
     load = result["machine"].get("loadavg_before")
+    after = result["machine"].get("loadavg_after")
     note = f"best of {result.get('repeat', 1)} runs each"
     if load:
         note += f"; load average before: {load[0]:.2f}"
+    if after:
+        note += f", after: {after[0]:.2f} (CPU busy = (user+sys)/wall: other load lowers it)"
     if info.get("startup_seconds"):
         note += f"; `bincache --help` takes {info['startup_seconds']:.2f} s (in every bincache row)"
     return (format_table(title, result["table"]["headers"], result["table"]["rows"]) + "\n"
@@ -482,14 +531,22 @@ def render(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="build cache creation benchmark")
-    ap.add_argument("--root", required=True, help="install tree (see gen_tree.py)")
+    ap.add_argument("--root", help="install tree (see gen_tree.py); default: generate one "
+                    "with --size-mb/--prefixes/--shape/--seed (kept under --tree-dir)")
+    ap.add_argument("--size-mb", type=int, default=415, help="generated tree size (default 415)")
+    ap.add_argument("--prefixes", type=int, default=19, help="generated prefixes (default 19)")
+    ap.add_argument("--shape", choices=SHAPES, default="chain",
+                    help="generated DAG: chain (default: each on the one before), flat, random")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tree-dir", default="/tmp/bincache-bench",
+                    help="where generated trees are kept and reused")
     ap.add_argument("--work-dir", default=None, help="scratch directory (default: a temp dir)")
     ap.add_argument("--json", default=None, help="write the result here")
     ap.add_argument("--keep-mirror", default=None,
                     help="keep the default-level bincache mirror here (for bench_install)")
     ap.add_argument("--skip", action="append", default=[],
-                    help="variant key to skip (bincache_default, bincache_best, python_reference, "
-                         "pigz_1, pigz_6, gzip_6, ceiling)")
+                    help="variant key to skip (bincache_default, bincache_j1, bincache_zstd, "
+                         "bincache_best, python_reference, pigz_1, pigz_6, gzip_6, ceiling)")
     ap.add_argument("--repeat", type=int, default=1,
                     help="runs per variant (those under a minute); the best counts")
     ap.add_argument("--ceiling-child", action="store_true", help=argparse.SUPPRESS)
@@ -499,7 +556,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(ceiling_child(args.root, args.level)))
         return 0
     work = args.work_dir or tempfile.mkdtemp(prefix="bincache-bench-create-")
-    result = run(args.root, work, args.keep_mirror, tuple(args.skip), args.repeat)
+    root = args.root or generated_tree(args.tree_dir, args.size_mb, args.prefixes, args.shape,
+                                       args.seed)
+    result = run(root, work, args.keep_mirror, tuple(args.skip), args.repeat)
+    if not args.root:
+        result["tree"]["shape"] = args.shape
     print(render(result))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

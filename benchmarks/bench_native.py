@@ -149,18 +149,20 @@ def gzip6_size(data: bytes) -> int:
     return len(proc.stdout)
 
 
-def ceiling(data: bytes, level: int) -> dict:
-    """Raw in-memory throughput of the core's deflate at ``level`` on 1 and 2 threads.
+def ceiling(data: bytes, level: int, codec: str = "gzip") -> dict:
+    """Raw in-memory throughput of the core's deflate (or zstd) at ``level`` on 1 and 2
+    threads.
 
-    Returns ``{"backend", "level", "input_bytes", "compressed_bytes", "mbps_1", "mbps_2"}``
-    (MB/s of input, MB = 10**6 bytes).
+    Returns ``{"backend", "codec", "level", "input_bytes", "compressed_bytes", "mbps_1",
+    "mbps_2"}`` (MB/s of input, MB = 10**6 bytes).
     """
     mb = len(data) / 1e6
-    out = _compress(data, level, 1)
-    t1, cpu1 = _timed(lambda: _compress(data, level, 1))
-    t2 = _best_of(lambda: _compress(data, level, 2))
+    out = _compress(data, level, 1, codec)
+    t1, cpu1 = _timed(lambda: _compress(data, level, 1, codec))
+    t2 = _best_of(lambda: _compress(data, level, 2, codec))
     return {
-        "backend": _native.BACKEND,
+        "backend": _native.BACKEND if codec == "gzip" else "libzstd",
+        "codec": codec,
         "level": level,
         "input_bytes": len(data),
         "compressed_bytes": len(out),
@@ -215,6 +217,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mb", type=int, default=200, help="size of the in-memory sample")
     ap.add_argument("--levels", default="0,1,2,3,6,9")
+    ap.add_argument("--zstd-levels", default="1,2,3,6,9,19",
+                    help="zstd levels to measure too ('' for none)")
     ap.add_argument("--tar-mb", type=int, default=0, help="also run TarWriter over this many MB")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
@@ -222,10 +226,13 @@ def main(argv: list[str] | None = None) -> dict:
     data = sample_data(args.mb)
     ref = gzip6_size(data)
     rows = [ceiling(data, int(lv)) for lv in args.levels.split(",")]
+    if args.zstd_levels and _native.codec_info("zstd")[0]:
+        rows += [ceiling(data, int(lv), "zstd") for lv in args.zstd_levels.split(",")]
     result: dict = {
         "backend": _native.BACKEND,
         "native": _native.IS_NATIVE,
         "default_level": _native.DEFAULT_LEVEL,
+        "zstd_default_level": _native.codec_info("zstd")[1],
         "input_bytes": len(data),
         "gzip6_bytes": ref,
         "ceiling": rows,
@@ -236,12 +243,12 @@ def main(argv: list[str] | None = None) -> dict:
         f"{_native.DEFAULT_LEVEL}, sample {len(data) / 1e6:.0f} MB, gzip -6: {ref / 1e6:.1f} MB"
     )
     print(
-        f"{'level':>5} {'size MB':>9} {'x gzip-6':>9} {'1 thread MB/s':>14} "
+        f"{'codec':>5} {'level':>5} {'size MB':>9} {'x gzip-6':>9} {'1 thread MB/s':>14} "
         f"{'2 threads MB/s':>15} {'MB/CPU-s':>9}"
     )
     for r in rows:
         print(
-            f"{r['level']:>5} {r['compressed_bytes'] / 1e6:>9.1f} "
+            f"{r['codec']:>5} {r['level']:>5} {r['compressed_bytes'] / 1e6:>9.1f} "
             f"{r['compressed_bytes'] / ref:>9.3f} {r['mbps_1']:>14.0f} {r['mbps_2']:>15.0f} "
             f"{r['mb_per_cpu_second'] or 0:>9.0f}"
         )

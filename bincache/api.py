@@ -92,14 +92,15 @@ def _as_list(value: object, what: str) -> list[Any]:
     return list(value)
 
 
-_PUSH_OPTIONS = ("root", "include_deps", "include_roots", "force", "jobs", "level", "signed", "key",
-                 "update_index", "progress", "layout", "base_image", "tag", "verify_present")
+_PUSH_OPTIONS = ("root", "include_deps", "include_roots", "force", "jobs", "level", "compression",
+                 "signed", "key", "update_index", "progress", "layout", "base_image", "tag",
+                 "verify_present")
 
 
 def push(mirror: str | MirrorRef, specs: Sequence[str] | str = (), *, root: str | None = None,
          include_deps: bool = True, include_roots: bool = True, force: bool = False,
-         jobs: int | None = None, level: int | None = None, signed: bool | None = None,
-         key: str | None = None, update_index: bool = False,
+         jobs: int | None = None, level: int | None = None, compression: str | None = None,
+         signed: bool | None = None, key: str | None = None, update_index: bool = False,
          progress: PushProgress | Callable[[_create.PackedPackage], None] | None = None,
          layout: str | None = None, base_image: str | None = None, tag: str | None = None,
          verify_present: bool = False, **unknown: object) -> PushResult:
@@ -114,6 +115,8 @@ def push(mirror: str | MirrorRef, specs: Sequence[str] | str = (), *, root: str 
             the selected specs as one image.
         verify_present: a package the mirror's index lists is skipped only after its manifest
             is found (by default the index is believed: no request per package).
+        compression: "gzip" or "zstd" tarballs; default: the mirror's ``compression``, else
+            gzip (what Spack reads). Layout v2 refuses zstd.
         (the others as ``bincache create`` spells them)
 
     Raises:
@@ -125,11 +128,13 @@ def push(mirror: str | MirrorRef, specs: Sequence[str] | str = (), *, root: str 
     cache.configure_push(base_image=base_image, tag=tag)  # an option it does not take: named
     tree = InstallTree(resolve_root(root))
     selected = _create.select_specs(tree, _as_list(specs, "specs"))
+    codec = _create.resolve_compression(ref, cache, compression)
     signer = _create.resolve_signer(ref, signed, key)
     try:
         result = _create.push(tree, selected, cache, include_deps=include_deps,
                               include_roots=include_roots, force=force, jobs=jobs, level=level,
-                              signer=signer, progress=progress, verify_present=verify_present)
+                              compression=codec, signer=signer, progress=progress,
+                              verify_present=verify_present)
     except PushInterrupted as e:
         _publish_key(cache, signer, e.result)  # the packages pushed whole can be verified
         raise

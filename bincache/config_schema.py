@@ -237,6 +237,8 @@ _mirror = AnyOf(
                 "access_pair": _access_pair,
                 **_S3,
                 "signed": Bool(),
+                # bincache's own: the tarball codec pushed to this mirror (gzip by default).
+                "compression": Str(pattern=r"gzip|zstd", what="gzip or zstd"),
                 "autopush": Bool(),
                 "insecure": Bool(),
                 # Spack's: a mirror that holds sources only has binary: false.

@@ -11,11 +11,12 @@ import shutil
 import stat
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import _native
-from .errors import BincacheError, MirrorError, NoSpaceError, SpecError
+from .errors import BincacheError, MirrorError, NoSpaceError, SpecError, UsageError
 from .mirror.base import BuildCache
 from .pipeline import DependencyFailed, Pipeline
 from .presence import present
@@ -32,12 +33,13 @@ class PackedPackage:
     nodes: tuple[Spec, ...]
     prefix: str
     specfile: bytes  # the DAG spec file JSON (uncompressed)
-    tarball: str  # path of the gzip tarball
+    tarball: str  # path of the gzip (or zstd) tarball
     result: _native.TarResult
     buildinfo: dict
     files: int = 0
     bytes_in: int = 0
     seconds: float = 0.0
+    compression: str = "gzip"  # or "zstd"
 
 
 @dataclass
@@ -106,19 +108,19 @@ class Cancel:
 
 def pack(inst: InstalledSpec, tree: InstallTree, out_path: str, level: int | None = None,
          threads: int = 0, tick: Callable[[int], None] | None = None,
-         cancel: Cancel | None = None) -> PackedPackage:
+         cancel: Cancel | None = None, compression: str = "gzip") -> PackedPackage:
     """Write the tarball of one installed prefix to ``out_path``.
 
     ``tick`` is called with the size of each file once it is packed; it may raise to stop.
+    ``level`` None: the codec's default.
     """
     t0 = time.perf_counter()
     prefixes, hash_to_prefix = old_prefixes(inst, tree)
-    level = _native.DEFAULT_LEVEL if level is None else level
     try:
         with open(out_path, "wb") as out:
             # The core writes to the descriptor itself: no Python buffer on the hot path.
             writer = _native.TarWriter(out.fileno(), prefixes=[p.encode() for p in prefixes],
-                                       level=level, threads=threads)
+                                       level=level, threads=threads, codec=compression)
             if cancel is not None:
                 cancel.watch(writer)
             try:
@@ -145,7 +147,7 @@ def pack(inst: InstalledSpec, tree: InstallTree, out_path: str, level: int | Non
         spec=nodes[0], nodes=tuple(nodes), prefix=inst.prefix,
         specfile=_buildcache_specfile(nodes, result.digest), tarball=out_path, result=result,
         buildinfo=info, files=report.files, bytes_in=report.bytes_in,
-        seconds=time.perf_counter() - t0,
+        seconds=time.perf_counter() - t0, compression=compression,
     )
 
 
@@ -159,6 +161,30 @@ def _buildcache_specfile(nodes, tarball_digest: str) -> bytes:
     doc["buildcache_layout_version"] = 2
     doc["binary_cache_checksum"] = {"hash_algorithm": "sha256", "hash": tarball_digest}
     return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def resolve_compression(ref, cache, compression: str | None) -> str:
+    """The codec given, else the mirror's ``compression``, else gzip (the one Spack reads).
+
+    zstd where Spack reads the cache: refused on layout v2 (Spack 0.2x's layout, gzip only),
+    a warning on layout v3 and OCI (the packages are for bincache clients and, on OCI,
+    container runtimes; Spack does not install them).
+    """
+    codec = compression or ref.compression or "gzip"
+    if codec not in _native.CODECS:
+        raise UsageError(f"unknown compression {codec!r}: use gzip or zstd")
+    if codec not in cache.compressions:
+        raise UsageError(f"{ref.display} is a layout v2 build cache, which Spack 0.2x reads, "
+                         f"and it reads gzip tarballs only: push with --compression gzip, or to "
+                         "a layout v3 or OCI mirror")
+    if codec == "zstd":
+        available, *_ = _native.codec_info("zstd")
+        if not available:
+            raise UsageError("zstd is not available in this build: install libzstd-dev and "
+                             "rebuild bincache (pip install -e .), or push with gzip")
+        warnings.warn(f"pushing zstd tarballs to {ref.display}: bincache installs them, Spack "
+                      "does not (it reads gzip only)", UserWarning, stacklevel=2)
+    return codec
 
 
 def resolve_signer(ref, signed: bool | None, key: str | None):
@@ -210,7 +236,7 @@ def _prefix_bytes(prefix: str) -> int:
 def push(tree: InstallTree, specs: list[InstalledSpec], cache: BuildCache, *, include_deps: bool = True,
          include_roots: bool = True, force: bool = False, jobs: int | None = None, level: int | None = None,
          signer=None, progress: PushProgress | Callable[[PackedPackage], None] | None = None,
-         verify_present: bool = False) -> PushResult:
+         verify_present: bool = False, compression: str = "gzip") -> PushResult:
     """Pack and upload ``specs`` (and their dependencies) to ``cache``; skip what is there.
 
     ``progress``: a :class:`PushProgress`, or a function called with each pushed package.
@@ -256,8 +282,10 @@ def push(tree: InstallTree, specs: list[InstalledSpec], cache: BuildCache, *, in
         if events.packed_bytes:
             events.packed_bytes(nbytes)
 
+    suffix = ".tar.zst" if compression == "zstd" else ".tar.gz"
+
     def tarball(inst: InstalledSpec) -> str:
-        return os.path.join(staging, f"{inst.spec.dag_name}.tar.gz")
+        return os.path.join(staging, inst.spec.dag_name + suffix)
 
     def discard(inst: InstalledSpec, _packed) -> None:
         path = tarball(inst)
@@ -271,7 +299,7 @@ def push(tree: InstallTree, specs: list[InstalledSpec], cache: BuildCache, *, in
             if events.started:
                 events.started(inst)
             return pack(inst, tree, tarball(inst), level=level, threads=threads, tick=tick,
-                        cancel=cancel)
+                        cancel=cancel, compression=compression)
         except BaseException:
             discard(inst, None)
             cache.push_failed(inst.spec)  # OCI: dependents stop waiting for this layer
@@ -353,7 +381,8 @@ def push_prefix(ref, prefix: str, *, include_deps: bool = False, signed: bool | 
     if tree is None or inst is None:
         tree, inst = prefix_tree(prefix)
     cache = open_cache(ref, push=True)
-    return push(tree, [inst], cache, include_deps=include_deps, signer=resolve_signer(ref, signed, key))
+    return push(tree, [inst], cache, include_deps=include_deps, signer=resolve_signer(ref, signed, key),
+                compression=resolve_compression(ref, cache, None))
 
 
 def _rmdir_quiet(path: str) -> None:

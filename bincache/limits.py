@@ -30,6 +30,9 @@ LIMITS = {
     "MAX_NAME": 4096,
     # Nesting of JSON/YAML documents (lists and mappings inside each other).
     "MAX_NESTING": 64,
+    # The window a zstd frame may make its decoder hold (bincache writes 1 MiB frames; zstd
+    # -19 uses 8 MiB; only --long or --ultra go further).
+    "MAX_ZSTD_WINDOW": 32 << 20,
 }
 
 MAX_MANIFEST = LIMITS["MAX_MANIFEST"]
@@ -40,6 +43,7 @@ MAX_BUILDINFO = LIMITS["MAX_BUILDINFO"]
 MAX_PAX_HEADER = LIMITS["MAX_PAX_HEADER"]
 MAX_NAME = LIMITS["MAX_NAME"]
 MAX_NESTING = LIMITS["MAX_NESTING"]
+MAX_ZSTD_WINDOW = LIMITS["MAX_ZSTD_WINDOW"]
 
 
 def _name(limit: int) -> str:

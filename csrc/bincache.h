@@ -16,7 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define BC_ABI_VERSION 3
+#define BC_ABI_VERSION 4
 
 /* BC_CDEF_BEGIN */
 enum {
@@ -35,6 +35,9 @@ enum {
 };
 
 enum { BC_KIND_TEXT = 0, BC_KIND_BINARY = 1, BC_KIND_ELF = 2 };
+
+/* Output formats of the writer: one gzip member, or zstd frames (one per piece). */
+enum { BC_CODEC_GZIP = 0, BC_CODEC_ZSTD = 1 };
 
 typedef struct bc_writer bc_writer;
 typedef struct bc_inflater bc_inflater;
@@ -79,14 +82,18 @@ const char *bc_strerror(int rc);
 /* backend: "isal" or "zlib"; default_level: the fast level that keeps output within 1.2x of
  * gzip -6; chunk_size: the fixed size of the independently compressed pieces. */
 int bc_info(const char **backend, int *default_level, size_t *chunk_size);
+/* Whether this build has the codec, and its levels: default, lowest and highest accepted. */
+int bc_codec_info(int codec, int *available, int *default_level, int *min_level,
+                  int *max_level);
 
-/* A streaming tar -> gzip writer. fd >= 0: output is written to that descriptor; fd == -1: output
- * is kept and handed out by bc_writer_take_output. threads == 0: one worker per online CPU;
- * threads == 1: compress on the calling thread. Output bytes do not depend on threads.
- * level: 0 = stored; 1..3 = ISA-L igzip 1..3 (zlib 1..3 when built without ISA-L); 4..9 = zlib.
- * On failure *sys_errno is the errno behind it (ENOSPC...), or 0. */
-int bc_writer_new(bc_writer **out, int fd, const bc_buf *prefixes, size_t nprefixes, int level,
-                  int threads, char *err, size_t errlen, int *sys_errno);
+/* A streaming tar -> gzip (or zstd) writer. fd >= 0: output is written to that descriptor;
+ * fd == -1: output is kept and handed out by bc_writer_take_output. threads == 0: one worker
+ * per online CPU; threads == 1: compress on the calling thread. Output bytes do not depend on
+ * threads. gzip level: 0 = stored; 1..3 = ISA-L igzip 1..3 (zlib 1..3 when built without
+ * ISA-L); 4..9 = zlib. zstd level: 1..19 (libzstd's), each piece one frame with its content
+ * size and checksum. On failure *sys_errno is the errno behind it (ENOSPC...), or 0. */
+int bc_writer_new(bc_writer **out, int fd, const bc_buf *prefixes, size_t nprefixes, int codec,
+                  int level, int threads, char *err, size_t errlen, int *sys_errno);
 int bc_writer_free(bc_writer *w);
 int bc_writer_error(const bc_writer *w, const char **message, int *sys_errno);
 int bc_writer_add_dir(bc_writer *w, const char *name, size_t name_len, int mode);
@@ -122,10 +129,11 @@ int bc_relocate_buffer(unsigned char *data, size_t len, const bc_buf *olds, cons
 /* Check every patch against the file, then write them all; the file length never changes. */
 int bc_apply_patches(const char *path, const bc_patch *patches, size_t npatches, char *err,
                      size_t errlen);
-/* One whole gzip member of data, compressed by the same chunked engine as the writer.
- * *out is allocated (free it with bc_free). */
-int bc_compress_buffer(const unsigned char *data, size_t len, int level, int threads,
-                       unsigned char **out, size_t *out_len, char *err, size_t errlen);
+/* One whole gzip member (or zstd stream) of data, compressed by the same chunked engine as the
+ * writer. *out is allocated (free it with bc_free). */
+int bc_compress_buffer(const unsigned char *data, size_t len, int codec, int level,
+                       int threads, unsigned char **out, size_t *out_len, char *err,
+                       size_t errlen);
 int bc_free(void *p);
 
 /* Streaming gzip inflate (one or more members; CRC-32 and ISIZE of each checked; nothing but

@@ -9,6 +9,12 @@
  *
  * Levels: 0 = stored (zlib level 0); 1..3 = ISA-L igzip levels 1..3 when built with ISA-L,
  * else zlib 1..3; 4..9 = zlib 4..9.
+ *
+ * zstd (BC_CODEC_ZSTD): the same pieces, each one independent zstd frame (content size and
+ * checksum in it), concatenated: a valid zstd stream (RFC 8878 allows any number of frames;
+ * zstd -d, Go's klauspost/compress that containerd and umoci use, and python-zstandard with
+ * read_across_frames read it). No dictionary: a frame a decoder could not start on its own
+ * would not be one. Parallel and deterministic like the gzip pipe; no CRC, header or trailer.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -20,8 +26,26 @@
 
 enum { SLOT_FREE = 0, SLOT_FILL, SLOT_QUEUED, SLOT_BUSY, SLOT_DONE };
 
-int bc__check_level(int level, bc_err *e)
+/* zstd levels accepted: libzstd's regular ones (20-22 need a window far above a piece). */
+#define BC_ZSTD_MIN 1
+#define BC_ZSTD_MAX 19
+
+int bc__check_level(int codec, int level, bc_err *e)
 {
+    if (codec == BC_CODEC_ZSTD) {
+#ifdef BC_HAVE_ZSTD
+        if (level < BC_ZSTD_MIN || level > BC_ZSTD_MAX)
+            return bc__fail(e, BC_EINVAL, 0, "zstd compression level must be %d-%d, not %d",
+                            BC_ZSTD_MIN, BC_ZSTD_MAX, level);
+        return BC_OK;
+#else
+        return bc__fail(e, BC_EINVAL, 0,
+                        "this build of the C core has no zstd; install libzstd-dev and rebuild "
+                        "(pip install -e .)");
+#endif
+    }
+    if (codec != BC_CODEC_GZIP)
+        return bc__fail(e, BC_EINVAL, 0, "unknown codec %d", codec);
     if (level < 0 || level > 9)
         return bc__fail(e, BC_EINVAL, 0, "compression level must be 0-9, not %d", level);
     return BC_OK;
@@ -42,13 +66,26 @@ uint32_t bc__crc32(uint32_t crc, const unsigned char *p, size_t n)
 #endif
 }
 
-int bc__comp_init(bc_comp *c, int level, bc_err *e)
+int bc__comp_init(bc_comp *c, int codec, int level, bc_err *e)
 {
-    int rc = bc__check_level(level, e);
+    int rc = bc__check_level(codec, level, e);
     if (rc)
         return rc;
     memset(c, 0, sizeof *c);
+    c->codec = codec;
     c->level = level;
+#ifdef BC_HAVE_ZSTD
+    if (codec == BC_CODEC_ZSTD) {
+        c->zc = ZSTD_createCCtx();
+        if (c->zc == NULL)
+            return bc__fail(e, BC_ENOMEM, ENOMEM, "out of memory");
+        if (ZSTD_isError(ZSTD_CCtx_setParameter(c->zc, ZSTD_c_compressionLevel, level)) ||
+            ZSTD_isError(ZSTD_CCtx_setParameter(c->zc, ZSTD_c_checksumFlag, 1)) ||
+            ZSTD_isError(ZSTD_CCtx_setParameter(c->zc, ZSTD_c_contentSizeFlag, 1)))
+            return bc__fail(e, BC_EDEFLATE, 0, "zstd: cannot set the parameters");
+        return BC_OK;
+    }
+#endif
 #ifdef BC_HAVE_ISAL
     if (level >= 1 && level <= 3) {
         static const size_t sizes[4] = {0, ISAL_DEF_LVL1_DEFAULT, ISAL_DEF_LVL2_DEFAULT,
@@ -72,6 +109,10 @@ int bc__comp_init(bc_comp *c, int level, bc_err *e)
 
 void bc__comp_free(bc_comp *c)
 {
+#ifdef BC_HAVE_ZSTD
+    ZSTD_freeCCtx(c->zc);
+    c->zc = NULL;
+#endif
 #ifdef BC_HAVE_ISAL
     free(c->lvlbuf);
     c->lvlbuf = NULL;
@@ -105,6 +146,21 @@ int bc__comp_chunk(bc_comp *c, const unsigned char *dict, size_t dict_len,
     if (rc)
         return rc;
     *out_len = 0;
+#ifdef BC_HAVE_ZSTD
+    if (c->codec == BC_CODEC_ZSTD) {
+        (void)dict;
+        (void)dict_len;
+        rc = grow(out, out_cap, ZSTD_compressBound(n), e);
+        if (rc)
+            return rc;
+        size_t k = ZSTD_compress2(c->zc, *out, *out_cap, in, n);
+        if (ZSTD_isError(k))
+            return bc__fail(e, BC_EDEFLATE, 0, "zstd compression failed: %s",
+                            ZSTD_getErrorName(k));
+        *out_len = k;
+        return BC_OK;
+    }
+#endif
 #ifdef BC_HAVE_ISAL
     if (c->use_isal) {
         struct isal_zstream *zs = &c->zs;
@@ -234,7 +290,7 @@ static int start_workers(bc_gz *g, bc_err *e)
     for (int i = 0; i < g->nworkers; i++) {
         bc_worker *wk = &g->workers[i];
         wk->gz = g;
-        int rc = bc__comp_init(&wk->comp, g->level, e);
+        int rc = bc__comp_init(&wk->comp, g->codec, g->level, e);
         if (rc)
             return rc;
         wk->comp_ready = 1;
@@ -247,14 +303,15 @@ static int start_workers(bc_gz *g, bc_err *e)
     return BC_OK;
 }
 
-int bc__gz_open(bc_gz *g, int level, int threads, int fd, int hash_out, int hash_in,
-                bc_err *e)
+int bc__gz_open(bc_gz *g, int codec, int level, int threads, int fd, int hash_out,
+                int hash_in, bc_err *e)
 {
     memset(g, 0, sizeof *g);
     g->fd = fd;
-    int rc = bc__check_level(level, e);
+    int rc = bc__check_level(codec, level, e);
     if (rc)
         return rc;
+    g->codec = codec;
     g->level = level;
     if (threads < 0)
         return bc__fail(e, BC_EINVAL, 0, "threads must be >= 0, not %d", threads);
@@ -288,7 +345,7 @@ int bc__gz_open(bc_gz *g, int level, int threads, int fd, int hash_out, int hash
         g->sha_in_ready = 1;
     }
     g->crc = 0;
-    g->header_pending = 1;
+    g->header_pending = codec == BC_CODEC_GZIP;
     return BC_OK;
 }
 
@@ -334,14 +391,15 @@ static int submit(bc_gz *g, int last, bc_err *e)
 {
     bc_slot *s = &g->slots[g->submitted % g->nslots];
     g->filling = 0;
-    g->crc = bc__crc32(g->crc, s->in, s->in_len);
+    if (g->codec == BC_CODEC_GZIP)
+        g->crc = bc__crc32(g->crc, s->in, s->in_len);
     if (g->hash_in && bc__sha256_update(&g->sha_in, s->in, s->in_len))
         return bc__fail(e, BC_ENOMEM, ENOMEM, "sha256 failed");
     /* Without workers, or for a single piece at the end, compress right here: small
      * packages never start a thread. */
     if (g->nworkers == 0 || (last && g->nstarted == 0)) {
         if (!g->inline_ready) {
-            int rc = bc__comp_init(&g->inline_comp, g->level, e);
+            int rc = bc__comp_init(&g->inline_comp, g->codec, g->level, e);
             if (rc)
                 return rc;
             g->inline_ready = 1;
@@ -385,7 +443,7 @@ int bc__gz_space(bc_gz *g, unsigned char **p, size_t *avail, bc_err *e)
                 return bc__fail(e, BC_ENOMEM, ENOMEM, "out of memory");
         }
         s->dict_len = 0;
-        if (seq > 0) {
+        if (seq > 0 && g->codec == BC_CODEC_GZIP) {
             const bc_slot *prev = &g->slots[(seq - 1) % g->nslots];
             size_t k = prev->in_len < BC_DICT ? prev->in_len : BC_DICT;
             memcpy(s->dict, prev->in + prev->in_len - k, k);
@@ -423,6 +481,8 @@ int bc__gz_finish(bc_gz *g, bc_err *e)
     rc = drain(g, g->submitted, e);
     if (rc)
         return rc;
+    if (g->codec != BC_CODEC_GZIP)
+        return BC_OK; /* each zstd frame is complete */
     unsigned char tail[10];
     /* An empty final block with fixed codes: BFINAL=1, BTYPE=01, end-of-block. */
     tail[0] = 0x03;
@@ -474,14 +534,15 @@ void bc__gz_close(bc_gz *g)
     g->fd = -1;
 }
 
-int bc_compress_buffer(const unsigned char *data, size_t len, int level, int threads,
-                       unsigned char **out, size_t *out_len, char *err, size_t errlen)
+int bc_compress_buffer(const unsigned char *data, size_t len, int codec, int level,
+                       int threads, unsigned char **out, size_t *out_len, char *err,
+                       size_t errlen)
 {
     bc_gz g;
     bc_err e = {{0}, 0};
     *out = NULL;
     *out_len = 0;
-    int rc = bc__gz_open(&g, level, threads, -1, 0, 0, &e);
+    int rc = bc__gz_open(&g, codec, level, threads, -1, 0, 0, &e);
     while (rc == BC_OK && len > 0) {
         unsigned char *p;
         size_t avail;
@@ -524,5 +585,29 @@ int bc_info(const char **backend, int *default_level, size_t *chunk_size)
     *backend = BC_BACKEND;
     *default_level = BC_DEFAULT_LEVEL;
     *chunk_size = BC_CHUNK;
+    return BC_OK;
+}
+
+#define BC_ZSTD_DEFAULT_LEVEL 3
+
+int bc_codec_info(int codec, int *available, int *default_level, int *min_level,
+                  int *max_level)
+{
+    *available = 0;
+    *default_level = *min_level = *max_level = 0;
+    if (codec == BC_CODEC_GZIP) {
+        *available = 1;
+        *default_level = BC_DEFAULT_LEVEL;
+        *max_level = 9;
+        return BC_OK;
+    }
+    if (codec != BC_CODEC_ZSTD)
+        return BC_EINVAL;
+#ifdef BC_HAVE_ZSTD
+    *available = 1;
+#endif
+    *default_level = BC_ZSTD_DEFAULT_LEVEL;
+    *min_level = BC_ZSTD_MIN;
+    *max_level = BC_ZSTD_MAX;
     return BC_OK;
 }

@@ -14,6 +14,9 @@
 #include <isa-l.h>
 #endif
 #include <zlib.h>
+#ifdef BC_HAVE_ZSTD
+#include <zstd.h>
+#endif
 
 #if defined(__GNUC__)
 #define BC_HIDDEN __attribute__((visibility("hidden")))
@@ -86,13 +89,17 @@ static inline void bc__sha256_free(bc_sha256 *s)
     s->ctx = NULL;
 }
 
-/* Level -> implementation. Valid levels are 0..9. */
-BC_HIDDEN int bc__check_level(int level, bc_err *e);
+/* Codec and level -> implementation: gzip 0..9, zstd 1..19 (when built with libzstd). */
+BC_HIDDEN int bc__check_level(int codec, int level, bc_err *e);
 
-/* One deflate engine (reused for many chunks). */
+/* One compression engine (reused for many chunks). */
 typedef struct bc_comp {
+    int codec;
     int level;
     int use_isal;
+#ifdef BC_HAVE_ZSTD
+    ZSTD_CCtx *zc;
+#endif
 #ifdef BC_HAVE_ISAL
     struct isal_zstream zs;
     unsigned char *lvlbuf;
@@ -102,16 +109,16 @@ typedef struct bc_comp {
     int z_ready;
 } bc_comp;
 
-BC_HIDDEN int bc__comp_init(bc_comp *c, int level, bc_err *e);
-/* Raw deflate of in[0..n) with dict as history, ending on a byte boundary (sync flush), not
- * final. *out grows as needed. */
+BC_HIDDEN int bc__comp_init(bc_comp *c, int codec, int level, bc_err *e);
+/* gzip: raw deflate of in[0..n) with dict as history, ending on a byte boundary (sync flush),
+ * not final. zstd: one whole frame of in[0..n) (no dict). *out grows as needed. */
 BC_HIDDEN int bc__comp_chunk(bc_comp *c, const unsigned char *dict, size_t dict_len,
                              const unsigned char *in, size_t n, unsigned char **out,
                              size_t *out_cap, size_t *out_len, bc_err *e);
 BC_HIDDEN void bc__comp_free(bc_comp *c);
 BC_HIDDEN uint32_t bc__crc32(uint32_t crc, const unsigned char *p, size_t n);
 
-/* The parallel gzip pipe: bytes in, one gzip member out, in order. */
+/* The parallel pipe: bytes in, one gzip member (or a run of zstd frames) out, in order. */
 typedef struct bc_slot {
     unsigned char *in;
     size_t in_len;
@@ -134,6 +141,7 @@ typedef struct bc_worker {
 } bc_worker;
 
 typedef struct bc_gz {
+    int codec;
     int level;
     int nworkers; /* 0: compress on the calling thread */
     size_t nslots;
@@ -170,8 +178,8 @@ typedef struct bc_gz {
     int sha_in_ready;
 } bc_gz;
 
-BC_HIDDEN int bc__gz_open(bc_gz *g, int level, int threads, int fd, int hash_out, int hash_in,
-                          bc_err *e);
+BC_HIDDEN int bc__gz_open(bc_gz *g, int codec, int level, int threads, int fd, int hash_out,
+                          int hash_in, bc_err *e);
 /* A place to put the next uncompressed bytes: *avail >= 1. */
 BC_HIDDEN int bc__gz_space(bc_gz *g, unsigned char **p, size_t *avail, bc_err *e);
 /* The first n bytes at the place given by bc__gz_space are now part of the stream. */

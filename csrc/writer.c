@@ -1,6 +1,6 @@
 /* The streaming tar writer: one pass over each file's bytes does the read (straight into the
  * compressor's input piece), the tar framing, the prefix scan and the classification; the gzip
- * pipe (deflate.c) takes each full piece while it is still in cache for SHA-256 of the
+ * (or zstd) pipe (deflate.c) takes each full piece while it is still in cache for SHA-256 of the
  * uncompressed stream and the CRC, compresses it on the workers, and hashes and writes the
  * output in order.
  *
@@ -437,8 +437,8 @@ int bc_writer_finish(bc_writer *w, bc_result *res)
     return BC_OK;
 }
 
-int bc_writer_new(bc_writer **out, int fd, const bc_buf *prefixes, size_t nprefixes, int level,
-                  int threads, char *err, size_t errlen, int *sys_errno)
+int bc_writer_new(bc_writer **out, int fd, const bc_buf *prefixes, size_t nprefixes, int codec,
+                  int level, int threads, char *err, size_t errlen, int *sys_errno)
 {
     *out = NULL;
     *sys_errno = 0;
@@ -448,7 +448,7 @@ int bc_writer_new(bc_writer **out, int fd, const bc_buf *prefixes, size_t nprefi
             snprintf(err, errlen, "out of memory");
         return BC_ENOMEM;
     }
-    int rc = bc__gz_open(&w->gz, level, threads, fd, 1, 1, &w->err);
+    int rc = bc__gz_open(&w->gz, codec, level, threads, fd, 1, 1, &w->err);
     if (rc == BC_OK)
         rc = bc__scanner_init(&w->scan, prefixes, nprefixes, &w->err);
     if (rc) {

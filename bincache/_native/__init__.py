@@ -4,12 +4,13 @@
 the pure-Python twin; ``cffi`` insists on the C core; ``python`` forces the twin (tests use it to
 compare the two). Both expose the same names:
 
-    TarWriter(out, *, prefixes, level, threads)   .add_dir/.add_symlink/.add_hardlink/
+    TarWriter(out, *, prefixes, level, threads, codec="gzip"|"zstd")   .add_dir/.add_symlink/.add_hardlink/
                                                   .add_file/.add_bytes -> FileScan, .finish -> TarResult
     scan_buffer(data, prefixes) -> [(prefix_index, offset)]
     relocate_buffer(bytearray, [(old, new)]) -> count
     apply_patches(path, [(offset, old, new)])
-    compress_buffer(data, level, threads) -> bytes   # one gzip member (the raw deflate ceiling)
+    compress_buffer(data, level, threads, codec) -> bytes   # one gzip member (the raw deflate ceiling)
+    codec_info(codec) -> (available, default level, lowest, highest)
     Inflater(fd|fileobj, *, offset=0, digest=False)  # gzip reader: .read/.readinto/.hexdigest()
     BACKEND, DEFAULT_LEVEL, FileScan, TarResult
 """
@@ -50,8 +51,10 @@ scan_buffer = _impl.scan_buffer
 relocate_buffer = _impl.relocate_buffer
 apply_patches = _impl.apply_patches
 compress_buffer = _impl.compress_buffer
+codec_info = _impl.codec_info
 Inflater = _impl.Inflater
 BACKEND: str = _impl.BACKEND
 DEFAULT_LEVEL: int = _impl.DEFAULT_LEVEL
+CODECS = ("gzip", "zstd")
 KIND_TEXT, KIND_BINARY, KIND_ELF = "text", "binary", "elf"
 IS_NATIVE = _impl.__name__.endswith("_cffi")

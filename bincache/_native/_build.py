@@ -3,8 +3,9 @@
 Libraries are detected by compiling and linking a tiny program. Required: zlib (Debian's
 python3-dev already depends on zlib1g-dev) and OpenSSL's libcrypto, the only SHA-256
 (``libssl-dev``); a build without either stops with what to install. Optional: ISA-L (igzip
-deflate, ``libisal-dev``), else zlib deflate; ``BINCACHE_NO_ISAL=1`` turns its detection off
-(to test that fallback).
+deflate, ``libisal-dev``), else zlib deflate; libzstd (``libzstd-dev``) for ``--compression
+zstd``, without which the core refuses that codec; ``BINCACHE_NO_ISAL=1`` / ``BINCACHE_NO_ZSTD=1``
+turn their detection off (to test those fallbacks).
 
 ``python bincache/_native/_build.py --sanitize`` builds the same core with AddressSanitizer and
 UBSan as ``bincache._native._lib_asan`` (objects under build/asan/), next to the normal ``_lib``,
@@ -41,6 +42,12 @@ _PROBES = {
         "int main(void) { EVP_MD_CTX *c = EVP_MD_CTX_new();"
         " EVP_DigestInit_ex(c, EVP_sha256(), NULL); EVP_MD_CTX_free(c); return 0; }\n",
         ["crypto"],
+    ),
+    "zstd": (
+        "#include <zstd.h>\n"
+        "int main(void) { ZSTD_CCtx *c = ZSTD_createCCtx();"
+        " ZSTD_CCtx_setParameter(c, ZSTD_c_checksumFlag, 1); ZSTD_freeCCtx(c); return 0; }\n",
+        ["zstd"],
     ),
     "zlib": (
         "#include <zlib.h>\nint main(void) { return (int)crc32(0L, Z_NULL, 0); }\n",
@@ -95,6 +102,9 @@ def _configure() -> tuple[list[tuple[str, None]], list[str]]:
     if _enabled("isal") and _probe("isal"):
         macros.append(("BC_HAVE_ISAL", None))
         libs.append("isal")
+    if _enabled("zstd") and _probe("zstd"):
+        macros.append(("BC_HAVE_ZSTD", None))
+        libs.append("zstd")
     return macros, libs
 
 

@@ -20,7 +20,7 @@ else:
     from ._lib import ffi, lib
 from ._pure import KIND_BINARY, KIND_ELF, KIND_TEXT, FileScan, TarResult
 
-_ABI_VERSION = 3
+_ABI_VERSION = 4
 if lib.bc_abi_version() != _ABI_VERSION:
     raise NativeError(
         f"the compiled C core is stale (ABI {lib.bc_abi_version()}, this code needs "
@@ -38,6 +38,22 @@ def _info() -> tuple[str, int, int]:
 
 
 BACKEND, DEFAULT_LEVEL, CHUNK_SIZE = _info()
+_CODECS = {"gzip": lib.BC_CODEC_GZIP, "zstd": lib.BC_CODEC_ZSTD}
+
+
+def codec_info(codec: str) -> tuple[bool, int, int, int]:
+    """(available in this build, default level, lowest level, highest level) of a codec."""
+    if codec not in _CODECS:
+        raise NativeError(f"unknown compression {codec!r}: use gzip or zstd")
+    out = [ffi.new("int *") for _ in range(4)]
+    lib.bc_codec_info(_CODECS[codec], *out)
+    return bool(out[0][0]), out[1][0], out[2][0], out[3][0]
+
+
+def _codec(codec: str, level: int | None) -> tuple[int, int]:
+    """The core's codec number, and the level (the codec's default for None)."""
+    _available, default, _lo, _hi = codec_info(codec)
+    return _CODECS[codec], default if level is None else int(level)
 _KINDS = {lib.BC_KIND_TEXT: KIND_TEXT, lib.BC_KIND_BINARY: KIND_BINARY, lib.BC_KIND_ELF: KIND_ELF}
 _ERRLEN = 2048
 
@@ -49,6 +65,7 @@ __all__ = [
     "TarResult",
     "TarWriter",
     "apply_patches",
+    "codec_info",
     "compress_buffer",
     "relocate_buffer",
     "scan_buffer",
@@ -99,7 +116,8 @@ class TarWriter:
     file object (written after each call). ``threads=0`` uses every online CPU; the output
     bytes are the same for any number of threads. ``level``: 0 stores; 1-3 are ISA-L's igzip
     levels (zlib's when built without ISA-L); 4-9 are zlib's. The default, 2 with ISA-L and 1
-    with zlib, stays within 1.2x of gzip -6.
+    with zlib, stays within 1.2x of gzip -6. ``codec="zstd"`` writes zstd frames instead
+    (levels 1-19), when the core was built with libzstd.
     """
 
     def __init__(
@@ -107,8 +125,9 @@ class TarWriter:
         out: int | BinaryIO,
         *,
         prefixes: list[bytes],
-        level: int = DEFAULT_LEVEL,
+        level: int | None = None,
         threads: int = 0,
+        codec: str = "gzip",
     ):
         if isinstance(out, int):
             fd, self._out = out, None
@@ -118,8 +137,9 @@ class TarWriter:
         handle = ffi.new("bc_writer **")
         err = ffi.new("char[]", _ERRLEN)
         se = ffi.new("int *")
+        codec_id, level = _codec(codec, level)
         rc = lib.bc_writer_new(
-            handle, fd, arr, len(keep), int(level), int(threads), err, _ERRLEN, se
+            handle, fd, arr, len(keep), codec_id, level, int(threads), err, _ERRLEN, se
         )
         del keep
         if rc != 0:
@@ -282,13 +302,17 @@ def apply_patches(path: str | bytes | os.PathLike, patches: list[tuple[int, byte
     _check_err(rc, err)
 
 
-def compress_buffer(data: bytes, level: int = DEFAULT_LEVEL, threads: int = 0) -> bytes:
-    """One whole gzip member of ``data``, by the same chunked parallel engine as TarWriter."""
+def compress_buffer(data: bytes, level: int | None = None, threads: int = 0,
+                    codec: str = "gzip") -> bytes:
+    """One whole gzip member (or zstd stream) of ``data``, by the same chunked parallel engine
+    as TarWriter."""
+    codec_id, level = _codec(codec, level)
     buf = ffi.from_buffer("unsigned char[]", data)
     out = ffi.new("unsigned char **")
     n = ffi.new("size_t *")
     err = ffi.new("char[]", _ERRLEN)
-    rc = lib.bc_compress_buffer(buf, len(buf), int(level), int(threads), out, n, err, _ERRLEN)
+    rc = lib.bc_compress_buffer(buf, len(buf), codec_id, level, int(threads), out, n, err,
+                                _ERRLEN)
     _check_err(rc, err)
     try:
         return ffi.buffer(out[0], n[0])[:]

@@ -23,6 +23,38 @@ KIND_ELF = "elf"
 BACKEND = "python-zlib"
 DEFAULT_LEVEL = 6
 BLOCK = 512
+ZSTD_LEVELS = (3, 1, 19)  # default, lowest, highest (as the C core)
+
+
+def codec_info(codec: str) -> tuple[bool, int, int, int]:
+    """(available, default level, lowest level, highest level) of a codec."""
+    if codec == "gzip":
+        return True, DEFAULT_LEVEL, 0, 9
+    if codec == "zstd":
+        try:
+            import zstandard  # noqa: F401
+        except ImportError:
+            return False, *ZSTD_LEVELS
+        return True, *ZSTD_LEVELS
+    raise NativeError(f"unknown compression {codec!r}: use gzip or zstd")
+
+
+class _Zstd:
+    """zstd with the calls of zlib's compressobj (one frame, content checksum)."""
+
+    def __init__(self, level: int):
+        import zstandard
+
+        lo, hi = ZSTD_LEVELS[1:]
+        if not lo <= level <= hi:
+            raise NativeError(f"zstd compression level must be {lo}-{hi}, not {level}")
+        self._c = zstandard.ZstdCompressor(level=level, write_checksum=True).compressobj()
+
+    def compress(self, data) -> bytes:
+        return self._c.compress(bytes(data))
+
+    def flush(self) -> bytes:
+        return self._c.flush()
 
 
 @dataclass
@@ -116,8 +148,15 @@ def apply_patches(path: str, patches: list[tuple[int, bytes, bytes]]) -> None:
         f.write(data)
 
 
-def compress_buffer(data: bytes, level: int = DEFAULT_LEVEL, threads: int = 0) -> bytes:
-    """One whole gzip member of ``data`` (zlib, single-threaded; ``threads`` is ignored)."""
+def compress_buffer(data: bytes, level: int | None = None, threads: int = 0,
+                    codec: str = "gzip") -> bytes:
+    """One whole gzip member (or zstd frame) of ``data`` (single-threaded; ``threads`` is
+    ignored)."""
+    _available, default, _lo, _hi = codec_info(codec)
+    level = default if level is None else level
+    if codec == "zstd":
+        comp = _Zstd(level)
+        return comp.compress(data) + comp.flush()
     comp = zlib.compressobj(level, zlib.DEFLATED, 31, 9)
     return comp.compress(data) + comp.flush()
 
@@ -207,7 +246,17 @@ class TarWriter:
     look for in every file; hits come back as ``(prefix_index, offset)`` per file.
     """
 
-    def __init__(self, out, *, prefixes: list[bytes], level: int = DEFAULT_LEVEL, threads: int = 0):
+    def __init__(self, out, *, prefixes: list[bytes], level: int | None = None, threads: int = 0,
+                 codec: str = "gzip"):
+        available, default, _lo, _hi = codec_info(codec)
+        if not available:
+            raise NativeError("zstd needs the zstandard module (pip install zstandard)")
+        level = default if level is None else level
+        self._gzip = codec == "gzip"
+        if self._gzip and not 0 <= level <= 9:
+            raise NativeError(f"compression level must be 0-9, not {level}")
+        self._comp = (zlib.compressobj(level, zlib.DEFLATED, -15, 9) if self._gzip
+                      else _Zstd(level))
         if isinstance(out, int):
             out = os.fdopen(os.dup(out), "wb")
             self._own = True
@@ -220,13 +269,10 @@ class TarWriter:
         self._usize = 0
         self._csize = 0
         self._crc = 0
-        if not 0 <= level <= 9:
-            raise NativeError(f"compression level must be 0-9, not {level}")
-        self._comp = zlib.compressobj(level, zlib.DEFLATED, -15, 9)
         self._finished = False
         self._cancelled = False
-        header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
-        self._emit(header)
+        if self._gzip:
+            self._emit(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff")
 
     def _emit(self, data: bytes) -> None:
         if data:
@@ -251,7 +297,8 @@ class TarWriter:
             raise NativeError("tar writer already finished")
         self._raw.update(data)
         self._usize += len(data)
-        self._crc = zlib.crc32(data, self._crc)
+        if self._gzip:
+            self._crc = zlib.crc32(data, self._crc)
         self._emit(self._comp.compress(data))
 
     def add_dir(self, name: str, mode: int = 0o755) -> None:
@@ -298,7 +345,8 @@ class TarWriter:
     def finish(self) -> TarResult:
         self._feed(b"\0" * (2 * BLOCK))
         self._emit(self._comp.flush())
-        self._emit(struct.pack("<II", self._crc & 0xFFFFFFFF, self._usize & 0xFFFFFFFF))
+        if self._gzip:
+            self._emit(struct.pack("<II", self._crc & 0xFFFFFFFF, self._usize & 0xFFFFFFFF))
         self._out.flush()
         if self._own:
             self._out.close()

@@ -25,8 +25,12 @@ def register(sub) -> None:
                        "before skipping it (by default the index is believed)")
         p.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
                        help="packages packed and uploaded at once (default: the number of cores, at most 8)")
+        p.add_argument("--compression", choices=["gzip", "zstd"], default=None,
+                       help="tarball codec (default: the mirror's `compression`, else gzip; "
+                       "Spack reads gzip only, and layout v2 takes gzip only)")
         p.add_argument("--compression-level", type=int, default=None, metavar="N",
-                       help="deflate level 0-9 (default: the native core's fast level)")
+                       help="gzip level 0-9 (default: the native core's fast level), zstd 1-19 "
+                       "(default 3)")
         sign = p.add_mutually_exclusive_group()
         sign.add_argument("-u", "--unsigned", dest="signed", action="store_false", default=None, help="do not sign")
         sign.add_argument("--signed", dest="signed", action="store_true", help="sign even if the mirror says signed: false")
@@ -139,7 +143,8 @@ def cmd_create(args) -> int:
     try:
         result = api.push(args.mirror, args.specs, root=args.root, include_deps=include_deps,
                           include_roots=include_roots, force=args.force, jobs=args.jobs,
-                          level=args.compression_level, signed=args.signed, key=args.key,
+                          level=args.compression_level, compression=args.compression,
+                          signed=args.signed, key=args.key,
                           update_index=args.rebuild_index, progress=events, layout=args.layout,
                           verify_present=args.verify_present, **extra)
     except api.PushInterrupted as e:

@@ -30,6 +30,10 @@ _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 #: Media types of a layout v3 manifest's records (OCI signatures use the same records).
 MT_TARBALL = "application/vnd.spack.install.v2.tar+gzip"
+# bincache's zstd tarball: a media type of its own, so a Spack that finds the tarball by
+# MT_TARBALL says it has none rather than feeding zstd to gzip.
+MT_TARBALL_ZSTD = "application/vnd.spack.install.v2.tar+zstd"
+TARBALL_TYPES = {"gzip": MT_TARBALL, "zstd": MT_TARBALL_ZSTD}
 MT_SPEC_PREFIX = "application/vnd.spack.spec.v"
 
 
@@ -129,7 +133,7 @@ class PackageManifest:
     @property
     def tarball(self) -> BlobRecord:
         for r in self.records:
-            if r.media_type == MT_TARBALL:
+            if r.media_type in (MT_TARBALL, MT_TARBALL_ZSTD):
                 return r
         raise MirrorError("the manifest lists no package tarball")
 
@@ -153,11 +157,13 @@ class Packed(Protocol):
     @property
     def specfile(self) -> bytes: ...  # the DAG spec file JSON
     @property
-    def tarball(self) -> str: ...  # path of the gzip tarball
+    def tarball(self) -> str: ...  # path of the gzip (or zstd) tarball
     @property
     def result(self) -> TarResult: ...
     @property
     def buildinfo(self) -> Mapping[str, Any]: ...
+    @property
+    def compression(self) -> str: ...  # "gzip" or "zstd"
 
 
 class PushOutcome(Protocol):
@@ -215,6 +221,8 @@ class BuildCache(Protocol):
     push_options: ClassVar[frozenset[str]]
     #: What to do about an unreadable index, for its error message.
     index_remedy: ClassVar[str]
+    #: The tarball codecs it stores: ("gzip", "zstd"), or ("gzip",) on layout v2 (Spack 0.2x).
+    compressions: ClassVar[tuple[str, ...]]
 
     @property
     def url(self) -> str: ...  # for messages: never a password

@@ -50,6 +50,7 @@ class MirrorRef:
     password: str | None = field(default=None, repr=False)
     s3_profile: str | None = None  # Spack's profile: an AWS profile for an s3:// mirror
     s3_endpoint_url: str | None = None  # Spack's endpoint_url: an S3-compatible server
+    compression: str | None = None  # bincache's own: "gzip" or "zstd" tarballs (None: gzip)
 
     @property
     def display(self) -> str:
@@ -124,6 +125,7 @@ class MirrorConfig:
     insecure: bool = False
     binary: bool = True
     scope: str = ""  # the highest-precedence scope that defines it
+    compression: str | None = None
 
     def connection(self, direction: str) -> Connection | None:
         return self.fetch if direction == FETCH else self.push
@@ -174,6 +176,7 @@ class MirrorConfig:
             password=password,
             s3_profile=conn.profile,
             s3_endpoint_url=conn.endpoint_url,
+            compression=self.compression,
         )
 
     def _log(self, direction: str, url: str) -> None:
@@ -222,6 +225,7 @@ class MirrorConfig:
             "signed": self.signed,
             "autopush": self.autopush,
             "insecure": self.insecure,
+            "compression": self.compression,
             "scope": self.scope,
         }
 
@@ -282,6 +286,7 @@ def _mirror_config(section: _config.Section, name: str) -> MirrorConfig:
         insecure=bool(entry.get("insecure", False)),
         binary=bool(entry.get("binary", True)),
         scope=scope,
+        compression=entry.get("compression"),
     )
 
 

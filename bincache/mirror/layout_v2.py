@@ -210,6 +210,7 @@ class LayoutV2Cache:
     index_remedy: ClassVar[str] = (
         "regenerate its index with `bincache update-index` or `spack buildcache update-index`, "
         "or copy it to a directory mirror")
+    compressions: ClassVar[tuple[str, ...]] = ("gzip",)  # Spack 0.2x reads gzip tarballs only
 
     def __init__(self, backend: ByteBackend, ref: MirrorRef | None = None):
         self.backend: ByteBackend = backend

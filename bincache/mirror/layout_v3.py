@@ -27,6 +27,8 @@ from ..spec import v5_specfile
 from .base import (  # noqa: F401  (the records are imported from here too)
     MT_SPEC_PREFIX,
     MT_TARBALL,
+    MT_TARBALL_ZSTD,
+    TARBALL_TYPES,
     BlobRecord,
     ByteBackend,
     Manifest,
@@ -128,6 +130,7 @@ class LayoutV3Cache:
     kind: ClassVar[str] = "layout-v3"
     push_options: ClassVar[frozenset[str]] = frozenset()
     index_remedy: ClassVar[str] = "run bincache update-index"
+    compressions: ClassVar[tuple[str, ...]] = ("gzip", "zstd")  # Spack >= 1.0 reads gzip
 
     def __init__(self, backend: ByteBackend, ref: MirrorRef | None = None):
         self.backend: ByteBackend = backend
@@ -209,7 +212,9 @@ class LayoutV3Cache:
     def push_package(self, packed: Packed, signer: Signer | None = None) -> None:
         """Blobs first (tarball, gzipped spec file), then the manifest, then layout.json."""
         self.backend.check_writable()
-        tar_rec = BlobRecord(packed.result.compressed_size, MT_TARBALL, "gzip", packed.result.digest)
+        codec = packed.compression
+        tar_rec = BlobRecord(packed.result.compressed_size, TARBALL_TYPES[codec], codec,
+                             packed.result.digest)
         self.put_blob_file(packed.tarball, tar_rec)
         spec_data, version = v5_specfile_bytes(packed.specfile)
         # Spack >= 1.0 finds the spec file by its exact media type, and reads it with the reader

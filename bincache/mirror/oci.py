@@ -40,7 +40,7 @@ from ..oci.client import (
 from ..oci.reference import ImageReference
 from .base import (
     MT_SPEC_PREFIX,
-    MT_TARBALL,
+    TARBALL_TYPES,
     BlobRecord,
     Manifest,
     PackageId,
@@ -89,6 +89,7 @@ class OciCache:
     push_options: ClassVar[frozenset[str]] = frozenset({"base_image", "tag"})
     index_remedy: ClassVar[str] = "run bincache update-index"
     backend = None  # images, not files at paths
+    compressions: ClassVar[tuple[str, ...]] = ("gzip", "zstd")  # tar+gzip (Spack) or tar+zstd
 
     def __init__(self, ref: MirrorRef, *, client: RegistryClient | None = None,
                  blob_cache: BlobCache | None = None, jobs: int = 8) -> None:
@@ -147,7 +148,8 @@ class OciCache:
         spec = packed.spec
         try:
             own = img.Layer("sha256:" + packed.result.digest, "sha256:" + packed.result.diff_id,
-                            int(packed.result.compressed_size))
+                            int(packed.result.compressed_size),
+                            img.LAYER_TYPES[packed.compression])
             self.client.upload_blob(self.image, packed.tarball, own.digest,
                                     check_exists=own.size >= HEAD_BEFORE_UPLOAD,
                                     mount_from=self.mount_from)
@@ -270,7 +272,8 @@ class OciCache:
         except (KeyError, IndexError, TypeError) as exc:
             raise MirrorError(f"{self.url}: the image of {spec.short()} is not a package "
                               "image") from exc
-        found = img.Layer(layer.digest, diff_id, layer.size)
+        found = img.Layer(layer.digest, diff_id, layer.size,
+                          img.LAYER_TYPES[img.layer_compression(layer.media_type)])
         with self._lock:
             self._layers[spec.hash] = found
         return found
@@ -375,7 +378,9 @@ class OciCache:
     # --- signatures -----------------------------------------------------------------------
     @staticmethod
     def _records(tarball: Descriptor | img.Layer, config: Descriptor) -> list[BlobRecord]:
-        return [BlobRecord(int(tarball.size), MT_TARBALL, "gzip", tarball.digest.split(":")[1]),
+        codec = img.layer_compression(tarball.media_type)
+        return [BlobRecord(int(tarball.size), TARBALL_TYPES[codec], codec,
+                           tarball.digest.split(":")[1]),
                 BlobRecord(int(config.size), MT_SPEC, "none", config.digest.split(":")[1])]
 
     def _push_signature(self, manifest: FetchedManifest, own: img.Layer, *,
@@ -489,7 +494,7 @@ class OciCache:
         names the tarball (which must be this image's last layer) and the original spec blob
         (in the repository, a layer of the signature artifact); both are used by their signed
         digests, so the image around them needs no signature of its own."""
-        tarballs = [r for r in signed if r.media_type == MT_TARBALL]
+        tarballs = [r for r in signed if r.media_type in TARBALL_TYPES.values()]
         if tarballs != [fetched.tarball]:
             raise SignatureError(f"{label}: the signed manifest names another tarball than the "
                                  "image's: refusing it")

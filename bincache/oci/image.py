@@ -18,10 +18,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import MirrorError
 from .client import DOCKER_MANIFEST, OCI_MANIFEST, Descriptor
 
 LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+LAYER_TYPES = {"gzip": LAYER_GZIP, "zstd": LAYER_ZSTD}
+
+
+def layer_compression(media_type: str) -> str:
+    """The codec of a layer media type (OCI's or Docker's): "zstd" or "gzip"."""
+    return "zstd" if media_type.endswith("+zstd") or media_type.endswith(".zstd") else "gzip"
 # Keep the standard config type: skopeo inspect and umoci unpack refuse any other.
 CONFIG = "application/vnd.oci.image.config.v1+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
@@ -104,12 +112,16 @@ def goarch(machine: str | None = None) -> str:
 class Layer:
     """A package tarball as an image layer: compressed digest and size, uncompressed diff_id."""
 
-    digest: str  # sha256:<hex> of the gzip blob
+    digest: str  # sha256:<hex> of the compressed blob
     diff_id: str  # sha256:<hex> of the uncompressed tar
     size: int
-    media_type: str = LAYER_GZIP
+    media_type: str = LAYER_GZIP  # or LAYER_ZSTD
 
     def descriptor(self, docker: bool = False) -> Descriptor:
+        if docker and self.media_type == LAYER_ZSTD:
+            # Docker's manifest v2 has no zstd layer type; an OCI manifest would not be one.
+            raise MirrorError("the base image is a Docker image, whose manifest has no zstd "
+                              "layers: push with --compression gzip, or use an OCI base image")
         return Descriptor(DOCKER_LAYER_GZIP if docker else self.media_type, self.digest,
                           self.size)
 

@@ -17,6 +17,7 @@ from typing import BinaryIO
 from .._native import IS_NATIVE as _NATIVE_INFLATE
 from .._native import Inflater
 from ..errors import BincacheError, ExtractError, IntegrityError
+from .zstd import chunks as zstd_chunks
 
 # Big reads: the cost of this path is inflate + write; small buffers add Python overhead per call.
 CHUNK = 1 << 20
@@ -122,17 +123,8 @@ class _ThreadedInflater:
 
     def _python_chunks(self, raw) -> Iterator[bytes]:
         if self._kind == "zstd":
-            import zstandard
-
-            reader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=CHUNK)
-            while True:
-                try:
-                    block = reader.read(CHUNK)
-                except zstandard.ZstdError as e:
-                    raise ExtractError(f"damaged zstd data: {e}") from None
-                if not block:
-                    return
-                yield block
+            # Every frame (bincache writes one per 1 MiB), bounded, truncation an error.
+            yield from zstd_chunks(raw, CHUNK)
             return
         d = zlib.decompressobj(wbits=31)
         pending = memoryview(b"")

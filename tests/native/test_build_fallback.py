@@ -1,4 +1,5 @@
-"""The C core builds and works without its optional ISA-L; without OpenSSL it does not build."""
+"""The C core builds and works without its optional ISA-L and libzstd; without OpenSSL it does
+not build."""
 
 from __future__ import annotations
 
@@ -25,6 +26,12 @@ assert r.digest == hashlib.sha256(out).hexdigest()
 assert r.diff_id == hashlib.sha256(gzip.decompress(out)).hexdigest()
 assert tarfile.open(fileobj=io.BytesIO(out)).extractfile("opt/p/f").read() == data
 assert scan.hits == [(0, len(data) - 10)]
+assert n.codec_info("zstd")[0] is False
+try:
+    n.TarWriter(io.BytesIO(), prefixes=[], codec="zstd")
+    raise SystemExit("a build without libzstd wrote zstd")
+except n.NativeError as e:
+    assert "no zstd; install libzstd-dev" in str(e), e
 print(n.BACKEND, n.DEFAULT_LEVEL)
 """
 
@@ -45,9 +52,9 @@ def copy_sources(tmp_path):
 
 
 @pytest.mark.slow
-def test_fallback_build_uses_zlib_deflate(tmp_path):
+def test_fallback_build_uses_zlib_deflate_and_refuses_zstd(tmp_path):
     copy_sources(tmp_path)
-    env = {**os.environ, "BINCACHE_NO_ISAL": "1"}
+    env = {**os.environ, "BINCACHE_NO_ISAL": "1", "BINCACHE_NO_ZSTD": "1"}
     subprocess.run(
         [sys.executable, "-c", BUILD], cwd=tmp_path, env=env, check=True, capture_output=True
     )
@@ -62,9 +69,9 @@ def test_fallback_build_uses_zlib_deflate(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["zlib", "1"]
-    # and it really did without ISA-L; SHA-256 is libcrypto's in every build
+    # and it really did without ISA-L and libzstd; SHA-256 is libcrypto's in every build
     libs = subprocess.run(["ldd", str(built[0])], capture_output=True, text=True).stdout
-    assert "libisal" not in libs and "libcrypto" in libs
+    assert "libisal" not in libs and "libzstd" not in libs and "libcrypto" in libs
 
 
 def test_a_build_without_openssl_stops_and_says_what_to_install(tmp_path):

@@ -182,3 +182,74 @@ def test_tar_writer_output_reads_back_with_tarfile(members, level):
                 assert m.islnk() and m.linkname == first_file and m.mode == mode
             else:
                 assert m.isdir() and m.mode == mode
+
+
+def _unzstd(data: bytes) -> bytes:
+    import zstandard
+
+    reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True)
+    return reader.read()
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(members=members, level=st.sampled_from([1, 3, 9, 19]),
+       big=st.integers(0, 3 * CHUNK + 7), threads=st.sampled_from([1, 2, 3]))
+def test_zstd_writer_gives_the_tar_stream_of_the_pure_twin(members, level, big, threads):
+    # Frames are cut at fixed pieces: any number of threads gives the same bytes, and the
+    # stream decompresses (frame after frame) to exactly the twin's tar stream.
+    if not native.codec_info("zstd")[0]:
+        pytest.skip("the C core was built without libzstd")
+    outs = []
+    for t in (threads, 1):
+        w = native.TarWriter(io.BytesIO(), prefixes=[b"/ab"], codec="zstd", level=level, threads=t)
+        outs.append(w)
+    pw = pure.TarWriter(io.BytesIO(), prefixes=[b"/ab"], codec="zstd", level=level)
+    payload = bytes(range(256)) * (big // 256) + b"/ab" * (big % 256)
+    for writer in (*outs, pw):
+        for kind, name, data, mode, target in members:
+            if kind == "file":
+                writer.add_bytes(name, data, mode)
+            elif kind == "symlink":
+                writer.add_symlink(name, target)
+            else:
+                writer.add_dir(name, mode)
+        writer.add_bytes("big", payload, 0o644)
+    bufs = [w._out for w in outs]
+    results = [w.finish() for w in outs]
+    pbuf = pw._out
+    presult = pw.finish()
+    assert bufs[0].getvalue() == bufs[1].getvalue()  # thread count does not change the bytes
+    raw = _unzstd(bufs[0].getvalue())
+    assert raw == _unzstd(pbuf.getvalue())
+    assert results[0].diff_id == presult.diff_id == hashlib.sha256(raw).hexdigest()
+    assert results[0].digest == hashlib.sha256(bufs[0].getvalue()).hexdigest()
+    assert results[0].compressed_size == len(bufs[0].getvalue())
+    assert results[0].uncompressed_size == len(raw)
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tf:
+        assert tf.extractfile("big").read() == payload
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.binary(max_size=5000), level=st.sampled_from([1, 3, 19]),
+       cut=st.integers(0, 10_000), kind=st.sampled_from(["native", "zstandard"]))
+def test_the_frame_walker_knows_a_whole_stream_from_a_cut_one(data, level, cut, kind):
+    """bincache.tar.zstd against the reference decoder: every whole stream (the core's frames,
+    or python-zstandard's) reads back, and every strict prefix of it is an error."""
+    import zstandard
+
+    from bincache.errors import ExtractError
+    from bincache.tar.zstd import chunks
+
+    if kind == "native":
+        if not native.codec_info("zstd")[0]:
+            pytest.skip("the C core was built without libzstd")
+        whole = native.compress_buffer(data * 300, level=level, codec="zstd", threads=2)
+    else:
+        whole = zstandard.ZstdCompressor(level=level, write_checksum=bool(cut % 2)).compress(data)
+    assume(whole)  # no input, no frame from the core: nothing a tarball could be
+    expected = _unzstd(whole)
+    assert b"".join(chunks(io.BytesIO(whole), 1 << 16)) == expected
+    cut = cut % len(whole)
+    with pytest.raises(ExtractError):
+        b"".join(chunks(io.BytesIO(whole[:cut]), 1 << 16))
