@@ -270,7 +270,9 @@ def push(tree: InstallTree, specs: list[InstalledSpec], cache: BuildCache, *, in
     jobs = min(jobs, len(pending))
     # Every writer may deflate on every core: while several packages are packed the cores are
     # shared, and the last (often the largest) package still gets all of them, instead of one.
-    threads = 0
+    # Capped at twice a fair share on big machines: each deflate worker queues two 1 MiB
+    # pieces, and -j 8 x 64 workers would hold a gigabyte.
+    threads = cpus if jobs == 1 else min(cpus, max(2, 2 * cpus // jobs))
 
     if events.planned:
         events.planned([(inst, _prefix_bytes(inst.prefix)) for inst in pending])
