@@ -21,7 +21,7 @@ from ..errors import BincacheError, BlobNotFound, MirrorError
 from ..mirror.layout_v3 import (
     LAYOUT_JSON,
     MT_SPEC_PREFIX,
-    MT_TARBALL,
+    TARBALL_TYPES,
     BlobRecord,
     LayoutV3Cache,
     clearsigned_payload,
@@ -50,7 +50,7 @@ class Carried:
 
     @property
     def tarball(self) -> BlobRecord:
-        return next(r for r in self.records if r.media_type == MT_TARBALL)
+        return next(r for r in self.records if r.media_type in TARBALL_TYPES.values())
 
     @property
     def spec_record(self) -> BlobRecord:
