@@ -155,8 +155,8 @@ def compress_buffer(data: bytes, level: int | None = None, threads: int = 0,
     _available, default, _lo, _hi = codec_info(codec)
     level = default if level is None else level
     if codec == "zstd":
-        comp = _Zstd(level)
-        return comp.compress(data) + comp.flush()
+        zc = _Zstd(level)
+        return zc.compress(data) + zc.flush()
     comp = zlib.compressobj(level, zlib.DEFLATED, 31, 9)
     return comp.compress(data) + comp.flush()
 

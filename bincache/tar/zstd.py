@@ -10,7 +10,7 @@ decoded) and says whether the stream ended where a frame ends.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from ..errors import ExtractError
 from ..limits import MAX_ZSTD_WINDOW, too_large
@@ -132,7 +132,7 @@ def chunks(raw: BinaryIO, size: int) -> Iterator[bytes]:
     walker = FrameWalker()
     tee = _Tee(raw, walker)
     reader = zstandard.ZstdDecompressor(max_window_size=MAX_ZSTD_WINDOW).stream_reader(
-        tee, read_size=1 << 17, read_across_frames=True)
+        cast(BinaryIO, tee), read_size=1 << 17, read_across_frames=True)
     while True:
         try:
             block = reader.read(size)
