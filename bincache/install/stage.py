@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from ..atomic import write_atomic
 from ..errors import (
     BincacheError,
     CannotGrowString,
@@ -403,14 +404,10 @@ class _Installer:
         plan.report = apply_relocation(plan.relocation, allow_unrelocated=self.allow_unrelocated)
         spec_dir = os.path.join(plan.staged, SPEC_DIR)
         os.makedirs(spec_dir, exist_ok=True)
-        spec_path = os.path.join(spec_dir, SPEC_JSON)
-        # An unpredictable name: the package may have planted a link at any fixed one.
-        fd, tmp = tempfile.mkstemp(dir=spec_dir, prefix=f".{SPEC_JSON}-")
-        with os.fdopen(fd, "wb") as f:
-            # Compact, as Spack writes it (json's C encoder: indent=2 runs the Python one).
-            f.write(json.dumps(specfile_dict(plan.nodes), separators=(",", ":")).encode())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, spec_path)
+        # Written under an unpredictable name: the package may have planted a link at any fixed
+        # one. Compact, as Spack writes it (json's C encoder: indent=2 runs the Python one).
+        write_atomic(os.path.join(spec_dir, SPEC_JSON),
+                     json.dumps(specfile_dict(plan.nodes), separators=(",", ":")).encode())
         plan.extracted.apply_dir_modes()
 
     def publish(self, plan: PackagePlan) -> None:
@@ -662,9 +659,7 @@ def download(
             assert plan.tarball is not None
             base = os.path.join(dest, plan.spec.dag_name)
             os.replace(plan.tarball, base + ".tar.gz")
-            with open(base + ".spec.json.tmp", "wb") as f:
-                f.write(plan.specfile)
-            os.replace(base + ".spec.json.tmp", base + ".spec.json")
+            write_atomic(base + ".spec.json", plan.specfile)
             out.append(DownloadedPackage(plan.spec, base + ".tar.gz", base + ".spec.json",
                                          plan.manifest.tarball.content_length))
         return out

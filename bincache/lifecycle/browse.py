@@ -12,11 +12,11 @@ from __future__ import annotations
 import html
 import json
 import os
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from ..atomic import write_atomic
 from ..config import mask_url
 from ..errors import BincacheError, BlobNotFound, MirrorError, SignatureError, UsageError
 from ..index import read_index
@@ -242,15 +242,6 @@ def write_page(cache, out_dir: str | None = None, *, mirror_url: str | None = No
     at_root = root is not None and os.path.realpath(root) == os.path.realpath(out_dir)
     page = render(entries, url, at_root=at_root and mirror_url is None).encode()
     os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(page)
-        os.chmod(tmp, 0o644)
-        path = os.path.join(out_dir, PAGE_NAME)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    path = os.path.join(out_dir, PAGE_NAME)
+    write_atomic(path, page, prefix=".tmp-")
     return PageResult(path, len(entries))

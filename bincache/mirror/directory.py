@@ -5,10 +5,9 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import tempfile
-import threading
 from typing import ClassVar
 
+from ..atomic import atomic_file, link_or_copy_atomic
 from ..errors import BlobNotFound, MirrorError, NoSpaceError
 from ..limits import check_size
 
@@ -75,52 +74,25 @@ class DirectoryBackend:
 
     def _atomic(self, rel: str, writer) -> None:
         path = self._path(rel)
-        d = os.path.dirname(path)
         try:
-            os.makedirs(d, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
-        except OSError as e:
-            raise _os_error("write", path, e) from None
-        try:
-            with os.fdopen(fd, "wb") as f:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            # ".tmp-": what list() skips, so a reader never sees a file being written.
+            with atomic_file(path, prefix=".tmp-", fsync=True) as f:
                 writer(f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
         except OSError as e:
-            _unlink(tmp)
             raise _os_error("write", path, e) from None
-        except BaseException:
-            _unlink(tmp)
-            raise
 
     def write(self, rel: str, data: bytes) -> None:
         self._atomic(rel, lambda f: f.write(data))
 
     def put_file(self, rel: str, src: str) -> None:
         path = self._path(rel)
-        d = os.path.dirname(path)
-        tmp = None
         try:
-            os.makedirs(d, exist_ok=True)
-            # Same file system: a hard link is an atomic, copy-free publish. The name is unique
-            # per process and thread (-j threads share the pid).
-            tmp = os.path.join(d, f".tmp-{os.getpid()}-{threading.get_ident()}-{os.path.basename(path)}")
-            _unlink(tmp)
-            os.link(src, tmp)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-            return
-        except OSError:
-            if tmp:
-                _unlink(tmp)
-
-        def copy(f):
-            with open(src, "rb") as s:
-                shutil.copyfileobj(s, f, 1 << 20)
-
-        self._atomic(rel, copy)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            # Same file system: a hard link is an atomic, copy-free publish.
+            link_or_copy_atomic(src, path, 0o644, prefix=".tmp-", fsync=True)
+        except OSError as e:
+            raise _os_error("write", path, e) from None
 
     def list(self, rel_dir: str) -> list[str]:
         """Relative paths of the files below a directory (recursively), sorted."""

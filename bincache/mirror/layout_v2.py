@@ -38,6 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..atomic import atomic_path
 from ..errors import BincacheError, BlobNotFound, IntegrityError, MirrorError, SpecError
 from ..limits import MAX_SPECFILE
 from .base import (
@@ -471,8 +472,7 @@ class LayoutV2Cache:
         """Copy a file to ``dest`` after checking its checksum (and its size, when known); no
         partial file is left."""
         record = _v2_record(record)
-        tmp = dest + ".part"
-        try:
+        with atomic_path(dest) as tmp:
             if record.data is not None:
                 with open(tmp, "wb") as f:
                     f.write(record.data)
@@ -480,10 +480,6 @@ class LayoutV2Cache:
                 self.backend.get_file(record.path, tmp, max_size=record.content_length
                                       if record.content_length >= 0 else None)
             self._check(tmp, record)
-            os.replace(tmp, dest)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
 
     # -- index --------------------------------------------------------------------------------
     def read_index_bytes(self) -> bytes | None:

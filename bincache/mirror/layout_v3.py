@@ -20,6 +20,7 @@ import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..atomic import atomic_path
 from ..errors import BlobNotFound, IntegrityError, MirrorError, SignatureError
 from ..limits import MAX_MANIFEST, load_json
 from ..signing.cleartext import clearsigned_text, is_clearsigned
@@ -174,15 +175,10 @@ class LayoutV3Cache:
 
     def fetch_blob(self, record: Record, dest: str) -> None:
         """Copy a blob to ``dest`` after checking its size and SHA-256; no partial file is left."""
-        tmp = dest + ".part"
-        try:
+        with atomic_path(dest) as tmp:
             self.backend.get_file(record.path, tmp, max_size=record.content_length)
             with open(tmp, "rb") as f:
                 verify_blob_file(f, record, f"{self.url}/{record.path}")
-            os.replace(tmp, dest)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
 
     def local_blob_path(self, record: Record) -> str | None:
         return self.backend.local_path(record.path)

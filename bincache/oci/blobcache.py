@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from ..atomic import link_or_copy_atomic, write_atomic
 
 _CHUNK = 1 << 20
 
@@ -39,18 +39,8 @@ class BlobCache:
         """Put the cached blob at `dest` (hard link, else copy); False when not cached/valid."""
         if not self.verify(digest, size):
             return False
-        src = self.path(digest)
-        dest = Path(dest)
-        tmp = dest.with_name(f".{dest.name}.cache-{os.getpid()}")
-        try:
-            try:
-                os.link(src, tmp)
-            except OSError:
-                shutil.copyfile(src, tmp)
-            os.replace(tmp, dest)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        dest = os.fspath(dest)
+        link_or_copy_atomic(str(self.path(digest)), dest, prefix=f".{os.path.basename(dest)}.cache-")
         self.hits += 1
         return True
 
@@ -75,18 +65,7 @@ class BlobCache:
             return
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".add-", dir=target.parent)
-            os.close(fd)
-            try:
-                try:
-                    os.unlink(tmp)
-                    os.link(path, tmp)
-                except OSError:
-                    shutil.copyfile(path, tmp)
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            link_or_copy_atomic(os.fspath(path), str(target), prefix=".add-")
         except OSError:
             pass
 
@@ -96,10 +75,7 @@ class BlobCache:
             return
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".add-", dir=target.parent)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, target)
+            write_atomic(str(target), data, 0o600, prefix=".add-")
         except OSError:
             pass
 

@@ -15,7 +15,6 @@ import json
 import os
 import random
 import re
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -27,6 +26,7 @@ from urllib.parse import parse_qsl, urlencode, urljoin, urlparse, urlunparse
 import requests
 import requests.adapters
 
+from ..atomic import atomic_file
 from ..errors import AuthError, BlobNotFound, IntegrityError, RegistryError, UsageError
 from ..limits import MAX_OCI_MANIFEST, read_bounded
 from .auth import Authenticator, Credentials, resolve_verify
@@ -298,27 +298,20 @@ class RegistryClient:
                                    f"repository {ref.name}")
             if r.status_code != 200:
                 raise _unexpected(r, f"fetching blob {digest} from {ref.name}")
-            dest = os.fspath(dest)
-            fd, tmp = tempfile.mkstemp(prefix=".part-", dir=os.path.dirname(dest) or ".")
-            try:
-                h = hashlib.sha256()
-                got = 0
-                with os.fdopen(fd, "wb") as out:
-                    try:
-                        for chunk in r.iter_content(_CHUNK):
-                            h.update(chunk)
-                            got += len(chunk)
-                            out.write(chunk)
-                            if size is not None and got > size:
-                                break
-                    except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-                        raise TransientError(f"download of blob {digest} from registry "
-                                             f"{self.host} broke off: {_reason(exc)}") from exc
+            h = hashlib.sha256()
+            got = 0
+            with atomic_file(os.fspath(dest), 0o600, prefix=".part-") as out:
+                try:
+                    for chunk in r.iter_content(_CHUNK):
+                        h.update(chunk)
+                        got += len(chunk)
+                        out.write(chunk)
+                        if size is not None and got > size:
+                            break
+                except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+                    raise TransientError(f"download of blob {digest} from registry "
+                                         f"{self.host} broke off: {_reason(exc)}") from exc
                 _check_blob(ref, self.host, digest, "sha256:" + h.hexdigest(), got, size)
-                os.replace(tmp, dest)
-            except BaseException:
-                _unlink(tmp)
-                raise
 
     def _fetch_blob_bytes(self, ref: ImageReference, digest: str, size: int | None = None,
                          max_size: int = 64 << 20) -> bytes:
@@ -656,10 +649,3 @@ def _reason(exc: BaseException) -> str:
         if needle in text:
             return short
     return text.splitlines()[0][:200] if text else type(exc).__name__
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
