@@ -168,3 +168,33 @@ def test_the_graph_holds_real_edges():
     assert "bincache.install.stage" in GRAPH["bincache.api"]
     assert "bincache.install.plan" in GRAPH["bincache.install.stage"]
     assert any(_inside(m, "bincache.cli") for m in _importers("bincache.api"))
+
+
+def _probe(node: ast.AST) -> str | None:
+    """``hasattr(cache, ...)`` / ``getattr(x.cache, ...)`` / on a backend: the name probed."""
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+            and node.func.id in ("hasattr", "getattr") and node.args):
+        return None
+    target = node.args[0]
+    name = target.id if isinstance(target, ast.Name) else (
+        target.attr if isinstance(target, ast.Attribute) else None)
+    if name is not None and name.lstrip("_") in ("cache", "backend"):
+        return f"{node.func.id}({ast.unparse(target)}, ...)"
+    return None
+
+
+def test_caches_are_used_through_the_protocol_not_probed():
+    # mirror/base.py declares what every cache and backend has (docs/internals.md, "Mirrors").
+    found = []
+    for name, (path, _) in MODULES.items():
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), path)
+        found += [f"{name}:{n.lineno}: {p}" for n in ast.walk(tree) if (p := _probe(n))]
+    assert not found, "caches probed instead of declared: " + "; ".join(found)
+
+
+def test_the_probe_finder_finds_probes():
+    calls = [ast.parse(src).body[0].value for src in (
+        "hasattr(cache, 'update_index')", "getattr(plan.cache, 'url', None)",
+        "getattr(self._backend, 'root', None)", "getattr(options, 'jobs', 1)")]
+    assert [_probe(c) is not None for c in calls] == [True, True, True, False]
