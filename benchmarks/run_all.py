@@ -31,7 +31,7 @@ import bench_create  # noqa: E402
 import gen_tree  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results")
-OTHER_BENCHMARKS = ("bench_install", "bench_oci")
+OTHER_BENCHMARKS = ("bench_install", "bench_oci", "bench_dag")
 MARKER = ".bincache-bench-tree.json"
 
 

@@ -21,15 +21,16 @@ import shutil
 import struct
 import subprocess
 from dataclasses import dataclass
-
-from elftools.common.exceptions import ELFError
-from elftools.construct.core import ConstructError
-from elftools.elf.dynamic import DynamicSegment
-from elftools.elf.elffile import ELFFile
-from elftools.elf.gnuversions import GNUVerDefSection, GNUVerNeedSection
+from typing import TYPE_CHECKING
 
 from ..errors import RelocationError
 from . import elffast
+
+if TYPE_CHECKING:
+    from elftools.elf.dynamic import DynamicSegment
+    from elftools.elf.elffile import ELFFile
+# pyelftools is imported where it is used: most files are read by elffast, and importing it
+# costs ~60 ms of every command's start.
 
 ELF_MAGIC = b"\x7fELF"
 
@@ -96,6 +97,9 @@ def _file_offset(elf: ELFFile, vaddr: int) -> int:
 
 def _string_refs(elf: ELFFile, dyn: DynamicSegment) -> set[int]:
     """Every offset into ``.dynstr`` that something reads, as far as it can be found."""
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.gnuversions import GNUVerDefSection, GNUVerNeedSection
+
     refs: set[int] = set()
     for tag in dyn.iter_tags():
         if tag.entry.d_tag in _STRING_TAGS:
@@ -130,10 +134,16 @@ def _string_refs(elf: ELFFile, dyn: DynamicSegment) -> set[int]:
     return refs
 
 
-# What pyelftools raises on a malformed file besides ELFError (found by the fuzz test: sizes
-# past the end, impossible offsets, a header field of the wrong width...).
-_PARSE_ERRORS = (ELFError, ConstructError, ValueError, AssertionError, struct.error, KeyError,
-                 IndexError, AttributeError, TypeError, OverflowError, MemoryError)
+def _parse_errors() -> tuple[type[BaseException], ...]:
+    """What pyelftools raises on a malformed file besides ELFError (found by the fuzz test:
+    sizes past the end, impossible offsets, a header field of the wrong width...)."""
+    from elftools.common.exceptions import ELFError
+    from elftools.construct.core import ConstructError
+
+    return (ELFError, ConstructError, ValueError, AssertionError, struct.error, KeyError,
+            IndexError, AttributeError, TypeError, OverflowError, MemoryError)
+
+
 # No path field is longer than this; a header claiming more is not read whole.
 _MAX_FIELD = 1 << 20
 
@@ -147,6 +157,9 @@ def read_elf_strings(path: str) -> list[ElfString]:
     fast = elffast.read_fields(path)
     if fast is not None:
         return [ElfString(*f) for f in fast]
+    from elftools.elf.dynamic import DynamicSegment
+    from elftools.elf.elffile import ELFFile
+
     try:
         with open(path, "rb") as f:
             elf = ELFFile(f)
@@ -189,7 +202,7 @@ def read_elf_strings(path: str) -> list[ElfString]:
             return out
     except OSError as e:
         raise ElfFormatError(f"{path}: {e.strerror}") from None
-    except _PARSE_ERRORS as e:
+    except _parse_errors() as e:
         why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise ElfFormatError(f"{path}: not a valid ELF file ({why})") from None
 
@@ -197,6 +210,9 @@ def read_elf_strings(path: str) -> list[ElfString]:
 def unloaded_sections(path: str) -> list[tuple[int, int, str]]:
     """(start, end, name) file ranges of the sections the loader never maps (debug info,
     ``.comment``, symbol tables): a stale path there does not change what the program does."""
+    from elftools.elf.elffile import ELFFile
+
+    malformed = _parse_errors()
     try:
         with open(path, "rb") as f:
             out = []
@@ -207,7 +223,9 @@ def unloaded_sections(path: str) -> list[tuple[int, int, str]]:
                 if not h.sh_flags & 0x2:  # SHF_ALLOC
                     out.append((h.sh_offset, h.sh_offset + h.sh_size, sec.name))
             return out
-    except (OSError, *_PARSE_ERRORS):
+    except OSError:
+        return []
+    except malformed:
         return []
 
 
