@@ -280,11 +280,12 @@ def prune(mirrors: Sequence[str | MirrorRef] | str | MirrorRef, keep: Sequence[s
 
 def sync(source: str | MirrorRef, dest: str | MirrorRef, specs: Sequence[str] | str = (), *,
          only_package: bool = False, jobs: int = 4, update_index: bool = True,
-         planned: Any = None, copied: Any = None) -> Any:
-    """Copy packages (and their dependencies) between mirrors (layout v3, OCI), signatures as they
-    are; see :mod:`bincache.lifecycle.sync`."""
+         resign: str | None = None, planned: Any = None, copied: Any = None) -> Any:
+    """Copy packages (and their dependencies) between mirrors (layout v3, OCI; layout v2 as a
+    source), signatures as they are unless ``resign`` names a key; see
+    :mod:`bincache.lifecycle.sync`."""
     from .lifecycle.sync import sync as _sync
 
     return _sync(_mirror(source, "fetch"), _mirror(dest, "push"), _as_list(specs, "specs"),
                  only_package=only_package, jobs=jobs, update_dest_index=update_index,
-                 planned=planned, copied=copied)
+                 resign=resign, planned=planned, copied=copied)

@@ -90,7 +90,8 @@ def register(sub) -> None:
     p = sub.add_parser(
         "sync", help="copy packages from one mirror to another, signatures as they are",
         description="Copy SPECS (default: every package) and their dependencies from SRC to DST, "
-        "layout v3 mirrors (directory, s3; http as a source) or OCI registries: blobs the "
+        "layout v3 mirrors (directory, s3; http as a source), OCI registries, or from a layout "
+        "v2 cache (converted as migrate does; signed packages need --resign): blobs the "
         "destination has are not copied again (between repositories of one registry they are "
         "mounted), manifests are copied byte for byte (signed ones stay valid; in a registry a "
         "signed manifest goes along with the image as its signature), a layout v3 source's "
@@ -100,6 +101,9 @@ def register(sub) -> None:
     p.add_argument("dest", metavar="DST", help="mirror name, path or URL to copy to")
     p.add_argument("specs", nargs="*", help="specs to copy: name, name@version, /hash")
     p.add_argument("--only", choices=["package"], help="do not copy dependencies")
+    p.add_argument("--resign", metavar="KEY", help="verify each signed package against your "
+                   "trusted keys and sign the copy with KEY (a key of your keyring); needed "
+                   "for signed packages of a layout v2 source")
     p.add_argument("--no-update-index", dest="update_index", action="store_false",
                    help="leave the destination's index as it is")
     p.add_argument("-j", "--jobs", type=int, default=4, metavar="N", help="packages copied at once")
@@ -233,7 +237,7 @@ def cmd_sync(args) -> int:
     live = LiveStatus(False if args.json else None, unit=" packages")
     try:
         result = api.sync(args.source, args.dest, args.specs, only_package=args.only == "package",
-                          jobs=args.jobs, update_index=args.update_index,
+                          jobs=args.jobs, update_index=args.update_index, resign=args.resign,
                           planned=lambda n: live.plan(n, None),
                           copied=lambda s: live.finished(f"copied   {s.short()}"))
     finally:
@@ -245,7 +249,8 @@ def cmd_sync(args) -> int:
         print_json({"source": result.source, "dest": result.dest, "copied": specs(result.copied),
                     "present": specs(result.present), "blobs_copied": result.blobs_copied,
                     "bytes_copied": result.bytes_copied, "blobs_present": result.blobs_present,
-                    "blobs_mounted": result.blobs_mounted, "index_updated": result.index_updated,
+                    "blobs_mounted": result.blobs_mounted, "resigned": result.resigned,
+                    "index_updated": result.index_updated,
                     "requests": dict(sorted(result.requests.items()))})
         return 0
     if not live.enabled:

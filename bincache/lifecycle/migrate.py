@@ -175,13 +175,9 @@ def _write(v2: LayoutV2Cache, v3: LayoutV3Cache, plan: _Plan, signer, scratch: s
     elif _sha256_file(local) != rec.checksum:
         raise IntegrityError(f"{rec.path}: checksum mismatch: the tarball is not the one its "
                              "spec file names")
-    size = os.path.getsize(local)
-    doc.pop("binary_cache_checksum", None)
-    doc["archive_size"] = size
-    tar_rec = BlobRecord(size, MT_TARBALL, "gzip", rec.checksum)
+    tar_rec, spec_blob, spec_rec = v3_blobs(doc, rec.checksum, os.path.getsize(local))
     v3.put_blob_file(local, tar_rec)
-    spec_rec = v3.put_blob_bytes(gzip_bytes(json.dumps(doc, separators=(",", ":")).encode()),
-                                 MT_MIGRATED_SPEC, "gzip")
+    v3.put_blob_bytes(spec_blob, spec_rec.media_type, spec_rec.compression)
     body = manifest_bytes([tar_rec, spec_rec])
     fingerprint = None
     if plan.signed and signer is not None:
@@ -192,6 +188,16 @@ def _write(v2: LayoutV2Cache, v3: LayoutV3Cache, plan: _Plan, signer, scratch: s
         os.unlink(local)
     return MigratedPackage(root.name, root.version, root.hash, "migrated", plan.signed,
                            plan.v2_signer, fingerprint)
+
+
+def v3_blobs(doc: dict, tarball_sha256: str, size: int) -> tuple[BlobRecord, bytes, BlobRecord]:
+    """A v2 package's blobs in layout v3, from its verified spec file (a dict, changed here):
+    (tarball record, gzipped spec blob, spec record), as Spack 1.0 migrates them."""
+    doc.pop("binary_cache_checksum", None)
+    doc["archive_size"] = size
+    spec_blob = gzip_bytes(json.dumps(doc, separators=(",", ":")).encode())
+    spec_rec = BlobRecord(len(spec_blob), MT_MIGRATED_SPEC, "gzip", hashlib.sha256(spec_blob).hexdigest())
+    return BlobRecord(size, MT_TARBALL, "gzip", tarball_sha256), spec_blob, spec_rec
 
 
 def _delete_old(backend: ByteBackend) -> None:

@@ -21,9 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ..config import mask_url
-from ..errors import MirrorError, SpecError, UsageError
+from ..errors import BincacheError, MirrorError, SpecError, UsageError
 from ..index import update_index
 from ..mirror import open_cache
+from ..mirror.layout_v2 import LayoutV2Cache
 from ..mirror.layout_v3 import (
     LayoutV3Cache,
     clearsigned_payload,
@@ -35,6 +36,8 @@ from ..mirror.oci import OciCache
 from ..spec import matches
 from .catalog import closure, current_index
 from .sync_sides import Carried, DirSide, OciSide, diff_id, layer_of, specfile_bytes
+from .sync_v2 import V2Side
+from .sync_v2 import resign as resign_package
 
 
 @dataclass
@@ -47,18 +50,22 @@ class SyncResult:
     bytes_copied: int = 0
     blobs_present: int = 0
     blobs_mounted: int = 0
+    resigned: int = 0
     index_updated: bool = False
     requests: Counter = field(default_factory=Counter)  # registry requests by kind
 
 
-def _side(ref, role: str):
+def _side(ref, role: str, scratch: str, signer=None):
     cache = open_cache(ref)
     if isinstance(cache, OciCache):
         return OciSide(cache)
+    if isinstance(cache, LayoutV2Cache) and role == "source":
+        return V2Side(cache, scratch, signer)
     if not isinstance(cache, LayoutV3Cache):
-        hint = " (bincache migrate SRC DST copies a layout v2 cache)" if cache.kind == "layout-v2" else ""
-        raise UsageError(f"{mask_url(cache.url)}: sync copies between layout v3 mirrors and OCI "
-                         f"registries (http as a source); this {role} is neither{hint}")
+        hint = (" (bincache migrate converts a layout v2 cache in place)"
+                if isinstance(cache, LayoutV2Cache) else "")
+        raise UsageError(f"{mask_url(cache.url)}: sync writes layout v3 mirrors and OCI "
+                         f"registries; this {role} is neither{hint}")
     root = cache.backend.root
     if root is not None and os.path.exists(root) and not os.path.isdir(root):
         raise UsageError(f"{root} is a file, not a mirror directory; name a directory (or a "
@@ -163,40 +170,83 @@ def _select(idx, specs: list[str], only_package: bool) -> list:
 
 
 def sync(source, dest, specs: Sequence[str] = (), *, only_package: bool = False, jobs: int = 4,
-         update_dest_index: bool = True, planned=None, copied=None) -> SyncResult:
-    """``planned(n)`` is told how many packages are looked at, ``copied(spec)`` each one copied."""
-    src, dst = _side(source, "source"), _side(dest, "destination")
+         update_dest_index: bool = True, resign: str | None = None, planned=None,
+         copied=None) -> SyncResult:
+    """``planned(n)`` is told how many packages are looked at, ``copied(spec)`` each one copied.
+    ``resign``: a key of the local keyring that signs every signed package again (verified
+    first); without it signatures are carried byte for byte."""
+    signer = None
+    if resign is not None:
+        from ..signing import Signer
+
+        signer = Signer(resign)
+    scratch = tempfile.mkdtemp(prefix="bincache-sync-")
+    try:
+        return _sync(source, dest, list(specs), only_package, jobs, update_dest_index, signer,
+                     scratch, planned, copied)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _carry_all(pool, src, todo: list, signer) -> list[Carried]:
+    """Every package to copy, read (and re-signed) before anything is written: one that
+    cannot be read is reported and nothing is copied."""
+    def carry(spec):
+        try:
+            carried = src.carried(spec)
+            if signer is not None:
+                resign_package(carried, signer, f"{mask_url(src.url)} {spec.short()}")
+            return carried
+        except BincacheError as e:
+            return e
+
+    got = list(pool.map(carry, todo))
+    problems = [(s, e) for s, e in zip(todo, got) if isinstance(e, BincacheError)]
+    if problems:
+        (spec, first), more = problems[0], len(problems) - 1
+        text = str(first) if spec.hash[:7] in str(first) else f"{spec.short()}: {first}"
+        raise type(first)(f"{text}" + (f" (and {more} more)" if more else "")
+                          + "; nothing was copied")
+    return got
+
+
+def _sync(source, dest, specs, only_package, jobs, update_dest_index, signer, scratch,
+          planned, copied) -> SyncResult:
+    src = _side(source, "source", scratch, signer)
+    dst = _side(dest, "destination", scratch)
     if src.url == dst.url:
         raise UsageError("the source and the destination are the same mirror")
     idx = current_index(src.cache, jobs)
-    chosen = _select(idx, list(specs), only_package)
+    chosen = _select(idx, specs, only_package)
     result = SyncResult(mask_url(src.url), mask_url(dst.url))
-    dst.check_writable()
     if planned:
         planned(len(chosen))
-    scratch = tempfile.mkdtemp(prefix="bincache-sync-")
     copier = _Copier(src, dst, scratch, result)
     workers = max(1, jobs)
-    try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            there = list(pool.map(dst.has, chosen))
-            result.present = [s for s, t in zip(chosen, there) if t]
-            todo = list(pool.map(src.carried, [s for s, t in zip(chosen, there) if not t]))
-            list(pool.map(copier.package, todo))
-            # Commit points last, once every blob of the run is in (an image names its
-            # dependencies' layers).
-            layers = {c.spec.hash: layer_of(c) for c in todo if c.diff_id}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        there = list(pool.map(dst.has, chosen))
+        result.present = [s for s, t in zip(chosen, there) if t]
+        todo = _carry_all(pool, src, [s for s, t in zip(chosen, there) if not t], signer)
+        if todo:
+            dst.check_writable()
+        list(pool.map(copier.package, todo))
+        # Commit points last, once every blob of the run is in (an image names its
+        # dependencies' layers).
+        layers = {c.spec.hash: layer_of(c) for c in todo if c.diff_id}
 
-            def commit(carried: Carried) -> None:
-                dst.commit(carried, layers)
-                if copied:
-                    copied(carried.spec)
+        def commit(carried: Carried) -> None:
+            dst.commit(carried, layers)
+            if copied:
+                copied(carried.spec)
 
-            list(pool.map(commit, todo))
-        result.copied = [c.spec for c in todo]
-        dst.finish(src, todo, copier.manifest)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        list(pool.map(commit, todo))
+    result.copied = [c.spec for c in todo]
+    result.resigned = sum(c.resigned for c in todo)
+    dst.finish(src, todo, copier.manifest)
+    if signer is not None and result.resigned and isinstance(dst, DirSide):
+        from ..mirror.keys import publish_keys
+
+        publish_keys(dst.cache, [signer.fingerprint])
     if update_dest_index:
         update_index(dst.cache, jobs=jobs)
         result.index_updated = True

@@ -47,6 +47,7 @@ class Carried:
     signature: FetchedManifest | None = None
     specfile: bytes | None = None  # for an image made here: the spec file, uncompressed
     diff_id: str | None = None  # ... and the tarball's uncompressed digest
+    resigned: bool = False  # `raw` was signed by this run (--resign, or a converted v2 package)
 
     @property
     def tarball(self) -> BlobRecord:
@@ -233,7 +234,12 @@ class OciSide:
         """The signature artifact (if any), then the image under the package's tag."""
         tag = self.cache.tag_ref(carried.spec.name, carried.spec.version, carried.spec.hash)
         if carried.image is not None:
-            if carried.signature is not None:
+            if carried.resigned:
+                spec_rec = carried.spec_record
+                config = carried.image.json()["config"]["digest"]
+                self.cache.publish_signature(carried.image, carried.raw, [] if _digest(spec_rec) == config else [
+                    Descriptor(spec_rec.media_type, _digest(spec_rec), spec_rec.content_length)])
+            elif carried.signature is not None:
                 self._put_signature_manifest(carried.image, carried.signature)
             self.client.put_manifest(tag, carried.image.data, carried.image.media_type)
             return
