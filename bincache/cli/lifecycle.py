@@ -69,10 +69,13 @@ def register(sub) -> None:
     p = sub.add_parser(
         "prune", help="delete what no root needs (mark and sweep; a dry run unless --yes)",
         description="Keep every package reachable from the roots through its dependencies and "
-        "delete the rest: manifests first, then blobs no remaining manifest names, except blobs "
-        "younger than --grace (a push running meanwhile keeps its uploads). Roots: specs "
-        "(name, name@version, /hash), files of hashes, spack.lock files, --keep-newest N. "
-        "With -m, several mirrors at once, roots from all of them. Directory mirrors (layout v3).")
+        "delete the rest: manifests first, then blobs no remaining manifest names. Nothing "
+        "younger than --grace is deleted (a push running meanwhile keeps its uploads, and "
+        "packages pushed that recently count as roots). Roots: specs (name, name@version, "
+        "/hash), files of hashes, spack.lock files, --keep-newest N. With -m, several mirrors "
+        "at once, roots from all of them. Layout v3 mirrors (directory, s3) and OCI registries "
+        "(their delete API; a registry that refuses deletes is said before anything changes; "
+        "a registry tells no ages, so there --grace cannot apply).")
     p.add_argument("mirror", nargs="?", help="mirror path (or -m, repeatable)")
     p.add_argument("-m", "--mirror", dest="mirrors", action="append", default=[], metavar="M",
                    help="a mirror to prune (repeatable)")
@@ -81,7 +84,7 @@ def register(sub) -> None:
     p.add_argument("--keep-newest", type=int, default=0, metavar="N",
                    help="also keep the N most recently pushed packages of each name")
     p.add_argument("--grace", type=float, default=3600.0, metavar="SECONDS",
-                   help="never delete blobs younger than this (default 3600)")
+                   help="never delete blobs or packages younger than this (default 3600)")
     p.add_argument("-y", "--yes", action="store_true", help="delete (default: only list)")
     p.add_argument("-j", "--jobs", type=int, default=8, metavar="N", help="manifests read at once")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
@@ -213,6 +216,7 @@ def cmd_prune(args) -> int:
     if args.json:
         print_json({"dry_run": result.dry_run,
                     "roots": [{"name": s.name, "version": s.version, "hash": s.hash} for s in result.roots],
+                    "young": [s.hash for s in result.young],
                     "mirrors": [{"url": m.url,
                                  "kept": [s.hash for s in m.kept], "deleted": [s.hash for s in m.deleted],
                                  "blobs_deleted": m.blobs_deleted, "bytes_freed": m.bytes_freed,
@@ -225,7 +229,9 @@ def cmd_prune(args) -> int:
         young = f"; {m.blobs_young} unreferenced blobs kept, younger than --grace" if m.blobs_young else ""
         print(f"{m.url}: {len(m.kept)} kept, {len(m.deleted)} {verb}; {m.blobs_deleted} blobs "
               f"({human_size(m.bytes_freed)}) {verb}{young}")
-    print(f"{len(result.roots)} roots")
+    print(f"{len(result.roots)} roots"
+          + (f", and {len(result.young)} packages pushed within --grace kept as roots"
+             if result.young else ""))
     if result.dry_run:
         print("dry run: nothing deleted; add --yes to delete")
     return 0

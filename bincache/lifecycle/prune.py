@@ -5,10 +5,14 @@ mirrors' indexes, brought up to date first) is kept. Roots are specs matched in 
 (``name``, ``name@version``, ``/hash``), files listing hashes, Spack environment lockfiles
 (``spack.lock``), and the N newest packages of each name. Sweep: the manifests of the other
 packages are deleted first, then each blob that no remaining manifest names (spec, index and
-key manifests alike). A blob younger than the grace period is never deleted: a push writes its
-blobs before its manifest, so a push running during the prune keeps what it uploaded.
+key manifests alike). Nothing younger than the grace period is deleted: a push writes its
+blobs before its manifest, so a push running during the prune keeps what it uploaded, and a
+package whose manifest is that young is kept as a root (with its dependencies). A registry
+tells no ages: there only the re-reading of every manifest before blobs are unlinked protects
+a concurrent push.
 
-Directory mirrors in layout v3 only, for now; other kinds are refused by name.
+Layout v3 mirrors (directory, s3) and OCI registries (see :mod:`.prune_stores`); a registry
+that refuses deletes is said before anything changes.
 """
 
 from __future__ import annotations
@@ -16,25 +20,20 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from ..config import mask_url
-from ..errors import BincacheError, MirrorError, SpecError, UsageError
+from ..errors import MirrorError, SpecError, UsageError
 from ..index import update_index
 from ..mirror import open_cache
-from ..mirror.layout_v3 import (
-    BlobRecord,
-    LayoutV3Cache,
-    clearsigned_payload,
-    is_clearsigned,
-)
+from ..mirror.layout_v2 import LayoutV2Cache
+from ..mirror.layout_v3 import LayoutV3Cache
+from ..mirror.oci import OciCache
 from ..spec import Spec, matches
 from .catalog import closure, current_index
+from .prune_stores import store_of
 
 DEFAULT_GRACE = 3600.0
-BLOBS = "blobs"
-MANIFESTS = "v3/manifests"
 
 
 @dataclass
@@ -52,16 +51,19 @@ class PruneResult:
     mirrors: list[PrunedMirror]
     roots: list  # Spec
     dry_run: bool
+    young: list = field(default_factory=list)  # Spec: kept as roots, pushed within the grace
 
 
-def _cache(ref) -> LayoutV3Cache:
+def _cache(ref):
     cache = open_cache(ref)
-    if not isinstance(cache, LayoutV3Cache) or cache.backend.root is None:
-        kind = "a layout v2 cache" if cache.kind == "layout-v2" else "this kind of mirror"
-        raise UsageError(f"{mask_url(cache.url)}: prune works on layout v3 directory mirrors; "
-                         f"{kind} is not pruned yet")
+    if isinstance(cache, OciCache):
+        return cache
+    if not isinstance(cache, LayoutV3Cache):
+        kind = "a layout v2 cache" if isinstance(cache, LayoutV2Cache) else "this kind of mirror"
+        raise UsageError(f"{mask_url(cache.url)}: prune works on layout v3 mirrors (directory, "
+                         f"s3) and OCI registries; {kind} is not pruned (migrate it first)")
     root = cache.backend.root
-    if not os.path.isdir(root):
+    if root is not None and not os.path.isdir(root):
         if os.path.exists(root):
             raise UsageError(f"{root} is a file, not a mirror directory")
         raise MirrorError(f"no mirror at {root} (the directory does not exist)")
@@ -134,39 +136,6 @@ def select_roots(keep: list[str], packages: dict[str, Spec], newest: int,
     return sorted(roots.values(), key=lambda s: (s.name, s.version, s.hash))
 
 
-def _names(cache: LayoutV3Cache, rel: str) -> set[str]:
-    """The blob paths one manifest names. A manifest that cannot be read stops the prune: the
-    blobs it names are unknown, so no blob could be deleted safely."""
-    try:
-        raw = cache.backend.read(rel)
-        payload = clearsigned_payload(raw) if is_clearsigned(raw) else raw
-        data = json.loads(payload)["data"]
-    except (BincacheError, ValueError, KeyError, TypeError) as e:
-        raise MirrorError(f"{rel}: unreadable manifest ({e}); no blob was deleted: fix or "
-                          "remove it and run again") from None
-    names = set()
-    for d in data if isinstance(data, list) else []:
-        try:
-            names.add(BlobRecord.from_dict(d).path)
-        except BincacheError:
-            continue  # a record bincache cannot name a path for names no blob of ours
-    return names
-
-
-def _manifest_blobs(cache: LayoutV3Cache, skip: AbstractSet[str] = frozenset()) -> set[str]:
-    """Every blob path the mirror's manifests name (spec, index and key manifests alike)."""
-    referenced: set[str] = set()
-    for rel in cache.backend.list(MANIFESTS):
-        if rel not in skip:
-            referenced |= _names(cache, rel)
-    return referenced
-
-
-def _mtime(cache: LayoutV3Cache, spec) -> float:
-    path = cache.backend.local_path(cache.manifest_path(spec.name, spec.version, spec.hash))
-    return os.stat(path).st_mtime if path else 0.0
-
-
 def prune(mirrors: list, keep: list[str], *, newest: int = 0, yes: bool = False,
           grace: float = DEFAULT_GRACE, jobs: int = 8) -> PruneResult:
     """Keep what the roots reach in every mirror; delete the rest when ``yes``."""
@@ -175,87 +144,76 @@ def prune(mirrors: list, keep: list[str], *, newest: int = 0, yes: bool = False,
                          "roots would delete everything")
     if grace < 0:
         raise UsageError("--grace takes a number of seconds >= 0")
-    caches = [_cache(ref) for ref in mirrors]
-    indexes = [update_index(c, jobs=jobs)[0] if yes else current_index(c, jobs) for c in caches]
-    packages: dict[str, Spec] = {}
-    nodes: dict[str, Spec] = {}
+    stores = [store_of(_cache(ref)) for ref in mirrors]
+    indexes = [current_index(st.cache, jobs) for st in stores]
+    packages: dict[str, object] = {}
+    nodes: dict[str, object] = {}
     pushed: dict[str, float] = {}
-    for cache, idx in zip(caches, indexes):
+    for st, idx in zip(stores, indexes):
+        times = st.push_times()
         for h, e in idx.entries.items():
             nodes.setdefault(h, e.spec)
         for e in idx.packages():
             packages.setdefault(e.spec.hash, e.spec)
-            pushed[e.spec.hash] = max(pushed.get(e.spec.hash, 0.0), _mtime(cache, e.spec))
+            pushed[e.spec.hash] = max(pushed.get(e.spec.hash, 0.0), times.get(e.spec.hash, 0.0))
     roots = select_roots(keep, packages, newest, pushed)
-    kept = closure(roots, nodes)
-    result = PruneResult([], roots, not yes)
-    for cache, idx in zip(caches, indexes):
-        out = PrunedMirror(mask_url(cache.url))
+    # A package pushed within the grace period is a root too: a push running now is not
+    # undone, and neither are the dependencies its packages need.
+    now = time.time()
+    named = {r.hash for r in roots}
+    young = sorted((packages[h] for h, t in pushed.items()
+                    if t and now - t < grace and h not in named and h in packages),
+                   key=lambda s: (s.name, s.version, s.hash))
+    kept = closure(roots + young, nodes)
+    result = PruneResult([], roots, not yes, young)
+    outs = []
+    for st, idx in zip(stores, indexes):
+        out = PrunedMirror(mask_url(st.url))
         for e in idx.packages():
             (out.kept if e.spec.hash in kept else out.deleted).append(e.spec)
+        outs.append(out)
+    if yes:
+        for st in stores:  # a mirror that refuses deletes is said before any mirror changes
+            st.check_deletable()
+    for st, out in zip(stores, outs):
         if yes:
-            _sweep(cache, out, grace, jobs)
+            _sweep(st, out, grace, jobs)
         else:
-            _count_blobs(cache, out, grace)
+            _count_blobs(st, out, grace)
         result.mirrors.append(out)
     return result
 
 
-def _blob_files(cache: LayoutV3Cache) -> list[tuple[str, float, int]]:
-    out = []
-    for rel in cache.backend.list(BLOBS):
-        path = cache.backend.local_path(rel)
-        if path is None:
-            continue
-        st = os.stat(path)
-        out.append((rel, st.st_mtime, st.st_size))
-    return out
-
-
-def _count_blobs(cache: LayoutV3Cache, out: PrunedMirror, grace: float) -> None:
+def _count_blobs(store, out: PrunedMirror, grace: float) -> None:
     """What a real run would free: blobs named only by the manifests it deletes."""
-    doomed = {cache.manifest_path(s.name, s.version, s.hash) for s in out.deleted}
-    still = _manifest_blobs(cache, doomed)
+    still = store.referenced(out.deleted)
     now = time.time()
-    for rel, mtime, size in _blob_files(cache):
+    for rel, mtime, size in store.candidates(out.deleted):
         if rel in still:
             continue
-        if now - mtime < grace:
+        if mtime is not None and now - mtime < grace:
             out.blobs_young += 1
         else:
             out.blobs_deleted += 1
             out.bytes_freed += size
 
 
-def _sweep(cache: LayoutV3Cache, out: PrunedMirror, grace: float, jobs: int) -> None:
-    doomed = {cache.manifest_path(s.name, s.version, s.hash) for s in out.deleted}
-    _manifest_blobs(cache, doomed)  # every manifest must be readable, before any delete
+def _sweep(store, out: PrunedMirror, grace: float, jobs: int) -> None:
+    store.referenced(out.deleted)  # every manifest must be readable, before any delete
     # Manifests first: a reader never finds a manifest whose blobs are gone.
-    for s in out.deleted:
-        cache.backend.delete(cache.manifest_path(s.name, s.version, s.hash))
-        _rmdir_empty(cache, f"v3/manifests/spec/{s.name}")
-    update_index(cache, jobs=jobs)
-    blobs = _blob_files(cache)
+    store.delete_packages(out.deleted)
+    update_index(store.cache, jobs=jobs)
+    blobs = store.candidates(out.deleted)
     # Read after the blobs were listed: a push that landed meanwhile, naming a blob that was
     # already there, is seen (a newer blob is protected by the grace period).
-    referenced = _manifest_blobs(cache)
+    referenced = store.referenced()
     now = time.time()
     for rel, mtime, size in blobs:
         if rel in referenced:
             continue
-        if now - mtime < grace:
+        if mtime is not None and now - mtime < grace:
             out.blobs_young += 1
             continue
-        cache.backend.delete(rel)
+        store.delete_blob(rel)
         out.blobs_deleted += 1
         out.bytes_freed += size
-
-
-def _rmdir_empty(cache: LayoutV3Cache, rel: str) -> None:
-    root = cache.backend.root
-    assert root is not None  # prune takes directory mirrors only (_cache)
-    path = os.path.join(root, *rel.split("/"))
-    try:
-        os.rmdir(path)
-    except OSError:
-        pass

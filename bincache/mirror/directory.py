@@ -109,6 +109,18 @@ class DirectoryBackend:
                 out.append(os.path.relpath(full, self.root).replace(os.sep, "/"))
         return out
 
+    def list_stat(self, rel_dir: str) -> list[tuple[str, float, int]]:
+        """(path, modification time, size) of the files below a directory, sorted by path;
+        a file removed while listing is left out."""
+        out = []
+        for rel in self.list(rel_dir):
+            try:
+                st = os.stat(self._path(rel))
+            except FileNotFoundError:
+                continue
+            out.append((rel, st.st_mtime, st.st_size))
+        return out
+
     def delete(self, rel: str) -> None:
         _unlink(self._path(rel))
 

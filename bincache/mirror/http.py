@@ -86,5 +86,8 @@ class HttpBackend:
     def list(self, rel_dir: str) -> list[str]:
         raise MirrorError(f"{self.url}: an http mirror cannot be listed; it needs an index (bincache update-index)")
 
+    def list_stat(self, rel_dir: str) -> list[tuple[str, float, int]]:
+        return [(rel, 0.0, 0) for rel in self.list(rel_dir)]
+
     def delete(self, rel: str) -> None:
         self.check_writable()

@@ -237,13 +237,18 @@ class S3Backend:
             raise self._fail("delete", rel, e) from None
 
     def list(self, rel_dir: str) -> list[str]:
+        return [rel for rel, _, _ in self.list_stat(rel_dir)]
+
+    def list_stat(self, rel_dir: str) -> list[tuple[str, float, int]]:
+        """(path, modification time, size) of the objects below a prefix, sorted by path."""
         prefix = self._key(rel_dir).rstrip("/") + "/"
         out = []
         try:
             for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
                 for obj in page.get("Contents", []):
                     key = obj["Key"]
-                    out.append(key[len(self.base) + 1:] if self.base else key)
+                    out.append((key[len(self.base) + 1:] if self.base else key,
+                                obj["LastModified"].timestamp(), int(obj["Size"])))
         except (ClientError, BotoCoreError) as e:
             raise self._fail("list", rel_dir, e) from None
         return sorted(out)

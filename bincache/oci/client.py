@@ -559,7 +559,33 @@ class RegistryClient:
                 if artifact_type is None or m.get("artifactType") == artifact_type]
 
     # Each operation is retried as a whole, added here once.
+    # --- deletes (a registry may refuse them: distribution's storage.delete.enabled) ------
+    def _delete(self, ref: ImageReference, url: str, what: str) -> bool:
+        """DELETE a manifest or a blob link; False when it is not there. A registry that does
+        not allow deletes is a RegistryError that says so."""
+        r = self._request("DELETE", url, kind=what, scope=(f"repository:{ref.name}:delete",))
+        r.close()
+        if r.status_code in (200, 202, 204):
+            return True
+        if r.status_code == 404:
+            return False
+        if r.status_code == 405:
+            raise RegistryError(f"registry {self.host} does not allow deletes (HTTP 405 to DELETE "
+                                f"{urlparse(url).path}); ask its administrator to enable them "
+                                "(docker-registry: storage: delete: enabled: true)")
+        raise _unexpected(r, f"deleting {what} {urlparse(url).path}")
+
+    def _delete_manifest(self, ref: ImageReference, digest: str) -> bool:
+        """Delete the manifest `digest` (and every tag naming it) from `ref`'s repository."""
+        return self._delete(ref, ref.with_digest(digest).manifest_url(), "manifest")
+
+    def _delete_blob(self, ref: ImageReference, digest: str) -> bool:
+        """Unlink a blob from `ref`'s repository (the registry's garbage collector frees it)."""
+        return self._delete(ref, ref.blob_url(digest), "blob")
+
     ping = retrying(_ping)
+    delete_manifest = retrying(_delete_manifest)
+    delete_blob = retrying(_delete_blob)
     blob_exists = retrying(_blob_exists)
     fetch_blob = retrying(_fetch_blob)
     fetch_blob_bytes = retrying(_fetch_blob_bytes)

@@ -31,25 +31,31 @@ def reference_closure(deps: dict[str, list[str]], roots: list[str]) -> set[str]:
     return keep
 
 
+def register_dag(root, names: list[str], rng: random.Random, max_deps: int, lines: int
+                 ) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Register one prefix per name, each depending on up to `max_deps` earlier ones (seeded):
+    (name -> dependency names, name -> hash)."""
+    deps: dict[str, list[str]] = {}
+    prefixes: dict[str, str] = {}
+    hashes: dict[str, str] = {}
+    for name in names:
+        prefix = root / "opt" / name
+        (prefix / "share").mkdir(parents=True)
+        # Every package's own bytes, so every tarball is a blob of its own.
+        (prefix / "share" / "data.txt").write_text(f"{name} {rng.random()}\n" * lines)
+        deps[name] = sorted(rng.sample(sorted(prefixes), k=min(len(prefixes), rng.randint(0, max_deps))))
+        inst = api.register(str(prefix), name, "1.0", deps=[prefixes[d] for d in deps[name]], root=str(root))
+        prefixes[name] = str(prefix)
+        hashes[name] = inst.hash
+    return deps, hashes
+
+
 @pytest.fixture(scope="module")
 def pushed(tmp_path_factory):
     """200 registered prefixes, each depending on up to 3 earlier ones (seeded), pushed."""
     base = tmp_path_factory.mktemp("prune")
     root = base / "root"
-    rng = random.Random(13)
-    deps: dict[str, list[str]] = {}
-    prefixes: dict[str, str] = {}
-    hashes: dict[str, str] = {}
-    for i in range(N):
-        name = f"pkg{i:03d}"
-        prefix = root / "opt" / name
-        (prefix / "share").mkdir(parents=True)
-        # Every package's own bytes, so every tarball is a blob of its own.
-        (prefix / "share" / "data.txt").write_text(f"{name} {rng.random()}\n" * 20)
-        deps[name] = sorted(rng.sample(sorted(prefixes), k=min(len(prefixes), rng.randint(0, 3))))
-        inst = api.register(str(prefix), name, "1.0", deps=[prefixes[d] for d in deps[name]], root=str(root))
-        prefixes[name] = str(prefix)
-        hashes[name] = inst.hash
+    deps, hashes = register_dag(root, [f"pkg{i:03d}" for i in range(N)], random.Random(13), 3, 20)
     mirror = base / "mirror"
     result = api.push(str(mirror), root=str(root), signed=False, jobs=4, update_index=True)
     assert len(result.pushed) == N
@@ -111,6 +117,10 @@ def test_three_roots_keep_exactly_their_closures(pushed, tmp_path):
 def test_young_blobs_survive_the_grace_period_and_a_spack_lock_is_a_root(pushed, tmp_path):
     mirror = tmp_path / "mirror"
     shutil.copytree(pushed["mirror"], mirror)  # copies are fresh: every blob is seconds old
+    past = time.time() - 7200  # the packages were pushed long ago (young ones would be roots)
+    for d, _, files in os.walk(mirror / "v3" / "manifests" / "spec"):
+        for f in files:
+            os.utime(os.path.join(d, f), (past, past))
     h = pushed["hashes"]
     lock = tmp_path / "spack.lock"
     lock.write_text(json.dumps({"_meta": {"lockfile-version": 5},
