@@ -127,6 +127,9 @@ def test_a_registry_that_refuses_deletes_changes_nothing(small, tmp_path):
         assert "does not allow deletes" in r.stderr and "nothing was deleted" in r.stderr
         assert "Traceback" not in r.stderr
         assert registry_state(reg, "nodelete/cache") == before
+        r = run_cli("prune", url, "--keep", "p15", "nosuch", "--yes")
+        assert r.returncode == 1 and r.stderr == 'error: root "nosuch" is not in the mirror; nothing was deleted\n'
+        assert registry_state(reg, "nodelete/cache") == before
         again = requests.head(f"{reg.http_url}/v2/nodelete/cache/manifests/index.spack", timeout=10,
                               headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
         assert again.headers["Docker-Content-Digest"] == index.headers["Docker-Content-Digest"]
