@@ -35,7 +35,15 @@ from ..mirror.layout_v3 import (
 from ..mirror.oci import OciCache
 from ..spec import matches
 from .catalog import closure, current_index
-from .sync_sides import Carried, DirSide, OciSide, diff_id, layer_of, specfile_bytes
+from .sync_sides import (
+    Carried,
+    DirSide,
+    OciSide,
+    layer_facts,
+    layer_of,
+    own_specfile,
+    specfile_bytes,
+)
 from .sync_v2 import V2Side
 from .sync_v2 import resign as resign_package
 
@@ -82,9 +90,9 @@ class _Copier:
         self.done: set[str] = set()
         self.mountable = isinstance(dst, OciSide) and dst.same_registry(src)
 
-    def blob(self, rec, want_diff_id: bool = False) -> str | None:
-        """Copy one blob unless the destination has it; its diff_id when asked (a tarball that
-        becomes an image layer)."""
+    def blob(self, rec, want_diff_id: bool = False) -> tuple[str, bytes | None] | None:
+        """Copy one blob unless the destination has it; its :func:`layer_facts` when asked (a
+        tarball that becomes an image layer)."""
         with self.lock:
             first = rec.path not in self.done
             self.done.add(rec.path)
@@ -110,7 +118,7 @@ class _Copier:
             else:
                 path = tmp = os.path.join(self.scratch, rec.checksum + f".{threading.get_ident()}")
                 self.src.fetch_blob(rec, tmp)  # checked against the record
-            found = diff_id(path) if want_diff_id else None
+            found = layer_facts(path) if want_diff_id else None
             self.dst.put_blob(rec, path)
         finally:
             if tmp is not None and os.path.exists(tmp):
@@ -120,28 +128,33 @@ class _Copier:
             self.result.bytes_copied += rec.content_length
         return found
 
-    def _diff_id_at_source(self, rec) -> str:
+    def _diff_id_at_source(self, rec) -> tuple[str, bytes | None]:
         local = self.src.local_path(rec)
         if local is not None:
-            return diff_id(local)
+            return layer_facts(local)
         tmp = os.path.join(self.scratch, rec.checksum + f".{threading.get_ident()}")
         try:
             self.src.fetch_blob(rec, tmp)
-            return diff_id(tmp)
+            return layer_facts(tmp)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
     def package(self, carried: Carried) -> None:
         """Every blob the destination's copy of the package names."""
+        tar_spec = None
         for rec in self.dst.blobs_for(carried):
             if self.dst.wants_image(carried) and rec == carried.tarball:
-                carried.diff_id = self.blob(rec, want_diff_id=True)
+                carried.diff_id, tar_spec = self.blob(rec, want_diff_id=True)
             else:
                 self.blob(rec)
         if self.dst.wants_image(carried):
+            # The image config holds the spec file the package was built with (a layout v3
+            # cache holds it converted to v5, which Spack 0.2x cannot read from a registry);
+            # install takes the signed spec blob, not the config, when the package is signed.
             rec = carried.spec_record
-            carried.specfile = specfile_bytes(self.src.read_blob(rec), rec)
+            carried.specfile = (own_specfile(tar_spec, carried.spec)
+                                or specfile_bytes(self.src.read_blob(rec), rec))
 
     def manifest(self, rel: str, raw: bytes) -> None:
         """A key manifest of a layout v3 mirror: its blobs, then itself."""

@@ -12,12 +12,15 @@ image and its signature artifact are copied byte for byte.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import logging
+import tarfile
 import zlib
 from dataclasses import dataclass
 
 from ..errors import BincacheError, BlobNotFound, MirrorError
+from ..limits import MAX_SPECFILE
 from ..mirror.layout_v3 import (
     LAYOUT_JSON,
     MT_SPEC_PREFIX,
@@ -45,7 +48,7 @@ class Carried:
     records: list[BlobRecord]
     image: FetchedManifest | None = None  # from a registry: copied as it is to another one
     signature: FetchedManifest | None = None
-    specfile: bytes | None = None  # for an image made here: the spec file, uncompressed
+    specfile: bytes | None = None  # for an image made here: its config's spec file
     diff_id: str | None = None  # ... and the tarball's uncompressed digest
     resigned: bool = False  # `raw` was signed by this run (--resign, or a converted v2 package)
 
@@ -71,19 +74,48 @@ def _digest(rec: BlobRecord) -> str:
     return f"{rec.checksum_algorithm}:{rec.checksum}"
 
 
-def diff_id(path: str) -> str:
-    """The sha256 of a gzip file's uncompressed bytes (an image layer's diff_id), streamed."""
-    h = hashlib.sha256()
-    d = zlib.decompressobj(31)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            while chunk:
-                h.update(d.decompress(chunk))
-                if not d.eof:
-                    break
-                chunk = d.unused_data  # the next gzip member
-                d = zlib.decompressobj(31)
-    return "sha256:" + h.hexdigest()
+class _Hashing:
+    """A read-only stream that hashes what passes through it."""
+
+    def __init__(self, f):
+        self.f, self.h = f, hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.h.update(data)
+        return data
+
+
+def layer_facts(path: str) -> tuple[str, bytes | None]:
+    """(diff_id, the package's own spec file) of a package tarball, in one streamed pass: the
+    sha256 of the uncompressed tar (an image layer's diff_id) and ``<prefix>/.spack/spec.json``
+    (the shallowest one; read into memory, bounded, never extracted)."""
+    found: tuple[int, bytes] | None = None
+    with open(path, "rb") as raw, gzip.GzipFile(fileobj=raw) as gz:
+        stream = _Hashing(gz)
+        try:
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                for m in tar:
+                    depth = m.name.count("/")
+                    if (m.isfile() and m.name.endswith(".spack/spec.json") and m.size <= MAX_SPECFILE
+                            and (found is None or depth < found[0])):
+                        found = (depth, tar.extractfile(m).read())
+        except (tarfile.TarError, EOFError, zlib.error, OSError):
+            found = None  # not a tarball we can read: the layer still gets its digest
+        while stream.read(1 << 20):
+            pass
+    return "sha256:" + stream.h.hexdigest(), (found[1] if found else None)
+
+
+def own_specfile(data: bytes | None, spec) -> bytes | None:
+    """The tarball's spec file when it describes `spec` (the format the package was built
+    with, which every Spack that reads the registry reads), else None."""
+    if data is None:
+        return None
+    try:
+        return data if parse_specfile(data, "the tarball's spec file")[0].hash == spec.hash else None
+    except BincacheError:
+        return None
 
 
 class DirSide:
@@ -290,4 +322,4 @@ def layer_of(carried: Carried) -> img.Layer:
     return img.Layer(_digest(carried.tarball), carried.diff_id, carried.tarball.content_length)
 
 
-__all__ = ["Carried", "DirSide", "OciSide", "diff_id", "layer_of", "specfile_bytes"]
+__all__ = ["Carried", "DirSide", "OciSide", "layer_facts", "layer_of", "own_specfile", "specfile_bytes"]

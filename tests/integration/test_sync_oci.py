@@ -6,6 +6,7 @@ of one registry blobs are mounted; reruns after an interruption copy only what i
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -187,3 +188,30 @@ def test_bad_destinations_change_nothing(signed_stack, registry_http, tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1
     tags = requests.get(f"{registry_http.http_url}/v2/bad/dest/tags/list", timeout=10)
     assert tags.status_code == 404 or not tags.json().get("tags")
+
+
+@pytest.mark.spack
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("BINCACHE_SPACK"), reason="BINCACHE_SPACK does not name a spack executable")
+def test_spack_installs_what_sync_put_into_a_registry(tmp_path, cli):
+    """A signed directory mirror synced into a registry: Spack 0.23 lists it and installs it
+    (unsigned, as Spack reads every OCI cache), and the program runs from Spack's store."""
+    from tests.fixtures.registry import start_registry
+    from tests.integration.test_spack_live import Spack, assert_installed_and_runs, assert_listed
+
+    spack = Spack(str(tmp_path / "spack"))
+    reg = start_registry(tmp_path / "registry", "tls-anonymous")
+    try:
+        platform, os_name, _ = spack("arch").stdout.strip().split("-")
+        stack = build_registered_stack(str(tmp_path / "build"), cli, arch=f"{platform}-{os_name}-x86_64")
+        cli("keys", "create", "Builder", "b@example.com", check=True)
+        origin = tmp_path / "origin"
+        cli("--root", stack.root, "create", str(origin), "--rebuild-index", check=True)
+        url = f"{reg.url}/spack/synced"
+        sync(str(origin), url, env=reg.env())
+        spack.configure(url, ssl_certs=str(reg.ca_file))
+        assert_listed(spack, stack)
+        assert_installed_and_runs(spack, stack, "--no-check-signature")
+    finally:
+        reg.stop()
+        spack.close()
