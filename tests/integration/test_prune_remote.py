@@ -155,7 +155,7 @@ def test_a_push_running_during_the_prune_loses_nothing(pushed, tmp_path):
         api.register(str(prefix), f"late{i:02d}", "1.0", root=str(root))
     env = dict(os.environ, PYTHONPATH=REPO)
     push = subprocess.Popen([sys.executable, "-m", "bincache", "--root", str(root), "create",
-                             "--unsigned", "-j", "1", str(mirror)], env=env,
+                             "--unsigned", "-j", "1", "--rebuild-index", str(mirror)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     spec_dir = mirror / "v3" / "manifests" / "spec"
     deadline = time.time() + 60

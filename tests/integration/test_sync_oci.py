@@ -215,3 +215,24 @@ def test_spack_installs_what_sync_put_into_a_registry(tmp_path, cli):
     finally:
         reg.stop()
         spack.close()
+
+
+def test_between_two_registries_blobs_are_downloaded_and_uploaded_once(signed_stack, registry_http,
+                                                                       registry_factory, tmp_path):
+    stack, origin = signed_stack
+    other = registry_factory("http")
+    a, b = f"{registry_http.url}/cross/a", f"{other.url}/cross/b"
+    sync(str(origin), a)
+    moved = sync(a, b)
+    assert sorted(s["name"] for s in moved["copied"]) == ["libsq", "sqprog"]
+    # No mount between registries: each of the 9 blobs once down, once up; the same images.
+    assert moved["blobs_mounted"] == 0 and moved["blobs_copied"] == 9
+    assert moved["requests"]["PUT upload"] == 9 + 1  # + the destination's index layer
+    for tag in (t for t in requests.get(f"{registry_http.http_url}/v2/cross/a/tags/list",
+                                        timeout=10).json()["tags"] if t.endswith(".spack")
+                and t != "index.spack"):
+        assert tag_digest(registry_http, "cross/a", tag) == tag_digest(other, "cross/b", tag)
+    again = sync(a, b)
+    assert again["copied"] == [] and again["blobs_copied"] == 0
+    run_cli("keys", "install", str(origin), "--trust", check=True)
+    install_and_run(b, tmp_path / "from-other")
