@@ -146,8 +146,8 @@ def prune(mirrors: list, keep: list[str], *, newest: int = 0, yes: bool = False,
         raise UsageError("--grace takes a number of seconds >= 0")
     stores = [store_of(_cache(ref)) for ref in mirrors]
     indexes = [current_index(st.cache, jobs) for st in stores]
-    packages: dict[str, object] = {}
-    nodes: dict[str, object] = {}
+    packages: dict[str, Spec] = {}
+    nodes: dict[str, Spec] = {}
     pushed: dict[str, float] = {}
     for st, idx in zip(stores, indexes):
         times = st.push_times()

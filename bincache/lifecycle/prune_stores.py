@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 
 from ..config import mask_url
 from ..errors import BincacheError, BlobNotFound, MirrorError, RegistryError
@@ -61,7 +62,7 @@ class LayoutStore:
                 continue  # a record bincache cannot name a path for names no blob of ours
         return names
 
-    def referenced(self, doomed: list = ()) -> set[str]:
+    def referenced(self, doomed: Sequence = ()) -> set[str]:
         """Every blob the manifests name (spec, index and key manifests), but the doomed."""
         skip = {self._rel(s) for s in doomed}
         out: set[str] = set()
@@ -79,7 +80,7 @@ class LayoutStore:
 
     def candidates(self, doomed: list) -> list[tuple[str, float | None, int]]:
         """Every blob of the mirror, with its age."""
-        return self.backend.list_stat(BLOBS)
+        return [(rel, mtime, size) for rel, mtime, size in self.backend.list_stat(BLOBS)]
 
     def delete_blob(self, rel: str) -> None:
         self.backend.delete(rel)
@@ -128,7 +129,7 @@ class OciStore:
             out[desc.digest] = desc.size
         return out
 
-    def referenced(self, doomed: list = ()) -> set[str]:
+    def referenced(self, doomed: Sequence = ()) -> set[str]:
         """Every blob a manifest of the repository names (images, signatures, the index)."""
         skip = {img.package_tag(s.name, s.version, s.hash) for s in doomed}
         out: set[str] = set()
@@ -168,7 +169,7 @@ class OciStore:
         except BlobNotFound:
             return None
 
-    def candidates(self, doomed: list) -> list[tuple[str, float, int]]:
+    def candidates(self, doomed: list) -> list[tuple[str, float | None, int]]:
         """The blobs the doomed images name (a dry run's estimate; the real run unlinks what
         the deleted ones named). Age 0: a registry tells none, so the grace period cannot
         apply to single blobs (None); the second listing protects what a push names meanwhile."""

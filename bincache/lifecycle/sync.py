@@ -145,7 +145,9 @@ class _Copier:
         tar_spec = None
         for rec in self.dst.blobs_for(carried):
             if self.dst.wants_image(carried) and rec == carried.tarball:
-                carried.diff_id, tar_spec = self.blob(rec, want_diff_id=True)
+                facts = self.blob(rec, want_diff_id=True)
+                if facts is not None:
+                    carried.diff_id, tar_spec = facts
             else:
                 self.blob(rec)
         if self.dst.wants_image(carried):

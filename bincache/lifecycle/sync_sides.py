@@ -18,6 +18,7 @@ import logging
 import tarfile
 import zlib
 from dataclasses import dataclass
+from typing import IO, cast
 
 from ..errors import BincacheError, BlobNotFound, MirrorError
 from ..limits import MAX_SPECFILE
@@ -94,12 +95,14 @@ def layer_facts(path: str) -> tuple[str, bytes | None]:
     with open(path, "rb") as raw, gzip.GzipFile(fileobj=raw) as gz:
         stream = _Hashing(gz)
         try:
-            with tarfile.open(fileobj=stream, mode="r|") as tar:
+            with tarfile.open(fileobj=cast(IO[bytes], stream), mode="r|") as tar:
                 for m in tar:
                     depth = m.name.count("/")
                     if (m.isfile() and m.name.endswith(".spack/spec.json") and m.size <= MAX_SPECFILE
                             and (found is None or depth < found[0])):
-                        found = (depth, tar.extractfile(m).read())
+                        member = tar.extractfile(m)
+                        if member is not None:
+                            found = (depth, member.read())
         except (tarfile.TarError, EOFError, zlib.error, OSError):
             found = None  # not a tarball we can read: the layer still gets its digest
         while stream.read(1 << 20):

@@ -69,7 +69,9 @@ class V2Side:
         raise AssertionError("every blob of a converted v2 package is a local file")
 
     def read_blob(self, rec: BlobRecord) -> bytes:
-        with open(self.local_path(rec), "rb") as f:
+        path = self.local_path(rec)
+        assert path is not None, "every blob of a converted v2 package is a local file"
+        with open(path, "rb") as f:
             return f.read()
 
 

@@ -207,8 +207,8 @@ class ByteBackend(Protocol):
     def local_path(self, rel: str) -> str | None: ...  # the file itself, when local
     def write(self, rel: str, data: bytes) -> None: ...
     def put_file(self, rel: str, src: str) -> None: ...
+    def list_stat(self, rel_dir: str) -> list[tuple[str, float, int]]: ...  # list + (mtime, size)
     def list(self, rel_dir: str) -> list[str]: ...  # http: MirrorError (cannot list)
-    def list_stat(self, rel_dir: str) -> list[tuple[str, float, int]]: ...  # + (mtime, size)
     def delete(self, rel: str) -> None: ...  # a missing file is no error; http: MirrorError
 
 

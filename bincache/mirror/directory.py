@@ -94,6 +94,18 @@ class DirectoryBackend:
         except OSError as e:
             raise _os_error("write", path, e) from None
 
+    def list_stat(self, rel_dir: str) -> list[tuple[str, float, int]]:
+        """(path, modification time, size) of the files below a directory, sorted by path;
+        a file removed while listing is left out."""
+        out = []
+        for rel in self.list(rel_dir):
+            try:
+                st = os.stat(self._path(rel))
+            except FileNotFoundError:
+                continue
+            out.append((rel, st.st_mtime, st.st_size))
+        return out
+
     def list(self, rel_dir: str) -> list[str]:
         """Relative paths of the files below a directory (recursively), sorted."""
         if not os.path.isdir(self.root):
@@ -107,18 +119,6 @@ class DirectoryBackend:
                     continue
                 full = os.path.join(dirpath, name)
                 out.append(os.path.relpath(full, self.root).replace(os.sep, "/"))
-        return out
-
-    def list_stat(self, rel_dir: str) -> list[tuple[str, float, int]]:
-        """(path, modification time, size) of the files below a directory, sorted by path;
-        a file removed while listing is left out."""
-        out = []
-        for rel in self.list(rel_dir):
-            try:
-                st = os.stat(self._path(rel))
-            except FileNotFoundError:
-                continue
-            out.append((rel, st.st_mtime, st.st_size))
         return out
 
     def delete(self, rel: str) -> None:

@@ -83,11 +83,11 @@ class HttpBackend:
     def put_file(self, rel: str, src: str) -> None:
         self.check_writable()
 
-    def list(self, rel_dir: str) -> list[str]:
-        raise MirrorError(f"{self.url}: an http mirror cannot be listed; it needs an index (bincache update-index)")
-
     def list_stat(self, rel_dir: str) -> list[tuple[str, float, int]]:
         return [(rel, 0.0, 0) for rel in self.list(rel_dir)]
+
+    def list(self, rel_dir: str) -> list[str]:
+        raise MirrorError(f"{self.url}: an http mirror cannot be listed; it needs an index (bincache update-index)")
 
     def delete(self, rel: str) -> None:
         self.check_writable()

@@ -236,9 +236,6 @@ class S3Backend:
         except (ClientError, BotoCoreError) as e:
             raise self._fail("delete", rel, e) from None
 
-    def list(self, rel_dir: str) -> list[str]:
-        return [rel for rel, _, _ in self.list_stat(rel_dir)]
-
     def list_stat(self, rel_dir: str) -> list[tuple[str, float, int]]:
         """(path, modification time, size) of the objects below a prefix, sorted by path."""
         prefix = self._key(rel_dir).rstrip("/") + "/"
@@ -252,3 +249,6 @@ class S3Backend:
         except (ClientError, BotoCoreError) as e:
             raise self._fail("list", rel_dir, e) from None
         return sorted(out)
+
+    def list(self, rel_dir: str) -> list[str]:
+        return [rel for rel, _, _ in self.list_stat(rel_dir)]
