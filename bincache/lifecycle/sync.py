@@ -118,7 +118,7 @@ class _Copier:
             else:
                 path = tmp = os.path.join(self.scratch, rec.checksum + f".{threading.get_ident()}")
                 self.src.fetch_blob(rec, tmp)  # checked against the record
-            found = layer_facts(path) if want_diff_id else None
+            found = layer_facts(path, rec.compression) if want_diff_id else None
             self.dst.put_blob(rec, path)
         finally:
             if tmp is not None and os.path.exists(tmp):
@@ -131,11 +131,11 @@ class _Copier:
     def _diff_id_at_source(self, rec) -> tuple[str, bytes | None]:
         local = self.src.local_path(rec)
         if local is not None:
-            return layer_facts(local)
+            return layer_facts(local, rec.compression)
         tmp = os.path.join(self.scratch, rec.checksum + f".{threading.get_ident()}")
         try:
             self.src.fetch_blob(rec, tmp)
-            return layer_facts(tmp)
+            return layer_facts(tmp, rec.compression)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)

@@ -12,6 +12,7 @@ image and its signature artifact are copied byte for byte.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import logging
@@ -87,13 +88,35 @@ class _Hashing:
         return data
 
 
-def layer_facts(path: str) -> tuple[str, bytes | None]:
+class _Joined:
+    """A read-only stream over an iterator of byte chunks."""
+
+    def __init__(self, chunks):
+        self.chunks, self.buf = chunks, b""
+
+    def read(self, n: int = -1) -> bytes:
+        while n < 0 or len(self.buf) < n:
+            try:
+                self.buf += next(self.chunks)
+            except StopIteration:
+                break
+        out, self.buf = (self.buf, b"") if n < 0 else (self.buf[:n], self.buf[n:])
+        return out
+
+
+def layer_facts(path: str, compression: str = "gzip") -> tuple[str, bytes | None]:
     """(diff_id, the package's own spec file) of a package tarball, in one streamed pass: the
     sha256 of the uncompressed tar (an image layer's diff_id) and ``<prefix>/.spack/spec.json``
     (the shallowest one; read into memory, bounded, never extracted)."""
     found: tuple[int, bytes] | None = None
-    with open(path, "rb") as raw, gzip.GzipFile(fileobj=raw) as gz:
-        stream = _Hashing(gz)
+    with open(path, "rb") as raw, contextlib.ExitStack() as stack:
+        if compression == "zstd":
+            from ..tar.zstd import chunks
+
+            plain: _Joined | gzip.GzipFile = _Joined(chunks(raw, 1 << 20))
+        else:
+            plain = stack.enter_context(gzip.GzipFile(fileobj=raw))
+        stream = _Hashing(plain)
         try:
             with tarfile.open(fileobj=cast(IO[bytes], stream), mode="r|") as tar:
                 for m in tar:
@@ -322,7 +345,9 @@ def specfile_bytes(data: bytes, rec: BlobRecord) -> bytes:
 
 def layer_of(carried: Carried) -> img.Layer:
     assert carried.diff_id is not None  # learned when the tarball was read
-    return img.Layer(_digest(carried.tarball), carried.diff_id, carried.tarball.content_length)
+    rec = carried.tarball
+    return img.Layer(_digest(rec), carried.diff_id, rec.content_length,
+                     img.LAYER_ZSTD if rec.compression == "zstd" else img.LAYER_GZIP)
 
 
 __all__ = ["Carried", "DirSide", "OciSide", "layer_facts", "layer_of", "own_specfile", "specfile_bytes"]
