@@ -141,7 +141,7 @@ def push(mirror: str | MirrorRef, specs: Sequence[str] | str = (), *, root: str 
     _publish_key(cache, signer, result)
     cache.finish_push(result)  # OCI: --tag covers every selected package, pushed or present
     if update_index:
-        _index.update_index(cache)
+        _index.update_index(cache, signer=signer)  # a signed push signs the index root
         result.index_updated = True
     return result
 
@@ -165,20 +165,40 @@ def push_prefix(mirror: str | MirrorRef, prefix: str, *, include_deps: bool = Fa
 def update_index(mirror: str | MirrorRef, jobs: int = 8, warn: Callable[[str], None] | None = None,
                  layout: str | None = None,
                  progress: Callable[[int, int], None] | None = None,
-                 db_version: str | None = None) -> tuple[_index.Index, int]:
+                 db_version: str | None = None, key: str | None = None) -> tuple[Any, int]:
     """Rebuild the mirror's index from its manifests (only new ones are read); ``layout`` as
     for :func:`push`; ``progress(done, total)`` as manifests are read; in Spack database
-    version ``db_version`` (default: the version the index has; see index.choose_db_version)."""
-    return _index.update_index(open_cache(_mirror(mirror, "push"), layout, push=True), jobs=jobs, warn=warn,
-                               progress=progress, db_version=db_version)
+    version ``db_version`` (default: the version the index has; see index.choose_db_version);
+    ``key``: clearsign the sharded index's root with this GnuPG key (layout v3)."""
+    signer = None
+    if key:
+        from .signing import Signer
+
+        signer = Signer(key)
+    try:
+        return _index.update_index(open_cache(_mirror(mirror, "push"), layout, push=True), jobs=jobs,
+                                   warn=warn, progress=progress, db_version=db_version, signer=signer)
+    finally:
+        if signer is not None:
+            signer.close()
 
 
-def list_mirror(mirror: str | MirrorRef) -> tuple[list[_index.IndexEntry], bool]:
-    """What a mirror holds, from its index; (entries, from_index). Without an index, manifests."""
+def list_mirror(mirror: str | MirrorRef, specs: Sequence[str] = ()) -> tuple[list[_index.IndexEntry], bool]:
+    """What a mirror holds, from its index; (entries, from_index). Without an index, manifests.
+
+    With ``specs`` (selectors), only the packages they match: on a sharded index, each named
+    one reads the root and its name's shard, not the whole index.
+    """
     cache = open_cache(_mirror(mirror, "fetch"))
-    idx = _index.read_index(cache)
+    idx = _index.open_index(cache)
     if idx is not None:
-        return idx.packages(), True
+        if not specs:
+            return idx.packages(), True
+        found: dict[str, _index.IndexEntry] = {}
+        for sel in specs:
+            for e in idx.find(sel):
+                found.setdefault(e.spec.hash, e)
+        return sorted(found.values(), key=lambda e: (e.spec.name, e.spec.version, e.spec.hash)), True
     from .spec import Spec
 
     entries = [

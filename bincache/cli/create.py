@@ -60,6 +60,8 @@ def register(sub) -> None:
                    help="Spack database version of the index (default: the one the index has; "
                         "for a new one, 7 when every package is a Spack 0.2x one and the mirror "
                         "is layout v2 or OCI, else 8)")
+    p.add_argument("-k", "--key", default=None,
+                   help="clearsign the index root with this GnuPG key (layout v3; readers verify it)")
     p.add_argument("--json", action="store_true")
     add_verbosity(p, suppress=True)
     p.set_defaults(func=cmd_update_index)
@@ -220,11 +222,11 @@ def cmd_update_index(args) -> int:
 
     try:
         idx, fetched = api.update_index(args.mirror, jobs=args.jobs, layout=args.layout,
-                                        db_version=args.db_version,
+                                        db_version=args.db_version, key=args.key,
                                         warn=lambda m: warnings.warn(m, stacklevel=2), progress=progress)
     finally:
         live.close()
-    n = len(idx.packages())
+    n = idx.package_count()
     page = api.write_cache_page(args.mirror, jobs=args.jobs) if args.html else None
     if args.json:
         print_json({"packages": n, "fetched": fetched, **({"page": page.path} if page else {})})
@@ -243,7 +245,7 @@ def cmd_list(args) -> int:
     rows, data, other_arch = [], [], 0
     for m in mirrors:
         try:
-            entries, from_index = api.list_mirror(m)
+            entries, from_index = api.list_mirror(m, args.specs)
         except MirrorError as err:
             if args.mirror:
                 raise

@@ -127,7 +127,11 @@ class DownloadedPackage:
 
 # -- resolution -------------------------------------------------------------------------------
 class _Catalog:
-    """What the mirrors hold, by hash: the first mirror that has a package wins."""
+    """What the mirrors hold, by hash: the first mirror that has a package wins.
+
+    A sharded index is not read whole: a package is looked up in its name's shard
+    (``lookup(hash, name)``), so installing one package reads the shards of its DAG's names.
+    """
 
     def __init__(self, refs: Sequence) -> None:
         from ..mirror import open_cache
@@ -136,43 +140,83 @@ class _Catalog:
             raise SpecError("no mirror to install from: give --mirror, or configure one "
                             "with `bincache mirror add NAME URL`")
         self.entries: dict[str, tuple[PackageId, BuildCache]] = {}  # hash -> (Spec|SpecRef, cache)
+        self.sources: list[tuple[object, BuildCache]] = []  # (dict of hash -> item | index view, cache)
         self.caches = []
         errors = []
         for ref in refs:
             cache = open_cache(ref)
             self.caches.append(cache)
             try:
-                idx = _index.read_index(cache)
+                idx = _index.open_index(cache)
             except IndexVersionError:
                 raise  # listing the manifests would hide that a newer tool owns this cache
             except BincacheError as e:
                 log.warning("%s: index unreadable (%s); reading its manifests", cache.url, e)
                 idx = None
+            if idx is not None and not isinstance(idx, _index.Index):  # sharded: looked up lazily
+                self.sources.append((idx, cache))
+                continue
             try:
                 items = ([e.spec for e in idx.packages()] if idx is not None
                          else cache.list_package_refs())
             except BincacheError as e:
                 errors.append(str(e))
                 continue
-            for item in items:
-                self.entries.setdefault(item.hash, (item, cache))
-        if errors and not self.entries:
+            self.sources.append(({item.hash: item for item in items}, cache))
+        if errors and not self.sources:
             raise MirrorError("; ".join(errors))
 
+    def lookup(self, h: str, name: str):
+        """(item, cache) of the package with hash ``h`` (named ``name``), or None."""
+        found = self.entries.get(h)
+        if found is not None:
+            return found
+        for source, cache in self.sources:
+            if isinstance(source, dict):
+                item = source.get(h)
+            else:
+                e = source.get(h, name)
+                item = e.spec if e is not None and e.in_buildcache else None
+            if item is not None:
+                self.entries[h] = (item, cache)
+                return self.entries[h]
+        return None
+
+    def _candidates(self, selector: str):
+        seen = set()
+        for source, cache in self.sources:
+            items = (source.values() if isinstance(source, dict)
+                     else (e.spec for e in source.find(selector)))
+            for item in items:
+                if item.hash not in seen and _matches(item, selector):
+                    seen.add(item.hash)
+                    yield item, cache
+
     def select(self, selector: str):
-        whole = self.entries.get(selector[1:]) if selector.startswith("/") else None
-        if whole is not None:
-            return whole  # a whole hash (a DAG's worth of them is N lookups, not N^2 matches)
-        matches = [(item, cache) for item, cache in self.entries.values() if _matches(item, selector)]
+        if selector.startswith("/"):
+            # A whole hash (a DAG's worth of them is N lookups, not N^2 matches), from the first
+            # mirror that lists it, while the mirrors before it are whole indexes too.
+            for source, cache in self.sources:
+                if not isinstance(source, dict):
+                    break
+                item = source.get(selector[1:])
+                if item is not None:
+                    self.entries.setdefault(item.hash, (item, cache))
+                    return self.entries[item.hash]
+        matches = list(self._candidates(selector))
         if not matches:
-            names = sorted({item.name for item, _ in self.entries.values()})
+            names = sorted({item.name for source, _ in self.sources
+                            for item in (source.values() if isinstance(source, dict)
+                                         else (e.spec for e in source.packages()))})
             hint = f" Available: {', '.join(names[:20])}" if names else " The mirrors are empty."
             raise SpecError(f'no package matches "{selector}" in the mirrors.{hint}')
         if len(matches) > 1:
             listing = ", ".join(sorted(f"{i.name}@{i.version}/{i.hash[:7]}" for i, _ in matches))
             raise SpecError(f'"{selector}" matches {len(matches)} packages: {listing}. '
                             "Add @version or /hash.")
-        return matches[0]
+        item, cache = matches[0]
+        self.entries.setdefault(item.hash, (item, cache))
+        return self.entries[item.hash]
 
 
 def _fetch_specfile(cache, manifest, dest_dir: str, label: str) -> tuple[bytes, list[Spec]]:

@@ -167,7 +167,7 @@ class _Installer:
                 else:
                     missing_externals.setdefault(h, (name, path, []))[2].append(needed_by)
                 return
-            entry = catalog.entries.get(h)
+            entry = catalog.lookup(h, name)
             if entry is None:
                 problems.append((f"{name}/{h[:7]} (needed by {needed_by}) is neither installed "
                                  f"in {self.root} nor in any mirror", SpecError))
@@ -218,20 +218,20 @@ class _Installer:
         the index already tells the DAG; ``visit`` then only walks. Without an index, nothing."""
         todo: list[str] = []
         seen: set[str] = set()
-        stack = [item.hash for item, _ in roots]
+        stack = [(item.hash, item.name) for item, _ in roots]
         while stack:
-            h = stack.pop()
+            h, name = stack.pop()
             if h in seen:
                 continue
             seen.add(h)
-            entry = catalog.entries.get(h)
+            entry = catalog.lookup(h, name)
             if entry is None or (h in installed and not (self.force and h in explicit)):
                 continue
             item = entry[0]
             if not isinstance(item, Spec):
                 return {}  # manifests listed without an index: dependencies are not known yet
             todo.append(h)
-            stack.extend(d.hash for d in item.link_run_deps())
+            stack.extend((d.hash, d.name) for d in item.link_run_deps())
         if len(todo) < 2:
             return {}
 

@@ -210,6 +210,18 @@ class ByteBackend(Protocol):
     def list_stat(self, rel_dir: str) -> list[tuple[str, float, int]]: ...  # list + (mtime, size)
     def list(self, rel_dir: str) -> list[str]: ...  # http: MirrorError (cannot list)
     def delete(self, rel: str) -> None: ...  # a missing file is no error; http: MirrorError
+    # Conditional reads and writes (the index): a tag is the ETag (s3, http) or the SHA-256 of
+    # the bytes (directory, where every index update holds the index lock).
+    def read_tagged(self, rel: str, max_size: int | None = None,
+                    known: str | None = None) -> tuple[bytes | None, str] | None:
+        """(bytes, tag); None when absent; (None, tag) when the tag is still ``known`` (http
+        and s3 ask with If-None-Match: nothing but headers crosses the network)."""
+        ...
+
+    def write_if(self, rel: str, data: bytes, expect: str | None) -> bool:
+        """Write only if the file still has tag ``expect`` (None: only if absent); False when it
+        has not (s3: If-Match / If-None-Match); http: MirrorError (read-only)."""
+        ...
 
 
 # -- the build cache -------------------------------------------------------------------------
@@ -224,6 +236,11 @@ class BuildCache(Protocol):
     index_remedy: ClassVar[str]
     #: The tarball codecs it stores: ("gzip", "zstd"), or ("gzip",) on layout v2 (Spack 0.2x).
     compressions: ClassVar[tuple[str, ...]]
+    #: Layout v3: a sharded index (bincache.index_shards) beside Spack's single one.
+    sharded_index: ClassVar[bool]
+    #: Whether write_index_if is a true compare-and-swap; False (OCI, where a tag cannot be
+    #: swapped conditionally): an update also reads its write back and merges again.
+    index_write_atomic: ClassVar[bool]
 
     @property
     def url(self) -> str: ...  # for messages: never a password
@@ -277,6 +294,15 @@ class BuildCache(Protocol):
     def write_index_bytes(self, data: bytes, db_version: str) -> None: ...
     def index_lock(self) -> contextlib.AbstractContextManager[None]:
         """Held while the index is updated: concurrent updates of a directory take turns."""
+        ...
+
+    def read_index_tagged(self) -> tuple[bytes | None, str | None]:
+        """(Spack's index bytes, the tag of what names them); (None, None) without an index."""
+        ...
+
+    def write_index_if(self, data: bytes, db_version: str, expect: str | None) -> bool:
+        """Write the index only if it still has tag ``expect`` (None: only if there is none);
+        False: another update wrote first (merge onto it and try again)."""
         ...
 
     def read_index_entry(self, ref: SpecRef) -> tuple[list[Spec], int] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 from typing import ClassVar
@@ -120,6 +121,28 @@ class DirectoryBackend:
                 full = os.path.join(dirpath, name)
                 out.append(os.path.relpath(full, self.root).replace(os.sep, "/"))
         return out
+
+    # -- conditional writes (the index) ---------------------------------------------------------
+    # Every index update of a directory mirror holds its index lock (cache.index_lock), so the
+    # check and the write below are not raced by another update.
+    def read_tagged(self, rel: str, max_size: int | None = None,
+                    known: str | None = None) -> tuple[bytes | None, str] | None:
+        """(bytes, tag) of a file, None when it does not exist, (None, tag) when its tag is still
+        ``known``; the tag is its SHA-256."""
+        try:
+            data = self.read(rel, max_size)
+        except BlobNotFound:
+            return None
+        tag = hashlib.sha256(data).hexdigest()
+        return (None, tag) if tag == known else (data, tag)
+
+    def write_if(self, rel: str, data: bytes, expect: str | None) -> bool:
+        """Write only if the file still has tag ``expect`` (None: only if absent)."""
+        current = self.read_tagged(rel)
+        if (current[1] if current else None) != expect:
+            return False
+        self.write(rel, data)
+        return True
 
     def delete(self, rel: str) -> None:
         _unlink(self._path(rel))

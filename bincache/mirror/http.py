@@ -64,6 +64,29 @@ class HttpBackend:
         with self._get(rel, stream=True) as r:
             return read_bounded(r.iter_content(1 << 16), limit, f"{self.url}/{rel}")
 
+    def read_tagged(self, rel: str, max_size: int | None = None,
+                    known: str | None = None) -> tuple[bytes | None, str] | None:
+        """(bytes, ETag or ""), None when absent; (None, ETag) when the server says 304 for
+        ``known`` (a conditional GET: nothing but the headers crosses the network)."""
+        headers = {"If-None-Match": known} if known else {}
+        try:
+            r = self._session.get(f"{self._base}/{rel}", auth=self._auth, timeout=self._timeout,
+                                  stream=True, headers=headers)
+        except requests.RequestException as e:
+            raise MirrorError(f"cannot reach {self.url}: {e.__class__.__name__}") from None
+        with r:
+            if r.status_code == 304 and known:
+                return None, known
+            if r.status_code == 404:
+                return None
+            if r.status_code in (401, 403):
+                raise MirrorError(f"{self.url} refused access ({r.status_code}); check the mirror's credentials")
+            if r.status_code >= 400:
+                raise MirrorError(f"{self.url}/{rel}: the server answered {r.status_code}")
+            data = read_bounded(r.iter_content(1 << 16), MAX_INDEX if max_size is None else max_size,
+                                f"{self.url}/{rel}")
+            return data, r.headers.get("ETag", "")
+
     def get_file(self, rel: str, dest: str, max_size: int | None = None) -> None:
         """Stream to ``dest``; past ``max_size`` bytes (the manifest's size) it stops."""
         with self._get(rel, stream=True) as r, open(dest, "wb") as f:
@@ -79,6 +102,10 @@ class HttpBackend:
 
     def write(self, rel: str, data: bytes) -> None:
         self.check_writable()
+
+    def write_if(self, rel: str, data: bytes, expect: str | None) -> bool:
+        self.check_writable()
+        return False
 
     def put_file(self, rel: str, src: str) -> None:
         self.check_writable()

@@ -212,6 +212,8 @@ class LayoutV2Cache:
         "regenerate its index with `bincache update-index` or `spack buildcache update-index`, "
         "or copy it to a directory mirror")
     compressions: ClassVar[tuple[str, ...]] = ("gzip",)  # Spack 0.2x reads gzip tarballs only
+    sharded_index: ClassVar[bool] = False
+    index_write_atomic: ClassVar[bool] = True
 
     def __init__(self, backend: ByteBackend, ref: MirrorRef | None = None):
         self.backend: ByteBackend = backend
@@ -266,6 +268,16 @@ class LayoutV2Cache:
         unless another is asked for), then ``index.json.hash``."""
         self.backend.write(INDEX_JSON, data)
         self.backend.write(INDEX_HASH, hashlib.sha256(data).hexdigest().encode())
+
+    def read_index_tagged(self) -> tuple[bytes | None, str | None]:
+        got = self.backend.read_tagged(INDEX_JSON)
+        return (None, None) if got is None else got
+
+    def write_index_if(self, data: bytes, db_version: str, expect: str | None) -> bool:
+        if not self.backend.write_if(INDEX_JSON, data, expect):
+            return False
+        self.backend.write(INDEX_HASH, hashlib.sha256(data).hexdigest().encode())
+        return True
 
     def index_lock(self) -> contextlib.AbstractContextManager[None]:
         # Inside the v2 tree, so updating a v2 index never leaves a v3 directory behind.

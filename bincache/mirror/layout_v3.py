@@ -132,6 +132,8 @@ class LayoutV3Cache:
     push_options: ClassVar[frozenset[str]] = frozenset()
     index_remedy: ClassVar[str] = "run bincache update-index"
     compressions: ClassVar[tuple[str, ...]] = ("gzip", "zstd")  # Spack >= 1.0 reads gzip
+    sharded_index: ClassVar[bool] = True
+    index_write_atomic: ClassVar[bool] = True
 
     def __init__(self, backend: ByteBackend, ref: MirrorRef | None = None):
         self.backend: ByteBackend = backend
@@ -262,10 +264,19 @@ class LayoutV3Cache:
 
     # -- index ---------------------------------------------------------------------------------
     def read_index_bytes(self) -> bytes | None:
-        try:
-            raw = self.backend.read(INDEX_MANIFEST, max_size=MAX_MANIFEST)
-        except BlobNotFound:
-            return None
+        return self.read_index_tagged()[0]
+
+    def read_index_tagged(self) -> tuple[bytes | None, str | None]:
+        got = self.backend.read_tagged(INDEX_MANIFEST, MAX_MANIFEST)
+        if got is None or got[0] is None:
+            return None, None
+        return self._index_blob(got[0]), got[1]
+
+    def write_index_if(self, data: bytes, db_version: str, expect: str | None) -> bool:
+        rec = self.put_blob_bytes(data, f"{MT_INDEX_PREFIX}{db_version}+json", "none")
+        return self.backend.write_if(INDEX_MANIFEST, manifest_bytes([rec]), expect)
+
+    def _index_blob(self, raw: bytes) -> bytes | None:
         manifest = parse_manifest(raw, origin=f"{self.url}/{INDEX_MANIFEST}")
         recs = [r for r in manifest.records if r.media_type.startswith(MT_INDEX_PREFIX)]
         if not recs:

@@ -88,6 +88,8 @@ class OciCache:
     kind: ClassVar[str] = "oci"
     push_options: ClassVar[frozenset[str]] = frozenset({"base_image", "tag"})
     index_remedy: ClassVar[str] = "run bincache update-index"
+    sharded_index: ClassVar[bool] = False
+    index_write_atomic: ClassVar[bool] = False
     backend = None  # images, not files at paths
     compressions: ClassVar[tuple[str, ...]] = ("gzip", "zstd")  # tar+gzip (Spack) or tar+zstd
 
@@ -531,20 +533,50 @@ class OciCache:
         return refs
 
     # --- index ----------------------------------------------------------------------------
+    # A tag cannot be compared-and-swapped: write_index_if checks (HEAD) just before the PUT,
+    # and bincache.index reads the index back after a pause (index_write_atomic is False).
     def read_index_bytes(self) -> bytes | None:
+        return self.read_index_tagged()[0]
+
+    def read_index_tagged(self) -> tuple[bytes | None, str | None]:
+        """(index bytes, digest of the index manifest); one HEAD when the local index cache
+        holds the manifest that digest names and the blob cache its layer."""
+        from ..index_cache import IndexCache
+
+        ref = self.image.with_tag(img.INDEX_TAG)
+        digest = self.client.manifest_digest(ref)
+        if digest is None:
+            return None, None
+        local, key = IndexCache(), f"{self.url}:{img.INDEX_TAG}"
+        known = local.get_root(key)
+        if known is not None and known[1] == digest and sha256_digest(known[0]) == digest:
+            raw = known[0]
+        else:
+            try:
+                fetched = self.client.fetch_manifest(self.image.with_digest(digest))
+            except BlobNotFound:
+                return None, None
+            raw, digest = fetched.data, fetched.digest
+            local.put_root(key, raw, digest)
         try:
-            manifest = self.client.fetch_manifest(self.image.with_tag(img.INDEX_TAG))
-        except BlobNotFound:
-            return None
-        try:
-            layer = Descriptor.from_json(manifest.json()["layers"][0])
-        except (KeyError, IndexError) as exc:
+            layer = Descriptor.from_json(json.loads(raw)["layers"][0])
+        except (KeyError, IndexError, ValueError, TypeError) as exc:
             raise MirrorError(f"{self.url}: the {img.INDEX_TAG} image has no index layer; "
                               "run bincache update-index") from exc
-        return self.client.fetch_blob_bytes(self.image, layer.digest, layer.size,
-                                            max_size=1 << 30)
+        data = self.blobs.read_bytes(layer.digest)
+        if data is None:
+            data = self.client.fetch_blob_bytes(self.image, layer.digest, layer.size,
+                                                max_size=1 << 30)
+            self.blobs.add_bytes(layer.digest, data)
+        return data, digest
 
     def write_index_bytes(self, data: bytes, db_version: str) -> None:
+        self._put_index(data, None, check=False)
+
+    def write_index_if(self, data: bytes, db_version: str, expect: str | None) -> bool:
+        return self._put_index(data, expect, check=True)
+
+    def _put_index(self, data: bytes, expect: str | None, *, check: bool) -> bool:
         digest = sha256_digest(data)
         self.client.upload_blob(self.image, data, digest)
         self.client.upload_blob(self.image, img.EMPTY_JSON, sha256_digest(img.EMPTY_JSON))
@@ -553,8 +585,16 @@ class OciCache:
         doc = img.build_manifest(
             config=Descriptor(img.CONFIG, sha256_digest(img.EMPTY_JSON), len(img.EMPTY_JSON)),
             layers=[Descriptor(img.LAYER_GZIP, digest, len(data))])
-        self.client.put_manifest(self.image.with_tag(img.INDEX_TAG), img.dumps(doc),
-                                 OCI_MANIFEST)
+        ref = self.image.with_tag(img.INDEX_TAG)
+        if check and self.client.manifest_digest(ref) != expect:
+            return False
+        self.blobs.add_bytes(digest, data)
+        raw = img.dumps(doc)
+        written = self.client.put_manifest(ref, raw, OCI_MANIFEST)[0]
+        from ..index_cache import IndexCache
+
+        IndexCache().put_root(f"{self.url}:{img.INDEX_TAG}", raw, written)
+        return True
 
     def index_lock(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()

@@ -215,6 +215,43 @@ class S3Backend:
         except (ClientError, BotoCoreError) as e:
             raise self._fail("write", rel, e) from None
 
+    # -- conditional writes (the index root): S3's If-Match / If-None-Match --------------------
+    def read_tagged(self, rel: str, max_size: int | None = None,
+                    known: str | None = None) -> tuple[bytes | None, str] | None:
+        """(bytes, ETag), or None when absent; (None, ETag) when it still has ETag ``known``."""
+        extra = {"IfNoneMatch": known} if known else {}
+        try:
+            obj = self._s3.get_object(Bucket=self.bucket, Key=self._key(rel), **extra)
+            data = obj["Body"].read() if max_size is None else obj["Body"].read(max_size + 1)
+        except ClientError as e:
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if known and (status == 304 or str(e.response.get("Error", {}).get("Code")) == "304"):
+                return None, known
+            err = self._fail("read", rel, e)
+            if isinstance(err, BlobNotFound):
+                return None
+            raise err from None
+        except BotoCoreError as e:
+            raise self._fail("read", rel, e) from None
+        if max_size is not None:
+            check_size(len(data), max_size, f"{self.url}/{rel}")
+        return data, obj["ETag"]
+
+    def write_if(self, rel: str, data: bytes, expect: str | None) -> bool:
+        """Write only if the object still has ETag ``expect`` (None: only if absent)."""
+        cond = {"IfMatch": expect} if expect else {"IfNoneMatch": "*"}
+        try:
+            self._s3.put_object(Bucket=self.bucket, Key=self._key(rel), Body=data, **cond)
+        except ClientError as e:
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409",
+                        "NoSuchKey"):
+                return False
+            raise self._fail("write", rel, e) from None
+        except BotoCoreError as e:
+            raise self._fail("write", rel, e) from None
+        return True
+
     def put_file(self, rel: str, src: str) -> None:
         try:
             if os.path.getsize(src) < _MULTIPART:
