@@ -142,11 +142,13 @@ def _update_whole(cache: BuildCache, jobs: int, warn: Callable[[str], None] | No
         if not known:
             cache.write_index_bytes(body, version)
             return index, len(missing)
+        started = time.monotonic()
         if not cache.write_index_if(body, version, tag):
             continue  # another update wrote first: merge onto its index
         if cache.index_write_atomic:
             return index, len(missing)
-        time.sleep(VERIFY_PAUSE)
+        # Another writer's check-then-PUT takes about as long as ours on a loaded machine.
+        time.sleep(max(VERIFY_PAUSE, 2 * (time.monotonic() - started)))
         after = read_index(cache)
         if after is not None and all(h in after.entries and after.entries[h].in_buildcache
                                      for h in mine if h in present):
