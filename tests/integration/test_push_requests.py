@@ -20,7 +20,7 @@ from bincache.index import update_index
 from bincache.mirror import MirrorRef, open_cache
 from bincache.oci.reference import ImageReference
 from bincache.tree import InstallTree
-from tests.conftest import REPO
+from tests.conftest import REPO, run_cli
 from tests.fixtures.moto import moto_server
 
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
@@ -138,3 +138,10 @@ def test_s3_push_costs_three_requests_per_package_and_trusts_the_index_unless_ve
     assert [p.spec.name for p in result.pushed] == [victim]
     assert cache.backend.stats["HeadObject"] >= N  # each skipped package was checked
     assert "installed in " in installed_text(url, victim, tmp_path / "i")
+
+    # The same on the command line.
+    s3_env.delete_object(Bucket="cache", Key=key)
+    p = run_cli("--root", tiny["tree"], "create", "--unsigned", url, check=True)
+    assert "nothing to push" in p.stdout
+    p = run_cli("--root", tiny["tree"], "create", "--unsigned", "--verify-present", url, check=True)
+    assert "1 pushed" in p.stdout and victim in p.stdout
