@@ -111,6 +111,7 @@ def run_rss(pythonpath: str, *args: str) -> tuple[float, float, str]:
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
+        os.chdir(pythonpath)  # `python -m` puts the working directory first on sys.path
         os.dup2(w, 1)
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 2)
