@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -166,16 +167,22 @@ def main() -> int:
     ap.add_argument("--before", help="another checkout to run the same rows with")
     ap.add_argument("--work-dir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "bincache-bench-index"))
     ap.add_argument("--json")
+    ap.add_argument("--make", type=int, help=argparse.SUPPRESS)  # make one mirror (child process)
     args = ap.parse_args()
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
+    if args.make:
+        make_mirror(work, args.make)
+        return 0
     sizes = [int(x) for x in args.sizes.split(",")]
     impls = [("after", str(REPO))] + ([("before", os.path.abspath(args.before))] if args.before else [])
     results = []
     for label, path in impls:
         for n in sizes:
             t0 = time.perf_counter()
-            make_mirror(work, n)
+            # In a child process: a forked child's peak RSS (wait4) counts the memory the parent
+            # had at the fork, so the parent stays small.
+            subprocess.run([sys.executable, __file__, "--make", str(n), "--work-dir", str(work)], check=True)
             made = time.perf_counter() - t0
             if made > 1:
                 print(f"(mirror of {n} made in {made:.0f}s)", file=sys.stderr)
