@@ -25,6 +25,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, Union
 
 from .errors import BincacheError, BlobNotFound, MirrorError, SignatureError
 from .index_db import Index, IndexEntry, choose_db_version, record_fragment
@@ -163,10 +164,15 @@ def _cut(data: bytes, db_version: str, spans: tuple[int, int]) -> tuple[bytes, b
     return installs, data[mid:mid + spans[1]]
 
 
-def _spack_slices(data: bytes, root: Root) -> dict[str, tuple[bytes, bytes]]:
+#: A shard's (installs, sizes) text in Spack's index.json: bytes, or a slice of the old file.
+Fragment = tuple[Union[bytes, memoryview], Union[bytes, memoryview]]
+
+
+def _spack_slices(data: bytes, root: Root) -> dict[str, Fragment]:
     """The fragments of every shard cut out of the index.json written with ``root``."""
     view = memoryview(data)
-    pos, out, first = len(_HEAD % root.db_version), {}, True
+    out: dict[str, list[bytes | memoryview]] = {}
+    pos, first = len(_HEAD % root.db_version), True
     keys = sorted(root.shards)
     for k in keys:
         n = root.shards[k].spans[0]
@@ -191,7 +197,7 @@ def _spack_slices(data: bytes, root: Root) -> dict[str, tuple[bytes, bytes]]:
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
-def spack_index_bytes(db_version: str, fragments: list[tuple[bytes, bytes]]) -> bytes:
+def spack_index_bytes(db_version: str, fragments: list[Fragment]) -> bytes:
     installs = b",".join(bytes(f[0]) for f in fragments if len(f[0]))
     sizes = b",".join(bytes(f[1]) for f in fragments if len(f[1]))
     return b"".join([(_HEAD % db_version).encode(), installs, _MID.encode(), sizes, _TAIL.encode()])
@@ -229,6 +235,7 @@ def _read_cached(cache, rel: str, local) -> tuple[bytes, str] | None:
         return None
     raw, tag = got
     if raw is None:  # unchanged since it was cached
+        assert known is not None  # an "unchanged" answer needs the tag it was asked with
         return known[0], tag
     if local:
         local.put_root(url, raw, tag)
@@ -355,9 +362,9 @@ def read_blob(cache, checksum: str, size: int, local=None) -> bytes:
 # -- writing --------------------------------------------------------------------------------
 @dataclass
 class _Update:
-    cache: object
+    cache: Any  # a LayoutV3Cache (its backend has read_tagged and write_if)
     db_version: str
-    local: object
+    local: Any  # the local index cache, or None
     shards: dict[str, Shard] = field(default_factory=dict)
     root: Root | None = None
 
@@ -400,6 +407,7 @@ def write_full(cache, index: Index, db_version: str, *, signer=None, local=None)
     while True:
         got = cache.backend.read_tagged(ROOT_PATH, MAX_MANIFEST)
         if _commit(up, None, got[1] if got else None, signer):
+            assert up.root is not None  # _commit wrote it
             return up.root
 
 
@@ -407,7 +415,7 @@ def _commit(up: _Update, old: Root | None, expect: str | None, signer) -> bool:
     """Shard blobs, index.json, then the root (conditionally); False when another update won."""
     cache, v = up.cache, up.db_version
     infos = dict(old.shards) if old else {}
-    fragments: dict[str, tuple[bytes, bytes]] = {}
+    fragments: dict[str, Fragment] = {}
     blobs: list[tuple[str, bytes]] = []
     for k, s in up.shards.items():
         if (not s.dirty and k in infos) or not s.entries:
@@ -462,7 +470,7 @@ def _put_blobs(up: _Update, blobs: list[tuple[str, bytes]]) -> None:
         list(pool.map(put, blobs))
 
 
-def _old_fragments(up: _Update, old: Root) -> dict[str, tuple[bytes, bytes]]:
+def _old_fragments(up: _Update, old: Root) -> dict[str, Fragment]:
     """Unchanged shards' fragments: cut from the previous index.json, else from each shard."""
     if old.spack_index is not None:
         try:
@@ -470,7 +478,7 @@ def _old_fragments(up: _Update, old: Root) -> dict[str, tuple[bytes, bytes]]:
             return _spack_slices(data, old)
         except (BlobNotFound, MirrorError) as e:
             log.info("%s: previous index.json unusable (%s); joining the shards", up.cache.url, e)
-    out = {}
+    out: dict[str, Fragment] = {}
     for k, info in old.shards.items():
         data = read_blob(up.cache, info.checksum, info.size, up.local)
         out[k] = _cut(data, old.db_version, info.spans)
@@ -518,11 +526,13 @@ def update(cache, *, jobs: int = 8, warn: Callable[[str], None] | None = None, p
                     if progress:
                         progress(done, len(todo))
         for r in missing:
-            if fetched[r.hash] is not None:
-                up.add_specfile(*fetched[r.hash])
+            found = fetched[r.hash]
+            if found is not None:
+                up.add_specfile(*found)
         if old is not None and not any(s.dirty for s in up.shards.values()):
             return ShardedView(cache, old, local), 0
         if _commit(up, old, got[1] if got else None, signer):
+            assert up.root is not None  # _commit wrote it
             return ShardedView(cache, up.root, local), len(missing)
         log.info("%s: another index update committed first; starting again (%d)", cache.url, attempt + 1)
     raise MirrorError(f"{cache.url}: the index kept changing under {RETRIES} attempts to update it; "
@@ -578,8 +588,8 @@ def _changed(up: _Update, refs, old: Root | None) -> list:
                 s.entries[h] = IndexEntry(e.spec, 0, False)
                 s.dirty = True
         for r in by_key.get(k, ()):
-            e = s.entries.get(r.hash)
-            if not (e is not None and e.in_buildcache):
+            known_entry = s.entries.get(r.hash)
+            if not (known_entry is not None and known_entry.in_buildcache):
                 missing.append(r)
     return missing
 

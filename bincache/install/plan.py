@@ -8,7 +8,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from .. import index as _index
 from ..errors import (
@@ -140,7 +140,7 @@ class _Catalog:
             raise SpecError("no mirror to install from: give --mirror, or configure one "
                             "with `bincache mirror add NAME URL`")
         self.entries: dict[str, tuple[PackageId, BuildCache]] = {}  # hash -> (Spec|SpecRef, cache)
-        self.sources: list[tuple[object, BuildCache]] = []  # (dict of hash -> item | index view, cache)
+        self.sources: list[tuple[Any, BuildCache]] = []  # (dict of hash -> item | index view, cache)
         self.caches = []
         errors = []
         for ref in refs:
