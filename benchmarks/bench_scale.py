@@ -210,6 +210,7 @@ def once_requests(work: str, n: int, log) -> dict:
                                       lambda c: dict(c.client.stats))
         finally:
             reg.stop()
+            shutil.rmtree(reg.root, ignore_errors=True)
     else:
         log("docker-registry is not installed: no OCI request counts")
     if shutil.which("moto_server"):
@@ -278,6 +279,7 @@ def once_oci_update_index(work: str, tags: int, log) -> dict:
                 "after_one_push_requests": dict(cache.client.stats)}
     finally:
         reg.stop()
+        shutil.rmtree(reg.root, ignore_errors=True)
 
 
 # --- tables -------------------------------------------------------------------------------------
