@@ -25,6 +25,13 @@ import pytest
 from bincache.tree import register_prefix
 from tests.conftest import REPO, run_cli
 
+
+def _default_sigint() -> None:
+    # A shell without job control starts background commands with SIGINT ignored, and the child
+    # would inherit that; at a terminal Ctrl-C has its default meaning, which is what is tested.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 PACKAGES = 60
 FILES = 3
 FILE_BYTES = 1 << 20
@@ -98,7 +105,8 @@ def test_a_long_push_shows_progress_at_once_and_stops_on_ctrl_c(slow_tree, tmp_p
     proc = subprocess.Popen(
         [sys.executable, "-m", "bincache", "--root", slow_tree, "create", "--unsigned",
          "--compression-level", "9", mirror],
-        stdin=terminal, stdout=terminal, stderr=terminal, env=env, close_fds=True)
+        stdin=terminal, stdout=terminal, stderr=terminal, env=env, close_fds=True,
+        preexec_fn=_default_sigint)
     os.close(terminal)
     try:
         seen = _read_until(controller, f"/{PACKAGES}] pkg".encode(), t0 + 10)
@@ -169,7 +177,8 @@ def test_ctrl_c_stops_in_the_middle_of_one_large_file(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "bincache", "--root", root, "create", "--unsigned",
                              "--compression-level", "9", "-j", "1", mirror],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONPATH=REPO), stdin=subprocess.DEVNULL)
+                            env=dict(os.environ, PYTHONPATH=REPO), stdin=subprocess.DEVNULL,
+                                preexec_fn=_default_sigint)
     try:
         deadline = time.monotonic() + 20
         staged = []
