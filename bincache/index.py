@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .errors import BincacheError, IndexVersionError, MirrorError
@@ -27,6 +26,7 @@ from .index_db import (
     Index,
     IndexEntry,
     choose_db_version,
+    fetch_entries,
 )
 from .mirror.base import BuildCache, read_specfile_entry
 
@@ -123,13 +123,7 @@ def _update_whole(cache: BuildCache, jobs: int, warn: Callable[[str], None] | No
                 index.entries[h] = IndexEntry(entry.spec, 0, False)
                 vanished += 1
         missing = [r for r in refs if not (r.hash in index.entries and index.entries[r.hash].in_buildcache)]
-        todo = [r for r in missing if r.hash not in fetched]
-        if todo:
-            with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-                for done, (r, found) in enumerate(zip(todo, pool.map(cache.read_index_entry, todo)), 1):
-                    fetched[r.hash] = found
-                    if progress:
-                        progress(done, len(todo))
+        fetch_entries(cache, missing, fetched, jobs, progress)
         for r in missing:
             found = fetched[r.hash]
             if found is not None:

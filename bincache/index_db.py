@@ -14,7 +14,10 @@ are converted as Spack >= 1.0 converts them; externals are records with ``in_bui
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import IndexVersionError, MirrorError, SpecError, UsageError
 from .spec import DB_NODE_FORMAT, DB_VERSION, Spec, node_format
@@ -151,3 +154,17 @@ def choose_db_version(index: Index, requested: str | None, kind: str | None) -> 
     if kind != "layout-v3" and all(node_format(e.spec) <= 4 for e in index.entries.values()):
         return "7"
     return DB_VERSION
+
+
+def fetch_entries(cache: Any, refs: list[Any], fetched: dict[str, Any], jobs: int,
+                  progress: Callable[[int, int], None] | None) -> None:
+    """Read the index entries of `refs` not yet in `fetched` (hash -> entry or None), `jobs`
+    at a time: the one step both index updates (single and sharded) share."""
+    todo = [r for r in refs if r.hash not in fetched]
+    if not todo:
+        return
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        for done, (r, found) in enumerate(zip(todo, pool.map(cache.read_index_entry, todo)), 1):
+            fetched[r.hash] = found
+            if progress:
+                progress(done, len(todo))

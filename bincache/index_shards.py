@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from .errors import BincacheError, BlobNotFound, MirrorError, SignatureError
-from .index_db import Index, IndexEntry, choose_db_version, record_fragment
+from .index_db import Index, IndexEntry, choose_db_version, fetch_entries, record_fragment
 from .limits import MAX_MANIFEST, load_json
 from .mirror.layout_v3 import MT_INDEX_PREFIX
 from .spec import matches
@@ -518,13 +518,7 @@ def update(cache, *, jobs: int = 8, warn: Callable[[str], None] | None = None, p
             up = _Update(cache, root.db_version, local, root=root)
             old = root
         missing = _changed(up, refs, old)
-        todo = [r for r in missing if r.hash not in fetched]
-        if todo:
-            with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-                for done, (r, got_entry) in enumerate(zip(todo, pool.map(cache.read_index_entry, todo)), 1):
-                    fetched[r.hash] = got_entry
-                    if progress:
-                        progress(done, len(todo))
+        fetch_entries(cache, missing, fetched, jobs, progress)
         for r in missing:
             found = fetched[r.hash]
             if found is not None:
