@@ -194,7 +194,14 @@ def _push_counts(url: str, tree_root: str, counter: Callable[[object], dict]) ->
         out[label] = {"packages": len(res.pushed) + len(res.skipped), "pushed": len(res.pushed),
                       "seconds": round(time.perf_counter() - t0, 2), "requests": counter(cache)}
         if label == "push":
-            update_index(open_cache(MirrorRef(url)))
+            # What --rebuild-index adds: the update on the pushing cache, as create runs it.
+            before = counter(cache)
+            t0 = time.perf_counter()
+            update_index(cache)
+            after = counter(cache)
+            out["index"] = {"seconds": round(time.perf_counter() - t0, 2),
+                            "requests": {k: v - before.get(k, 0) for k, v in after.items()
+                                         if v - before.get(k, 0)}}
     return out
 
 
@@ -312,6 +319,12 @@ def print_requests(counts: dict, log) -> None:
         total = sum(push["requests"].values())
         log(f"{kind}: push of {push['pushed']} new packages: {total} requests "
             f"({total / max(1, push['pushed']):.2f} per package) {push['requests']}")
+        index = runs.get("index")
+        if index:
+            n = sum(index["requests"].values())
+            log(f"{kind}: then its index update (--rebuild-index): {n} requests "
+                f"({(total + n) / max(1, push['pushed']):.2f} per package with it) "
+                f"{index['requests']}")
         log(f"{kind}: the same push again, index present: {sum(again['requests'].values())} "
             f"requests {again['requests']}")
 

@@ -14,6 +14,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from . import _native
 from .errors import BincacheError, MirrorError, NoSpaceError, SpecError, UsageError
@@ -23,6 +24,9 @@ from .presence import present
 from .spec import Spec, read_prefix_specfile, specfile_bytes
 from .tar.pack import buildinfo, pack_prefix, write_buildinfo
 from .tree import InstalledSpec, InstallTree, prefix_tree, recorded_dependency_prefixes
+
+if TYPE_CHECKING:
+    from .mirror.config import MirrorRef
 
 
 @dataclass
@@ -163,7 +167,7 @@ def _buildcache_specfile(nodes, tarball_digest: str) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-def resolve_compression(ref, cache, compression: str | None) -> str:
+def resolve_compression(ref: MirrorRef, cache: BuildCache, compression: str | None) -> str:
     """The codec given, else the mirror's ``compression``, else gzip (the one Spack reads).
 
     zstd where Spack reads the cache: refused on layout v2 (Spack 0.2x's layout, gzip only),
@@ -187,10 +191,11 @@ def resolve_compression(ref, cache, compression: str | None) -> str:
     return codec
 
 
-def resolve_signer(ref, signed: bool | None, key: str | None):
-    """Tri-state: a flag given wins, else the mirror's ``signed``, else signed."""
+def resolve_signer(ref: MirrorRef, signed: bool | None, key: str | None):
+    """Tri-state: a flag given wins, else the mirror's ``signed`` (None: not configured),
+    else signed."""
     if signed is None:
-        signed = ref.signed if getattr(ref, "signed", None) is not None else True
+        signed = ref.signed if ref.signed is not None else True
     if not signed:
         return None
     from .signing import Signer

@@ -9,13 +9,12 @@ packages not yet in the index are read.
 Concurrent updates lose nothing: a directory's take turns (``cache.index_lock``); elsewhere an
 update writes the index only if it is still the one it read (``cache.write_index_if``: S3's
 If-Match), else starts again from the new one, keeping what it already read; where that check
-is not atomic (an OCI tag), it also reads the index back and runs again if an entry of its own
-is gone (``cache.index_write_atomic``).
+is not atomic (an OCI tag, ``cache.index_write_atomic``), it also reads the index back and lists
+the packages again after its write, and writes again until the index holds every package listed.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,10 +32,10 @@ from .mirror.base import BuildCache, read_specfile_entry
 __all__ = ["READ_DB_VERSIONS", "WRITE_DB_VERSIONS", "Index", "IndexEntry", "choose_db_version",
            "read_index", "write_index", "update_index", "open_index"]
 
-#: Attempts of an update that keeps losing the race; the pause before reading back an index
-#: whose write is not atomic (longer than another writer's check-then-PUT).
+#: Rounds of an update that keeps losing the race (each lost round means another writer's
+#: write went through); after that it gives up with a MirrorError, nothing lost but its entries
+#: not yet in the index.
 RETRIES = 20
-VERIFY_PAUSE = 0.5
 
 #: (spec nodes, tarball size) of a package, read through its manifest (lifecycle uses it too).
 _fetch_entry = read_specfile_entry
@@ -102,7 +101,7 @@ def _update_whole(cache: BuildCache, jobs: int, warn: Callable[[str], None] | No
                   progress: Callable[[int, int], None] | None = None,
                   db_version: str | None = None) -> tuple[Index, int]:
     fetched: dict[str, tuple[list, int] | None] = {}
-    mine: set[str] = set()
+    written: set[str] = set()  # hashes this update added in a write that went through
     for _attempt in range(RETRIES):
         known = True
         try:
@@ -124,28 +123,26 @@ def _update_whole(cache: BuildCache, jobs: int, warn: Callable[[str], None] | No
                 vanished += 1
         missing = [r for r in refs if not (r.hash in index.entries and index.entries[r.hash].in_buildcache)]
         fetch_entries(cache, missing, fetched, jobs, progress)
+        added = []
         for r in missing:
             found = fetched[r.hash]
-            if found is not None:
+            if found is not None:  # None: not a package (warned once), never indexed
                 index.add_specfile(*found)
-                mine.add(r.hash)
+                added.append(r.hash)
         version = choose_db_version(index, db_version, cache.kind)
-        if data is not None and not (missing or vanished) and index.db_version == version:
-            return index, 0
+        if data is not None and not (added or vanished) and index.db_version == version:
+            return index, len(written)
         body = index.to_bytes(version)
         if not known:
             cache.write_index_bytes(body, version)
-            return index, len(missing)
-        started = time.monotonic()
-        if not cache.write_index_if(body, version, tag):
+        elif not cache.write_index_if(body, version, tag):
             continue  # another update wrote first: merge onto its index
-        if cache.index_write_atomic:
-            return index, len(missing)
-        # Another writer's check-then-PUT takes about as long as ours on a loaded machine.
-        time.sleep(max(VERIFY_PAUSE, 2 * (time.monotonic() - started)))
-        after = read_index(cache)
-        if after is not None and all(h in after.entries and after.entries[h].in_buildcache
-                                     for h in mine if h in present):
-            return after, len(missing)
+        written.update(added)
+        if known and cache.index_write_atomic:
+            return index, len(written)
+        # Not atomic (an OCI tag): a writer that read before us may PUT after us. So go round
+        # again: read the index back and list the packages anew; return only when the index
+        # read back holds every package listed, else merge what is missing and write again.
+        # The last writer's round then repairs any stale overwrite (docs/internals.md).
     raise MirrorError(f"{cache.url}: the index kept changing under {RETRIES} attempts to update "
-                      "it; run bincache update-index again")
+                      "it; the packages are in the mirror, run bincache update-index again")

@@ -171,14 +171,15 @@ def test_the_graph_holds_real_edges():
 
 
 def _probe(node: ast.AST) -> str | None:
-    """``hasattr(cache, ...)`` / ``getattr(x.cache, ...)`` / on a backend: the name probed."""
+    """``hasattr(cache, ...)`` / ``getattr(x.cache, ...)`` / on a backend or a mirror ref
+    (MirrorRef declares every setting): the name probed."""
     if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
             and node.func.id in ("hasattr", "getattr") and node.args):
         return None
     target = node.args[0]
     name = target.id if isinstance(target, ast.Name) else (
         target.attr if isinstance(target, ast.Attribute) else None)
-    if name is not None and name.lstrip("_") in ("cache", "backend"):
+    if name is not None and name.lstrip("_") in ("cache", "backend", "ref"):
         return f"{node.func.id}({ast.unparse(target)}, ...)"
     return None
 
@@ -196,5 +197,6 @@ def test_caches_are_used_through_the_protocol_not_probed():
 def test_the_probe_finder_finds_probes():
     calls = [ast.parse(src).body[0].value for src in (
         "hasattr(cache, 'update_index')", "getattr(plan.cache, 'url', None)",
-        "getattr(self._backend, 'root', None)", "getattr(options, 'jobs', 1)")]
-    assert [_probe(c) is not None for c in calls] == [True, True, True, False]
+        "getattr(self._backend, 'root', None)", "getattr(ref, 'signed', None)",
+        "getattr(options, 'jobs', 1)")]
+    assert [_probe(c) is not None for c in calls] == [True, True, True, True, False]

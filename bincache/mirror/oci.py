@@ -534,7 +534,8 @@ class OciCache:
 
     # --- index ----------------------------------------------------------------------------
     # A tag cannot be compared-and-swapped: write_index_if checks (HEAD) just before the PUT,
-    # and bincache.index reads the index back after a pause (index_write_atomic is False).
+    # and bincache.index reads the index back and lists the tags again after each write
+    # (index_write_atomic is False).
     def read_index_bytes(self) -> bytes | None:
         return self.read_index_tagged()[0]
 

@@ -1,6 +1,12 @@
 """Concurrent index writers lose nothing: 4 processes pushing with --rebuild-index at once, and a
 slow full re-index overlapping quick pushes, on one directory, one S3 (moto) and one OCI
-(docker-registry) mirror. The final index names every package; no manifest names a missing blob."""
+(docker-registry) mirror. The final index names every package; no manifest names a missing blob.
+
+A soak run is one command: ``BINCACHE_SOAK_ROUNDS=10 BINCACHE_SOAK_LOAD=2 python3 -m pytest -q
+-p no:cacheprovider tests/integration/test_index_concurrency.py`` runs each test 10 times per
+mirror kind, with 2 busy-loop processes beside each round to widen the race windows
+(CI runs one round, no load).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import pytest
 
 from bincache import api
 from bincache import index as ix
+from bincache.errors import MirrorError
 from bincache.mirror import open_cache
 from bincache.mirror.config import MirrorRef
 from tests.conftest import run_cli
@@ -22,6 +29,8 @@ from tests.index.packages import make_specs, put_package
 from tests.integration.test_s3 import s3_server  # noqa: F401
 
 PUSHERS, EACH = 4, 10
+ROUNDS = int(os.environ.get("BINCACHE_SOAK_ROUNDS") or 1)
+LOAD = int(os.environ.get("BINCACHE_SOAK_LOAD") or 0)
 ARCH = {"platform": "linux", "platform_os": "debian12", "target": "x86_64"}
 
 
@@ -100,8 +109,22 @@ def mirror(request, tmp_path):
     return kind, url, env
 
 
+@pytest.fixture
+def load():
+    """LOAD busy loops for the length of one round (as nice as the test itself)."""
+    spin = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(LOAD)]
+    yield
+    for p in spin:
+        p.kill()
+        p.wait()
+
+
+rounds = pytest.mark.parametrize("round_", range(ROUNDS), ids=lambda i: f"r{i}")
+
+
 @pytest.mark.slow
-def test_four_pushers_at_once_lose_nothing(tree, mirror):
+@rounds
+def test_four_pushers_at_once_lose_nothing(tree, mirror, load, round_):
     root, names = tree
     kind, url, env = mirror
     procs = [_start(root, url, names[i * EACH:(i + 1) * EACH], env, "-j", "2") for i in range(PUSHERS)]
@@ -110,7 +133,9 @@ def test_four_pushers_at_once_lose_nothing(tree, mirror):
 
 
 @pytest.mark.slow
-def test_a_slow_full_reindex_overlapping_quick_pushes_loses_nothing(tree, mirror, tmp_path):
+@rounds
+def test_a_slow_full_reindex_overlapping_quick_pushes_loses_nothing(tree, mirror, tmp_path, load,
+                                                                     round_):
     root, names = tree
     kind, url, env = mirror
     # Many packages the index does not know yet: the re-index reads every one, one at a time.
@@ -158,3 +183,61 @@ def _seed_oci(cache, specs) -> None:
         manifest = img.dumps(img.build_manifest(
             config=Descriptor(img.CONFIG, sha256_digest(config), len(config)), layers=[layer]))
         cache.client.put_manifest(cache.tag_ref(s.name, s.version, s.hash), manifest, OCI_MANIFEST)
+
+
+# --- OCI: a tag cannot be compared-and-swapped -------------------------------------------------
+def _oci_writers(factory, n: int):
+    reg = factory("http")
+    url = f"{reg.url}/race/cache"
+    return url, [open_cache(MirrorRef(url), push=True) for _ in range(n)]
+
+
+def _names(url: str) -> set[str]:
+    return {e.spec.name for e in ix.read_index(open_cache(MirrorRef(url))).packages()}
+
+
+def test_a_stale_oci_index_write_is_repaired_by_the_stale_writer(registry_factory):  # noqa: F811
+    # B reads the index and checks (HEAD) that its tag has not moved; before B's PUT lands, A
+    # pushes packages and finishes a whole update (its own read-back sees them). Then B's PUT
+    # overwrites A's index with one that lacks A's packages: B's read-back must list them.
+    url, (a, b) = _oci_writers(registry_factory, 2)
+    _seed_oci(b, make_specs(["b0", "b1", "b2"]))
+    put = b.client.put_manifest
+    raced = []
+
+    def late_put(ref, data, media_type):
+        if ref.tag == "index.spack" and not raced:
+            raced.append(True)
+            _seed_oci(a, make_specs(["a0", "a1"]))
+            ix.update_index(a)
+            assert _names(url) == {"a0", "a1", "b0", "b1", "b2"}
+        return put(ref, data, media_type)
+
+    b.client.put_manifest = late_put
+    _, fetched = ix.update_index(b)
+    assert raced and fetched == 5  # its own 3, then A's 2 that its PUT dropped, written back
+    assert _names(url) == {"a0", "a1", "b0", "b1", "b2"}
+    assert b.client.stats["GET tags"] == 3  # listed before its write, after each write
+
+
+def test_an_oci_index_that_keeps_being_overwritten_is_one_error(registry_factory,  # noqa: F811
+                                                                monkeypatch):
+    # Every write of B is overwritten at once by a stale writer: B gives up after RETRIES
+    # rounds with one message that says what to do; its packages stay in the mirror.
+    url, (a, b) = _oci_writers(registry_factory, 2)
+    _seed_oci(b, make_specs(["b0", "b1"]))
+    monkeypatch.setattr(ix, "RETRIES", 3)
+    put = b.client.put_manifest
+
+    def overwritten(ref, data, media_type):
+        got = put(ref, data, media_type)
+        if ref.tag == "index.spack":
+            a.write_index_bytes(ix.Index().to_bytes("7"), "7")
+        return got
+
+    b.client.put_manifest = overwritten
+    with pytest.raises(MirrorError, match="kept changing under 3 attempts.*run bincache update-index"):
+        ix.update_index(b)
+    b.client.put_manifest = put
+    ix.update_index(b)
+    assert _names(url) == {"b0", "b1"}
