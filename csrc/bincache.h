@@ -16,7 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define BC_ABI_VERSION 4
+#define BC_ABI_VERSION 5
 
 /* BC_CDEF_BEGIN */
 enum {
@@ -39,7 +39,13 @@ enum { BC_KIND_TEXT = 0, BC_KIND_BINARY = 1, BC_KIND_ELF = 2 };
 /* Output formats of the writer: one gzip member, or zstd frames (one per piece). */
 enum { BC_CODEC_GZIP = 0, BC_CODEC_ZSTD = 1 };
 
+/* bc_writer_new flags. BC_WRITER_DIFF_ID: also hash the uncompressed tar stream (an OCI
+ * layer's diff_id); without it bc_result.diff_id is "" and a SHA-256 pass over every input
+ * byte is saved. */
+enum { BC_WRITER_DIFF_ID = 1 };
+
 typedef struct bc_writer bc_writer;
+typedef struct bc_pool bc_pool;
 typedef struct bc_inflater bc_inflater;
 
 /* A byte string the caller owns. */
@@ -91,10 +97,18 @@ int bc_codec_info(int codec, int *available, int *default_level, int *min_level,
  * per online CPU; threads == 1: compress on the calling thread. Output bytes do not depend on
  * threads. gzip level: 0 = stored; 1..3 = ISA-L igzip 1..3 (zlib 1..3 when built without
  * ISA-L); 4..9 = zlib. zstd level: 1..19 (libzstd's), each piece one frame with its content
- * size and checksum. On failure *sys_errno is the errno behind it (ENOSPC...), or 0. */
+ * size and checksum. pool != NULL: compress on that pool's threads (threads is ignored); the
+ * pool must outlive every unfinished writer using it. On failure *sys_errno is the errno behind
+ * it (ENOSPC...), or 0. */
 int bc_writer_new(bc_writer **out, int fd, const bc_buf *prefixes, size_t nprefixes, int codec,
-                  int level, int threads, char *err, size_t errlen, int *sys_errno);
+                  int level, int threads, bc_pool *pool, int flags, char *err, size_t errlen,
+                  int *sys_errno);
 int bc_writer_free(bc_writer *w);
+/* Compression threads for several writers at once (threads == 0: one per online CPU); they
+ * start when the first piece is queued. Free it after every writer using it is finished or
+ * freed. */
+int bc_pool_new(bc_pool **out, int threads, char *err, size_t errlen);
+int bc_pool_free(bc_pool *p);
 int bc_writer_error(const bc_writer *w, const char **message, int *sys_errno);
 int bc_writer_add_dir(bc_writer *w, const char *name, size_t name_len, int mode);
 int bc_writer_add_symlink(bc_writer *w, const char *name, size_t name_len, const char *target,

@@ -18,6 +18,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -260,59 +261,62 @@ static int sink(bc_gz *g, const unsigned char *p, size_t n, bc_err *e)
     return BC_OK;
 }
 
-static void *worker_main(void *arg)
+/* ---- the pool ---- */
+
+static void *pool_main(void *arg)
 {
-    bc_worker *wk = arg;
-    bc_gz *g = wk->gz;
-    pthread_mutex_lock(&g->mu);
+    bc_pool *p = arg;
+    bc_comp comp;
+    int ready = 0;
+    memset(&comp, 0, sizeof comp);
+    pthread_mutex_lock(&p->mu);
     for (;;) {
-        while (!g->stop && g->taken >= g->submitted)
-            pthread_cond_wait(&g->cv_work, &g->mu);
-        if (g->stop)
+        while (!p->stop && p->head == NULL)
+            pthread_cond_wait(&p->cv, &p->mu);
+        if (p->stop)
             break;
-        bc_slot *s = &g->slots[g->taken % g->nslots];
-        g->taken++;
-        s->state = SLOT_BUSY;
-        pthread_mutex_unlock(&g->mu);
-        int rc = bc__comp_chunk(&wk->comp, s->dict, s->dict_len, s->in, s->in_len, &s->out,
+        bc_slot *s = p->head;
+        p->head = s->next;
+        if (p->head == NULL)
+            p->tail = NULL;
+        s->next = NULL;
+        pthread_mutex_unlock(&p->mu);
+        bc_gz *g = s->owner;
+        int rc = BC_OK;
+        /* The writers of one pool normally share a codec and level; another one re-creates
+         * the engine. */
+        if (ready && (comp.codec != g->codec || comp.level != g->level)) {
+            bc__comp_free(&comp);
+            ready = 0;
+        }
+        if (!ready) {
+            rc = bc__comp_init(&comp, g->codec, g->level, &s->err);
+            if (rc)
+                bc__comp_free(&comp);
+            else
+                ready = 1;
+        }
+        if (rc == BC_OK)
+            rc = bc__comp_chunk(&comp, s->dict, s->dict_len, s->in, s->in_len, &s->out,
                                 &s->out_cap, &s->out_len, &s->err);
         pthread_mutex_lock(&g->mu);
         s->rc = rc;
         s->state = SLOT_DONE;
+        g->inflight--;
         pthread_cond_broadcast(&g->cv_done);
+        /* g may be freed as soon as this unlock lets its owner see inflight == 0. */
+        pthread_mutex_unlock(&g->mu);
+        pthread_mutex_lock(&p->mu);
     }
-    pthread_mutex_unlock(&g->mu);
+    pthread_mutex_unlock(&p->mu);
+    if (ready)
+        bc__comp_free(&comp);
     return NULL;
 }
 
-static int start_workers(bc_gz *g, bc_err *e)
+int bc__pool_init(bc_pool *p, int threads, bc_err *e)
 {
-    for (int i = 0; i < g->nworkers; i++) {
-        bc_worker *wk = &g->workers[i];
-        wk->gz = g;
-        int rc = bc__comp_init(&wk->comp, g->codec, g->level, e);
-        if (rc)
-            return rc;
-        wk->comp_ready = 1;
-        int prc = pthread_create(&wk->tid, NULL, worker_main, wk);
-        if (prc != 0)
-            return bc__fail(e, BC_ETHREAD, prc, "cannot start a compression thread: %s",
-                            strerror(prc));
-        g->nstarted = i + 1;
-    }
-    return BC_OK;
-}
-
-int bc__gz_open(bc_gz *g, int codec, int level, int threads, int fd, int hash_out,
-                int hash_in, bc_err *e)
-{
-    memset(g, 0, sizeof *g);
-    g->fd = fd;
-    int rc = bc__check_level(codec, level, e);
-    if (rc)
-        return rc;
-    g->codec = codec;
-    g->level = level;
+    memset(p, 0, sizeof *p);
     if (threads < 0)
         return bc__fail(e, BC_EINVAL, 0, "threads must be >= 0, not %d", threads);
     if (threads == 0) {
@@ -321,16 +325,155 @@ int bc__gz_open(bc_gz *g, int codec, int level, int threads, int fd, int hash_ou
     }
     if (threads > 64)
         threads = 64;
-    g->nworkers = threads > 1 ? threads : 0;
+    p->nthreads = threads;
+    p->tids = calloc((size_t)threads, sizeof *p->tids);
+    if (p->tids == NULL)
+        return bc__fail(e, BC_ENOMEM, ENOMEM, "out of memory");
+    if (pthread_mutex_init(&p->mu, NULL))
+        return bc__fail(e, BC_ENOMEM, ENOMEM, "cannot create thread locks");
+    if (pthread_cond_init(&p->cv, NULL)) {
+        pthread_mutex_destroy(&p->mu);
+        return bc__fail(e, BC_ENOMEM, ENOMEM, "cannot create thread locks");
+    }
+    p->sync_ready = 1;
+    return BC_OK;
+}
+
+/* Queue one piece (its owner's books already count it); starts the threads the first time. */
+static int pool_push(bc_pool *p, bc_slot *s, bc_err *e)
+{
+    pthread_mutex_lock(&p->mu);
+    while (p->nstarted < p->nthreads) {
+        int prc = pthread_create(&p->tids[p->nstarted], NULL, pool_main, p);
+        if (prc != 0) {
+            if (p->nstarted > 0)
+                break; /* fewer threads, still correct */
+            pthread_mutex_unlock(&p->mu);
+            return bc__fail(e, BC_ETHREAD, prc, "cannot start a compression thread: %s",
+                            strerror(prc));
+        }
+        p->nstarted++;
+    }
+    s->next = NULL;
+    if (p->tail)
+        p->tail->next = s;
+    else
+        p->head = s;
+    p->tail = s;
+    pthread_cond_signal(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    return BC_OK;
+}
+
+/* Take g's pieces that no thread has started off the queue; returns how many. */
+static uint64_t pool_withdraw(bc_pool *p, const bc_gz *g)
+{
+    uint64_t n = 0;
+    pthread_mutex_lock(&p->mu);
+    bc_slot **link = &p->head;
+    p->tail = NULL;
+    while (*link != NULL) {
+        bc_slot *s = *link;
+        if (s->owner == g) {
+            *link = s->next;
+            s->next = NULL;
+            n++;
+        } else {
+            p->tail = s;
+            link = &s->next;
+        }
+    }
+    pthread_mutex_unlock(&p->mu);
+    return n;
+}
+
+void bc__pool_destroy(bc_pool *p)
+{
+    if (p->sync_ready) {
+        pthread_mutex_lock(&p->mu);
+        p->stop = 1;
+        pthread_cond_broadcast(&p->cv);
+        pthread_mutex_unlock(&p->mu);
+        for (int i = 0; i < p->nstarted; i++)
+            pthread_join(p->tids[i], NULL);
+        pthread_mutex_destroy(&p->mu);
+        pthread_cond_destroy(&p->cv);
+    }
+    free(p->tids);
+    memset(p, 0, sizeof *p);
+}
+
+int bc_pool_new(bc_pool **out, int threads, char *err, size_t errlen)
+{
+    bc_err e = {{0}, 0};
+    *out = NULL;
+    bc_pool *p = malloc(sizeof *p);
+    if (p == NULL) {
+        if (err && errlen)
+            snprintf(err, errlen, "out of memory");
+        return BC_ENOMEM;
+    }
+    int rc = bc__pool_init(p, threads, &e);
+    if (rc) {
+        bc__copy_err(&e, err, errlen);
+        bc__pool_destroy(p);
+        free(p);
+        return rc;
+    }
+    *out = p;
+    return BC_OK;
+}
+
+int bc_pool_free(bc_pool *p)
+{
+    if (p == NULL)
+        return BC_OK;
+    bc__pool_destroy(p);
+    free(p);
+    return BC_OK;
+}
+
+/* ---- the pipe ---- */
+
+int bc__gz_open(bc_gz *g, int codec, int level, int threads, bc_pool *pool, int fd,
+                int hash_out, int hash_in, bc_err *e)
+{
+    memset(g, 0, sizeof *g);
+    g->fd = fd;
+    int rc = bc__check_level(codec, level, e);
+    if (rc)
+        return rc;
+    g->codec = codec;
+    g->level = level;
+    if (pool == NULL) {
+        if (threads < 0)
+            return bc__fail(e, BC_EINVAL, 0, "threads must be >= 0, not %d", threads);
+        if (threads == 0) {
+            long n = sysconf(_SC_NPROCESSORS_ONLN);
+            threads = n > 0 ? (int)n : 1;
+        }
+        if (threads > 1) {
+            pool = malloc(sizeof *pool);
+            if (pool == NULL)
+                return bc__fail(e, BC_ENOMEM, ENOMEM, "out of memory");
+            g->own_pool = 1;
+            g->pool = pool;
+            if ((rc = bc__pool_init(pool, threads, e)))
+                return rc;
+        }
+    }
+    g->pool = pool;
+    g->nworkers = pool ? pool->nthreads : 0;
     g->nslots = g->nworkers ? 2 * (size_t)g->nworkers + 2 : 1;
     g->slots = calloc(g->nslots, sizeof *g->slots);
-    if (g->nworkers)
-        g->workers = calloc((size_t)g->nworkers, sizeof *g->workers);
-    if (g->slots == NULL || (g->nworkers && g->workers == NULL))
+    if (g->slots == NULL)
         return bc__fail(e, BC_ENOMEM, ENOMEM, "out of memory");
-    if (pthread_mutex_init(&g->mu, NULL) || pthread_cond_init(&g->cv_work, NULL) ||
-        pthread_cond_init(&g->cv_done, NULL))
+    if (pthread_mutex_init(&g->mu, NULL))
         return bc__fail(e, BC_ENOMEM, ENOMEM, "cannot create thread locks");
+    if (pthread_cond_init(&g->cv_done, NULL)) {
+        pthread_mutex_destroy(&g->mu);
+        return bc__fail(e, BC_ENOMEM, ENOMEM, "cannot create thread locks");
+    }
     g->sync_ready = 1;
     g->hash_out = hash_out;
     if (hash_out) {
@@ -396,12 +539,14 @@ static int submit(bc_gz *g, int last, bc_err *e)
     if (g->hash_in && bc__sha256_update(&g->sha_in, s->in, s->in_len))
         return bc__fail(e, BC_ENOMEM, ENOMEM, "sha256 failed");
     /* Without workers, or for a single piece at the end, compress right here: small
-     * packages never start a thread. */
-    if (g->nworkers == 0 || (last && g->nstarted == 0)) {
+     * packages never wait for a thread. */
+    if (g->pool == NULL || (last && !g->used_pool)) {
         if (!g->inline_ready) {
             int rc = bc__comp_init(&g->inline_comp, g->codec, g->level, e);
-            if (rc)
+            if (rc) {
+                bc__comp_free(&g->inline_comp);
                 return rc;
+            }
             g->inline_ready = 1;
         }
         s->rc = bc__comp_chunk(&g->inline_comp, s->dict, s->dict_len, s->in, s->in_len,
@@ -409,20 +554,26 @@ static int submit(bc_gz *g, int last, bc_err *e)
         pthread_mutex_lock(&g->mu);
         s->state = SLOT_DONE;
         g->submitted++;
-        g->taken++;
         pthread_mutex_unlock(&g->mu);
         return drain(g, g->submitted, e);
     }
-    if (g->nstarted == 0) {
-        int rc = start_workers(g, e);
-        if (rc)
-            return rc;
-    }
+    g->used_pool = 1;
+    s->owner = g;
     pthread_mutex_lock(&g->mu);
     s->state = SLOT_QUEUED;
     g->submitted++;
-    pthread_cond_signal(&g->cv_work);
+    g->inflight++;
     pthread_mutex_unlock(&g->mu);
+    int rc = pool_push(g->pool, s, e);
+    if (rc) {
+        pthread_mutex_lock(&g->mu);
+        g->inflight--;
+        s->rc = rc;
+        s->err = *e;
+        s->state = SLOT_DONE;
+        pthread_mutex_unlock(&g->mu);
+        return rc;
+    }
     return drain(g, 0, e);
 }
 
@@ -497,19 +648,25 @@ int bc__gz_finish(bc_gz *g, bc_err *e)
 void bc__gz_close(bc_gz *g)
 {
     if (g->sync_ready) {
+        /* Pieces still queued or being compressed point into our slots. A finished pipe has
+         * none, and then the (shared) pool is not touched: it may be gone already. */
         pthread_mutex_lock(&g->mu);
-        g->stop = 1;
-        pthread_cond_broadcast(&g->cv_work);
+        uint64_t left = g->inflight;
         pthread_mutex_unlock(&g->mu);
+        if (left > 0) {
+            uint64_t withdrawn = pool_withdraw(g->pool, g);
+            pthread_mutex_lock(&g->mu);
+            g->inflight -= withdrawn;
+            while (g->inflight > 0)
+                pthread_cond_wait(&g->cv_done, &g->mu);
+            pthread_mutex_unlock(&g->mu);
+        }
     }
-    for (int i = 0; i < g->nstarted; i++)
-        pthread_join(g->workers[i].tid, NULL);
-    if (g->workers) {
-        for (int i = 0; i < g->nworkers; i++)
-            if (g->workers[i].comp_ready)
-                bc__comp_free(&g->workers[i].comp);
-        free(g->workers);
+    if (g->own_pool && g->pool) {
+        bc__pool_destroy(g->pool);
+        free(g->pool);
     }
+    g->pool = NULL;
     if (g->slots) {
         for (size_t i = 0; i < g->nslots; i++) {
             free(g->slots[i].in);
@@ -526,7 +683,6 @@ void bc__gz_close(bc_gz *g)
         bc__sha256_free(&g->sha_in);
     if (g->sync_ready) {
         pthread_mutex_destroy(&g->mu);
-        pthread_cond_destroy(&g->cv_work);
         pthread_cond_destroy(&g->cv_done);
     }
     free(g->mem);
@@ -542,7 +698,7 @@ int bc_compress_buffer(const unsigned char *data, size_t len, int codec, int lev
     bc_err e = {{0}, 0};
     *out = NULL;
     *out_len = 0;
-    int rc = bc__gz_open(&g, codec, level, threads, -1, 0, 0, &e);
+    int rc = bc__gz_open(&g, codec, level, threads, NULL, -1, 0, 0, &e);
     while (rc == BC_OK && len > 0) {
         unsigned char *p;
         size_t avail;

@@ -119,6 +119,7 @@ BC_HIDDEN void bc__comp_free(bc_comp *c);
 BC_HIDDEN uint32_t bc__crc32(uint32_t crc, const unsigned char *p, size_t n);
 
 /* The parallel pipe: bytes in, one gzip member (or a run of zstd frames) out, in order. */
+struct bc_gz;
 typedef struct bc_slot {
     unsigned char *in;
     size_t in_len;
@@ -130,33 +131,45 @@ typedef struct bc_slot {
     int state;
     int rc;
     bc_err err;
+    struct bc_slot *next; /* in the pool's queue */
+    struct bc_gz *owner;
 } bc_slot;
 
-struct bc_gz;
-typedef struct bc_worker {
-    struct bc_gz *gz;
-    bc_comp comp;
-    int comp_ready;
-    pthread_t tid;
-} bc_worker;
+/* Compression threads serving pieces first come, first served: a writer's own (threads > 1),
+ * or one shared by the writers of a push (bc_pool_new), so that packing two packages at once
+ * on two cores runs two deflate threads, not four, and starts them once. Threads start with
+ * the first piece queued. */
+struct bc_pool {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bc_slot *head;
+    bc_slot *tail;
+    int nthreads;
+    int nstarted;
+    pthread_t *tids;
+    int stop;
+    int sync_ready;
+};
+
+BC_HIDDEN int bc__pool_init(bc_pool *p, int threads, bc_err *e);
+BC_HIDDEN void bc__pool_destroy(bc_pool *p);
 
 typedef struct bc_gz {
     int codec;
     int level;
-    int nworkers; /* 0: compress on the calling thread */
+    int nworkers; /* threads of the pool; 0: compress on the calling thread */
     size_t nslots;
     bc_slot *slots;
     uint64_t submitted; /* chunks handed to the workers */
-    uint64_t taken;     /* chunks a worker has started */
     uint64_t written;   /* chunks written out */
+    uint64_t inflight;  /* chunks queued in the pool or being compressed there */
     int filling;        /* slots[submitted % nslots] is being filled */
     pthread_mutex_t mu;
-    pthread_cond_t cv_work;
     pthread_cond_t cv_done;
     int sync_ready;
-    bc_worker *workers;
-    int nstarted;
-    int stop;
+    bc_pool *pool;
+    int own_pool; /* pool was made by (and is freed with) this pipe */
+    int used_pool;
     bc_comp inline_comp;
     int inline_ready;
     uint32_t crc;
@@ -178,8 +191,9 @@ typedef struct bc_gz {
     int sha_in_ready;
 } bc_gz;
 
-BC_HIDDEN int bc__gz_open(bc_gz *g, int codec, int level, int threads, int fd, int hash_out,
-                          int hash_in, bc_err *e);
+/* pool: shared threads (threads is then ignored), or NULL: threads of its own. */
+BC_HIDDEN int bc__gz_open(bc_gz *g, int codec, int level, int threads, bc_pool *pool, int fd,
+                          int hash_out, int hash_in, bc_err *e);
 /* A place to put the next uncompressed bytes: *avail >= 1. */
 BC_HIDDEN int bc__gz_space(bc_gz *g, unsigned char **p, size_t *avail, bc_err *e);
 /* The first n bytes at the place given by bc__gz_space are now part of the stream. */

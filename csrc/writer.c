@@ -426,7 +426,8 @@ int bc_writer_finish(bc_writer *w, bc_result *res)
     rc = put(w, zeros, sizeof zeros);
     if (rc == BC_OK)
         rc = bc__gz_finish(&w->gz, &w->err);
-    if (rc == BC_OK && (bc__sha256_hex(&w->gz.sha_in, res->diff_id) ||
+    res->diff_id[0] = '\0';
+    if (rc == BC_OK && ((w->gz.hash_in && bc__sha256_hex(&w->gz.sha_in, res->diff_id)) ||
                         bc__sha256_hex(&w->gz.sha_out, res->digest)))
         rc = bc__fail(&w->err, BC_ENOMEM, ENOMEM, "sha256 failed");
     if (rc)
@@ -438,7 +439,8 @@ int bc_writer_finish(bc_writer *w, bc_result *res)
 }
 
 int bc_writer_new(bc_writer **out, int fd, const bc_buf *prefixes, size_t nprefixes, int codec,
-                  int level, int threads, char *err, size_t errlen, int *sys_errno)
+                  int level, int threads, bc_pool *pool, int flags, char *err, size_t errlen,
+                  int *sys_errno)
 {
     *out = NULL;
     *sys_errno = 0;
@@ -448,7 +450,14 @@ int bc_writer_new(bc_writer **out, int fd, const bc_buf *prefixes, size_t nprefi
             snprintf(err, errlen, "out of memory");
         return BC_ENOMEM;
     }
-    int rc = bc__gz_open(&w->gz, codec, level, threads, fd, 1, 1, &w->err);
+    if (flags & ~BC_WRITER_DIFF_ID) {
+        if (err && errlen)
+            snprintf(err, errlen, "unknown writer flags %#x", (unsigned)flags);
+        free(w);
+        return BC_EINVAL;
+    }
+    int rc = bc__gz_open(&w->gz, codec, level, threads, pool, fd, 1,
+                         (flags & BC_WRITER_DIFF_ID) != 0, &w->err);
     if (rc == BC_OK)
         rc = bc__scanner_init(&w->scan, prefixes, nprefixes, &w->err);
     if (rc) {

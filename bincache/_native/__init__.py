@@ -4,13 +4,15 @@
 the pure-Python twin; ``cffi`` insists on the C core; ``python`` forces the twin (tests use it to
 compare the two). Both expose the same names:
 
-    TarWriter(out, *, prefixes, level, threads, codec="gzip"|"zstd")   .add_dir/.add_symlink/.add_hardlink/
+    TarWriter(out, *, prefixes, level, threads, codec="gzip"|"zstd", pool=None, diff_id=True)
+                                                  .add_dir/.add_symlink/.add_hardlink/
                                                   .add_file/.add_bytes -> FileScan, .finish -> TarResult
     scan_buffer(data, prefixes) -> [(prefix_index, offset)]
     relocate_buffer(bytearray, [(old, new)]) -> count
     apply_patches(path, [(offset, old, new)])
     compress_buffer(data, level, threads, codec) -> bytes   # one gzip member (the raw deflate ceiling)
     codec_info(codec) -> (available, default level, lowest, highest)
+    CompressPool(threads)  # compression threads shared by writers: .close() after them
     Inflater(fd|fileobj, *, offset=0, digest=False)  # gzip reader: .read/.readinto/.hexdigest()
     BACKEND, DEFAULT_LEVEL, FileScan, TarResult
 """
@@ -45,6 +47,7 @@ else:
     _impl = _load(os.environ.get("BINCACHE_NATIVE", "auto"))
 
 TarWriter = _impl.TarWriter
+CompressPool = _impl.CompressPool
 FileScan = _impl.FileScan
 TarResult = _impl.TarResult
 scan_buffer = _impl.scan_buffer

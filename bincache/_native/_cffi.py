@@ -20,7 +20,7 @@ else:
     from ._lib import ffi, lib
 from ._pure import KIND_BINARY, KIND_ELF, KIND_TEXT, FileScan, TarResult
 
-_ABI_VERSION = 4
+_ABI_VERSION = 5
 if lib.bc_abi_version() != _ABI_VERSION:
     raise NativeError(
         f"the compiled C core is stale (ABI {lib.bc_abi_version()}, this code needs "
@@ -60,6 +60,7 @@ _ERRLEN = 2048
 __all__ = [
     "BACKEND",
     "DEFAULT_LEVEL",
+    "CompressPool",
     "FileScan",
     "Inflater",
     "TarResult",
@@ -109,6 +110,31 @@ def _hits(ptr, n: int) -> list[tuple[int, int]]:
     return [(int(ptr[i].prefix), int(ptr[i].offset)) for i in range(n)]
 
 
+class CompressPool:
+    """Compression threads shared by several TarWriters (a push packs packages concurrently:
+    one set of threads for all of them instead of one per writer). ``threads=0``: one per
+    online CPU. Threads start with the first piece queued; :meth:`close` stops them, and must
+    come after every writer using the pool is finished or closed (each writer keeps the pool
+    alive until then)."""
+
+    def __init__(self, threads: int = 0):
+        handle = ffi.new("bc_pool **")
+        err = ffi.new("char[]", _ERRLEN)
+        _check_err(lib.bc_pool_new(handle, int(threads), err, _ERRLEN), err)
+        self._p = ffi.gc(handle[0], lib.bc_pool_free)
+
+    def close(self) -> None:
+        if self._p is not None:
+            ffi.release(self._p)
+            self._p = None
+
+    def __enter__(self) -> CompressPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 class TarWriter:
     """Streaming deterministic tar -> gzip writer, hashing and scanning in the same pass.
 
@@ -117,7 +143,10 @@ class TarWriter:
     bytes are the same for any number of threads. ``level``: 0 stores; 1-3 are ISA-L's igzip
     levels (zlib's when built without ISA-L); 4-9 are zlib's. The default, 2 with ISA-L and 1
     with zlib, stays within 1.2x of gzip -6. ``codec="zstd"`` writes zstd frames instead
-    (levels 1-19), when the core was built with libzstd.
+    (levels 1-19), when the core was built with libzstd. ``pool``: compress on a
+    :class:`CompressPool`'s threads (``threads`` is then ignored). ``diff_id=False`` skips the
+    SHA-256 of the uncompressed stream (only OCI layers need it): the result's ``diff_id`` is
+    then "".
     """
 
     def __init__(
@@ -128,6 +157,8 @@ class TarWriter:
         level: int | None = None,
         threads: int = 0,
         codec: str = "gzip",
+        pool: CompressPool | None = None,
+        diff_id: bool = True,
     ):
         if isinstance(out, int):
             fd, self._out = out, None
@@ -138,13 +169,18 @@ class TarWriter:
         err = ffi.new("char[]", _ERRLEN)
         se = ffi.new("int *")
         codec_id, level = _codec(codec, level)
+        if pool is not None and pool._p is None:
+            raise NativeError("the compression pool is closed")
+        flags = lib.BC_WRITER_DIFF_ID if diff_id else 0
         rc = lib.bc_writer_new(
-            handle, fd, arr, len(keep), codec_id, level, int(threads), err, _ERRLEN, se
+            handle, fd, arr, len(keep), codec_id, level, int(threads),
+            pool._p if pool is not None else ffi.NULL, flags, err, _ERRLEN, se
         )
         del keep
         if rc != 0:
             _raise(rc, ffi.string(err).decode("utf-8", "replace"), se[0])
         self._w = ffi.gc(handle[0], lib.bc_writer_free)
+        self._pool = pool  # freed after this writer
         self._scan = ffi.new("bc_filescan *")
         self._data = ffi.new("const unsigned char **")
         self._len = ffi.new("size_t *")

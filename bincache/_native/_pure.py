@@ -239,6 +239,24 @@ def _raw_header(
     return bytes(h)
 
 
+class CompressPool:
+    """The C core's shared compression threads; the twin compresses on the calling thread."""
+
+    def __init__(self, threads: int = 0):
+        if threads < 0:
+            raise NativeError(f"threads must be >= 0, not {threads}")
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+    def __enter__(self) -> CompressPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 class TarWriter:
     """Streaming deterministic tar -> gzip writer, hashing and scanning in the same pass.
 
@@ -247,7 +265,7 @@ class TarWriter:
     """
 
     def __init__(self, out, *, prefixes: list[bytes], level: int | None = None, threads: int = 0,
-                 codec: str = "gzip"):
+                 codec: str = "gzip", pool: CompressPool | None = None, diff_id: bool = True):
         available, default, _lo, _hi = codec_info(codec)
         if not available:
             raise NativeError("zstd needs the zstandard module (pip install zstandard)")
@@ -264,7 +282,9 @@ class TarWriter:
             self._own = False
         self._out = out
         self._prefixes = list(prefixes)
-        self._raw = hashlib.sha256()
+        if pool is not None and pool.closed:
+            raise NativeError("the compression pool is closed")
+        self._raw = hashlib.sha256() if diff_id else None
         self._gz = hashlib.sha256()
         self._usize = 0
         self._csize = 0
@@ -295,7 +315,8 @@ class TarWriter:
             raise NativeError("cancelled")
         if self._finished:
             raise NativeError("tar writer already finished")
-        self._raw.update(data)
+        if self._raw is not None:
+            self._raw.update(data)
         self._usize += len(data)
         if self._gzip:
             self._crc = zlib.crc32(data, self._crc)
@@ -351,7 +372,7 @@ class TarWriter:
         if self._own:
             self._out.close()
         self._finished = True
-        return TarResult(self._raw.hexdigest(), self._gz.hexdigest(), self._csize, self._usize)
+        return TarResult(self._raw.hexdigest() if self._raw is not None else "", self._gz.hexdigest(), self._csize, self._usize)
 
 
 class Inflater:

@@ -241,6 +241,9 @@ class BuildCache(Protocol):
     #: Whether write_index_if is a true compare-and-swap; False (OCI, where a tag cannot be
     #: swapped conditionally): an update also reads its write back and merges again.
     index_write_atomic: ClassVar[bool]
+    #: Whether push_package needs each tarball's uncompressed digest (``result.diff_id``, an OCI
+    #: layer's); create skips that SHA-256 pass over every input byte when not.
+    needs_diff_id: ClassVar[bool]
 
     @property
     def url(self) -> str: ...  # for messages: never a password

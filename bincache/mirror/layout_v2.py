@@ -214,6 +214,7 @@ class LayoutV2Cache:
     compressions: ClassVar[tuple[str, ...]] = ("gzip",)  # Spack 0.2x reads gzip tarballs only
     sharded_index: ClassVar[bool] = False
     index_write_atomic: ClassVar[bool] = True
+    needs_diff_id: ClassVar[bool] = False
 
     def __init__(self, backend: ByteBackend, ref: MirrorRef | None = None):
         self.backend: ByteBackend = backend

@@ -134,6 +134,7 @@ class LayoutV3Cache:
     compressions: ClassVar[tuple[str, ...]] = ("gzip", "zstd")  # Spack >= 1.0 reads gzip
     sharded_index: ClassVar[bool] = True
     index_write_atomic: ClassVar[bool] = True
+    needs_diff_id: ClassVar[bool] = False
 
     def __init__(self, backend: ByteBackend, ref: MirrorRef | None = None):
         self.backend: ByteBackend = backend

@@ -90,6 +90,7 @@ class OciCache:
     index_remedy: ClassVar[str] = "run bincache update-index"
     sharded_index: ClassVar[bool] = False
     index_write_atomic: ClassVar[bool] = False
+    needs_diff_id: ClassVar[bool] = True  # the image config's rootfs.diff_ids
     backend = None  # images, not files at paths
     compressions: ClassVar[tuple[str, ...]] = ("gzip", "zstd")  # tar+gzip (Spack) or tar+zstd
 

@@ -288,6 +288,45 @@ def test_an_abandoned_writer_stops_its_threads(native, tree):
     assert out.returncode == 0 and out.stdout == "done\n"
 
 
+def test_without_diff_id_only_the_uncompressed_digest_is_left_out(backend, tree):
+    full, bare = io.BytesIO(), io.BytesIO()
+    result, scans = write_all(backend, full, tree)
+    bare_result, bare_scans = write_all(backend, bare, tree, diff_id=False)
+    assert bare.getvalue() == full.getvalue() and bare_scans == scans
+    assert bare_result.diff_id == "" and result.diff_id
+    assert (bare_result.digest, bare_result.compressed_size, bare_result.uncompressed_size) == (
+        result.digest, result.compressed_size, result.uncompressed_size)
+
+
+def test_a_shared_pool_starts_its_threads_once_and_outlives_an_abandoned_writer(native, tree,
+                                                                                written):
+    data, _, _ = written
+
+    def os_threads() -> int:
+        return len(os.listdir("/proc/self/task"))
+
+    before = os_threads()
+    pool = native.CompressPool(2)
+    assert os_threads() == before  # threads start with the first piece, not before
+    for _ in range(3):
+        buf = io.BytesIO()
+        write_all(native, buf, tree, pool=pool)
+        assert buf.getvalue() == data
+        assert os_threads() == before + 2  # the same two threads for every writer
+    # A writer dropped with pieces still queued: they are taken back, the pool carries on.
+    w = native.TarWriter(io.BytesIO(), prefixes=[], pool=pool)
+    for i in range(4):
+        w.add_file(f"opt/big{i}", str(tree / "big"), 0o644)
+    w.close()
+    buf = io.BytesIO()
+    write_all(native, buf, tree, pool=pool)
+    assert buf.getvalue() == data
+    pool.close()
+    assert os_threads() == before
+    with pytest.raises(NativeError, match="pool is closed"):
+        native.TarWriter(io.BytesIO(), prefixes=[], pool=pool)
+
+
 @pytest.mark.slow
 def test_a_file_of_8_gib_or_more_gets_a_pax_size(native, tmp_path):
     """ustar's size field ends at 8 GiB - 1; beyond it the size goes into a PAX record."""

@@ -184,6 +184,17 @@ def test_tar_writer_output_reads_back_with_tarfile(members, level):
                 assert m.isdir() and m.mode == mode
 
 
+def _add_members(writer, members) -> None:
+    """Files (as bytes), symlinks and directories; hardlinks become directories."""
+    for kind, name, data, mode, target in members:
+        if kind == "file":
+            writer.add_bytes(name, data, mode)
+        elif kind == "symlink":
+            writer.add_symlink(name, target)
+        else:
+            writer.add_dir(name, mode)
+
+
 def _unzstd(data: bytes) -> bytes:
     import zstandard
 
@@ -207,13 +218,7 @@ def test_zstd_writer_gives_the_tar_stream_of_the_pure_twin(members, level, big, 
     pw = pure.TarWriter(io.BytesIO(), prefixes=[b"/ab"], codec="zstd", level=level)
     payload = bytes(range(256)) * (big // 256) + b"/ab" * (big % 256)
     for writer in (*outs, pw):
-        for kind, name, data, mode, target in members:
-            if kind == "file":
-                writer.add_bytes(name, data, mode)
-            elif kind == "symlink":
-                writer.add_symlink(name, target)
-            else:
-                writer.add_dir(name, mode)
+        _add_members(writer, members)
         writer.add_bytes("big", payload, 0o644)
     bufs = [w._out for w in outs]
     results = [w.finish() for w in outs]
@@ -253,3 +258,59 @@ def test_the_frame_walker_knows_a_whole_stream_from_a_cut_one(data, level, cut, 
     cut = cut % len(whole)
     with pytest.raises(ExtractError):
         b"".join(chunks(io.BytesIO(whole[:cut]), 1 << 16))
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(streams=st.lists(st.tuples(members, st.integers(0, 3 * CHUNK + 7),
+                                  st.sampled_from([("gzip", 1), ("gzip", 2), ("gzip", 6),
+                                                   ("zstd", 3)])),
+                        min_size=1, max_size=4),
+       pool_threads=st.sampled_from([1, 2, 3]), diff_id=st.booleans())
+def test_writers_sharing_a_pool_at_once_give_the_bytes_of_a_lone_writer(streams, pool_threads,
+                                                                         diff_id):
+    # A push packs several packages at once on one pool of deflate threads: pieces of every
+    # writer (any codec, any level) interleave on the same threads, and each writer's output is
+    # still exactly the single-threaded one; its tar stream is the pure twin's.
+    import threading
+
+    if not native.codec_info("zstd")[0]:
+        streams = [s for s in streams if s[2][0] == "gzip"]
+        assume(streams)
+
+    def feed(writer, case):
+        kinds, big, _codec = case
+        _add_members(writer, kinds)
+        writer.add_bytes("big", bytes(range(256)) * (big // 256) + b"/ab" * (big % 256), 0o644)
+        return writer.finish()
+
+    with native.CompressPool(pool_threads) as pool:
+        outs = [io.BytesIO() for _ in streams]
+        results: list = [None] * len(streams)
+
+        def run(i):
+            codec, level = streams[i][2]
+            w = native.TarWriter(outs[i], prefixes=[b"/ab"], codec=codec, level=level,
+                                 pool=pool, diff_id=diff_id)
+            results[i] = feed(w, streams[i])
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(streams))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    for i, case in enumerate(streams):
+        codec, level = case[2]
+        alone = io.BytesIO()
+        aresult = feed(native.TarWriter(alone, prefixes=[b"/ab"], codec=codec, level=level,
+                                        threads=1), case)
+        pbuf = io.BytesIO()
+        presult = feed(pure.TarWriter(pbuf, prefixes=[b"/ab"], codec=codec, level=level), case)
+        assert outs[i].getvalue() == alone.getvalue()
+        raw = (gzip.decompress if codec == "gzip" else _unzstd)(outs[i].getvalue())
+        assert raw == (gzip.decompress if codec == "gzip" else _unzstd)(pbuf.getvalue())
+        assert results[i].digest == aresult.digest
+        assert results[i].diff_id == (aresult.diff_id if diff_id else "")
+        assert aresult.diff_id == presult.diff_id == hashlib.sha256(raw).hexdigest()
+        assert results[i].uncompressed_size == len(raw)
+        assert results[i].compressed_size == len(outs[i].getvalue())
