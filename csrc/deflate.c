@@ -263,6 +263,8 @@ static int sink(bc_gz *g, const unsigned char *p, size_t n, bc_err *e)
 
 /* ---- the pool ---- */
 
+static void pump(bc_gz *g);
+
 static void *pool_main(void *arg)
 {
     bc_pool *p = arg;
@@ -302,6 +304,8 @@ static void *pool_main(void *arg)
         pthread_mutex_lock(&g->mu);
         s->rc = rc;
         s->state = SLOT_DONE;
+        if (g->fd >= 0)
+            pump(g); /* in memory, the caller hands the output out between calls: it writes */
         g->inflight--;
         pthread_cond_broadcast(&g->cv_done);
         /* g may be freed as soon as this unlock lets its owner see inflight == 0. */
@@ -492,42 +496,53 @@ int bc__gz_open(bc_gz *g, int codec, int level, int threads, bc_pool *pool, int 
     return BC_OK;
 }
 
-static int write_slot(bc_gz *g, bc_slot *s, bc_err *e)
+/* Under g->mu: hash and write finished pieces in order, unless another thread is at it. */
+static void pump(bc_gz *g)
 {
-    if (s->rc) {
-        *e = s->err;
-        return s->rc;
+    while (!g->writing && g->wrc == 0 && g->written < g->submitted) {
+        bc_slot *s = &g->slots[g->written % g->nslots];
+        if (s->state != SLOT_DONE)
+            return;
+        g->writing = 1;
+        pthread_mutex_unlock(&g->mu);
+        bc_err e = {{0}, 0};
+        int rc = s->rc;
+        if (rc)
+            e = s->err;
+        else
+            rc = sink(g, s->out, s->out_len, &e);
+        pthread_mutex_lock(&g->mu);
+        g->writing = 0;
+        if (rc) {
+            g->wrc = rc;
+            g->werr = e;
+        } else {
+            s->state = SLOT_FREE;
+            g->written++;
+        }
+        pthread_cond_broadcast(&g->cv_done);
     }
-    int rc = sink(g, s->out, s->out_len, e);
-    if (rc)
-        return rc;
-    pthread_mutex_lock(&g->mu);
-    s->state = SLOT_FREE;
-    g->written++;
-    pthread_mutex_unlock(&g->mu);
-    return BC_OK;
 }
 
-/* Write finished pieces in order; wait for them while written < upto. */
+/* Write finished pieces in order (here, or wait for the thread writing them) until at least
+ * upto are written; then return without waiting. */
 static int drain(bc_gz *g, uint64_t upto, bc_err *e)
 {
+    int rc = BC_OK;
+    pthread_mutex_lock(&g->mu);
     for (;;) {
-        pthread_mutex_lock(&g->mu);
-        if (g->written >= g->submitted) {
-            pthread_mutex_unlock(&g->mu);
-            return BC_OK;
+        pump(g);
+        if (g->wrc) {
+            rc = g->wrc;
+            *e = g->werr;
+            break;
         }
-        bc_slot *s = &g->slots[g->written % g->nslots];
-        while (s->state != SLOT_DONE && g->written < upto)
-            pthread_cond_wait(&g->cv_done, &g->mu);
-        int done = s->state == SLOT_DONE;
-        pthread_mutex_unlock(&g->mu);
-        if (!done)
-            return BC_OK;
-        int rc = write_slot(g, s, e);
-        if (rc)
-            return rc;
+        if (g->written >= upto || g->written >= g->submitted)
+            break;
+        pthread_cond_wait(&g->cv_done, &g->mu);
     }
+    pthread_mutex_unlock(&g->mu);
+    return rc;
 }
 
 static int submit(bc_gz *g, int last, bc_err *e)

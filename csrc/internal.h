@@ -170,6 +170,12 @@ typedef struct bc_gz {
     bc_pool *pool;
     int own_pool; /* pool was made by (and is freed with) this pipe */
     int used_pool;
+    /* Finished pieces are hashed and written in order by whichever thread holds `writing`:
+     * the caller, or (output to a descriptor) the pool thread that finished the next piece,
+     * so that one packing thread is not the bottleneck. A failure stays in wrc/werr. */
+    int writing;
+    int wrc;
+    bc_err werr;
     bc_comp inline_comp;
     int inline_ready;
     uint32_t crc;

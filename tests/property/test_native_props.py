@@ -284,15 +284,24 @@ def test_writers_sharing_a_pool_at_once_give_the_bytes_of_a_lone_writer(streams,
         writer.add_bytes("big", bytes(range(256)) * (big // 256) + b"/ab" * (big % 256), 0o644)
         return writer.finish()
 
+    import tempfile
+
     with native.CompressPool(pool_threads) as pool:
         outs = [io.BytesIO() for _ in streams]
         results: list = [None] * len(streams)
 
         def run(i):
+            # To a descriptor, the pool's threads hash and write the pieces; to a file
+            # object, the calling thread does.
             codec, level = streams[i][2]
-            w = native.TarWriter(outs[i], prefixes=[b"/ab"], codec=codec, level=level,
-                                 pool=pool, diff_id=diff_id)
-            results[i] = feed(w, streams[i])
+            with tempfile.TemporaryFile() as f:
+                out = f.fileno() if i % 2 else outs[i]
+                w = native.TarWriter(out, prefixes=[b"/ab"], codec=codec, level=level,
+                                     pool=pool, diff_id=diff_id)
+                results[i] = feed(w, streams[i])
+                if i % 2:
+                    f.seek(0)
+                    outs[i].write(f.read())
 
         threads = [threading.Thread(target=run, args=(i,)) for i in range(len(streams))]
         for t in threads:
