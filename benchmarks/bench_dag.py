@@ -21,7 +21,7 @@ taken from install's progress events:
 
 Since packages are staged -j at a time, "stage" ends when the first package is relocated:
 "relocate" holds the staging of all the others. "cpu ms" is the child's CPU time (all its
-threads) per package: the steadier figure on a loaded machine. ms/package is wall time of the
+threads and its staging worker processes) per package: the steadier figure on a loaded machine. ms/package is wall time of the
 install call (the interpreter's start and imports are the "import" column).
 After each run one installed program is run, and the -j runs are compared file by file with the
 -j 1 result (same paths, modes, contents and link targets, the root's name substituted).
@@ -217,9 +217,11 @@ CHILD = textwrap.dedent(
                          jobs=jobs, progress=progress)
     end = time.perf_counter()
     b = [t0, first.get("planned", end), first.get("relocate", end), first.get("installed", end), end]
+    # The install's staging workers (forked processes at -j > 1) are waited for: theirs too.
     ru = resource.getrusage(resource.RUSAGE_SELF)
+    rc = resource.getrusage(resource.RUSAGE_CHILDREN)
     print(json.dumps({"import": t0 - t_start, "installed": len(result.installed),
-                      "cpu": ru.ru_utime + ru.ru_stime,
+                      "cpu": ru.ru_utime + ru.ru_stime + rc.ru_utime + rc.ru_stime,
                       "plan": b[1] - b[0], "stage": b[2] - b[1], "relocate": b[3] - b[2],
                       "publish": b[4] - b[3], "total": end - t0}))
     '''

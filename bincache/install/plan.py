@@ -59,6 +59,11 @@ def _fail(problems: Sequence[tuple[str, type]]) -> BincacheError:
     return InstallError(messages)
 
 
+def _problem(plan: PackagePlan, e: BaseException) -> tuple[str, type]:
+    text = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    return f"{plan.spec.short()}: {text}", type(e) if isinstance(e, BincacheError) else InstallError
+
+
 # -- the signing hook -------------------------------------------------------------------------
 def verify_manifest(raw: bytes, mirror_ref, allow_unsigned: bool, *, source: str = "manifest") -> bytes:
     """The manifest text that may be trusted, from a fetched manifest.
