@@ -9,20 +9,37 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import autopush as _autopush
-from . import create as _create
-from . import index as _index
-from .autopush import AutopushResult
-from .create import PushInterrupted, PushProgress, PushResult
 from .errors import UsageError
-from .mirror import BuildCache, MirrorRef, open_cache, resolve
-from .mirror.base import Signer
 from .root import optional_root, resolve_root
-from .tree import InstalledSpec, InstallTree, register_prefix
 
 if TYPE_CHECKING:
+    from . import create as _create
+    from . import index as _index
+    from .autopush import AutopushResult
+    from .create import PushInterrupted, PushProgress, PushResult
     from .lifecycle.browse import PageResult
     from .lifecycle.migrate import MigrateResult
+    from .mirror import BuildCache, MirrorRef
+    from .mirror.base import Signer
+    from .tree import InstalledSpec
+
+# Each function imports what it runs, when it runs (a command imports its own code, `bincache
+# --version` none); the names this module re-exports are imported when first asked for.
+_EXPORTED = {"AutopushResult": "autopush", "PushInterrupted": "create", "PushProgress": "create",
+             "PushResult": "create", "BuildCache": "mirror", "MirrorRef": "mirror",
+             "open_cache": "mirror", "resolve": "mirror", "Signer": "mirror.base",
+             "InstalledSpec": "tree", "InstallTree": "tree", "register_prefix": "tree"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTED.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __package__), name)
+    globals()[name] = value
+    return value
 
 __all__ = ["register", "push", "push_prefix", "update_index", "list_mirror", "install", "download",
            "on_build_finished", "check", "migrate", "write_cache_page", "prune", "sync", "resolve_root", "UsageError", "PushInterrupted", "PushProgress",
@@ -30,6 +47,8 @@ __all__ = ["register", "push", "push_prefix", "update_index", "list_mirror", "in
 
 
 def _mirror(mirror: str | MirrorRef, direction: str) -> MirrorRef:
+    from .mirror import MirrorRef, resolve
+
     if isinstance(mirror, MirrorRef):
         return mirror
     if not isinstance(mirror, (str, os.PathLike)):
@@ -76,6 +95,8 @@ def register(prefix: str, name: str, version: str, deps: Sequence[str] | str = (
             values, or ``@FILE`` for a file's content.
     """
     _refuse_unknown("register", unknown, ("deps", "arch", "root", "parameters", "compiler", "hash_inputs"))
+    from .tree import register_prefix
+
     tree_root = optional_root(root)
     return register_prefix(prefix, name, version, _as_list(deps, "deps"), arch=arch, parameters=parameters,
                            root=tree_root, compiler=compiler, hash_inputs=_as_list(hash_inputs, "hash_inputs"))
@@ -83,6 +104,8 @@ def register(prefix: str, name: str, version: str, deps: Sequence[str] | str = (
 
 def _as_list(value: object, what: str) -> list[Any]:
     """A list argument; one string is one item (never its characters)."""
+    from .mirror import MirrorRef
+
     if value is None:
         return []
     if isinstance(value, (str, bytes, os.PathLike, MirrorRef)):
@@ -123,6 +146,12 @@ def push(mirror: str | MirrorRef, specs: Sequence[str] | str = (), *, root: str 
         UsageError: an unknown option, or an option that does not apply to this mirror.
     """
     _refuse_unknown("push", unknown, _PUSH_OPTIONS)
+    from . import create as _create
+    from . import index as _index
+    from .create import PushInterrupted
+    from .mirror import open_cache
+    from .tree import InstallTree
+
     ref = _mirror(mirror, "push")
     cache = open_cache(ref, layout, push=True)
     cache.configure_push(base_image=base_image, tag=tag)  # an option it does not take: named
@@ -158,6 +187,8 @@ def _publish_key(cache: BuildCache, signer: Signer | None, result: PushResult) -
 def push_prefix(mirror: str | MirrorRef, prefix: str, *, include_deps: bool = False,
                 signed: bool | None = None, key: str | None = None, root: str | None = None) -> PushResult:
     """Push the package installed at ``prefix`` (used by autopush after each build)."""
+    from . import create as _create
+
     return _create.push_prefix(_mirror(mirror, "push"), prefix, include_deps=include_deps,
                                signed=signed, key=key, root=root)
 
@@ -170,6 +201,9 @@ def update_index(mirror: str | MirrorRef, jobs: int = 8, warn: Callable[[str], N
     for :func:`push`; ``progress(done, total)`` as manifests are read; in Spack database
     version ``db_version`` (default: the version the index has; see index.choose_db_version);
     ``key``: clearsign the sharded index's root with this GnuPG key (layout v3)."""
+    from . import index as _index
+    from .mirror import open_cache
+
     signer = None
     if key:
         from .signing import Signer
@@ -189,6 +223,9 @@ def list_mirror(mirror: str | MirrorRef, specs: Sequence[str] = ()) -> tuple[lis
     With ``specs`` (selectors), only the packages they match: on a sharded index, each named
     one reads the root and its name's shard, not the whole index.
     """
+    from . import index as _index
+    from .mirror import open_cache
+
     cache = open_cache(_mirror(mirror, "fetch"))
     idx = _index.open_index(cache)
     if idx is not None:
@@ -251,6 +288,8 @@ def on_build_finished(prefix: str, *, root: str | None = None, key: str | None =
 
     Returns one :class:`bincache.autopush.AutopushResult` per autopush mirror.
     """
+    from . import autopush as _autopush
+
     refs = None if mirrors is None else _mirrors(mirrors, "push")
     return _autopush.on_build_finished(prefix, root=root, key=key, mirrors=refs, warn=warn)
 
@@ -283,6 +322,7 @@ def write_cache_page(mirror: str | MirrorRef, out_dir: str | None = None, *,
     """The static HTML page of a mirror's packages, into the mirror or ``out_dir``; see
     :mod:`bincache.lifecycle.browse`."""
     from .lifecycle.browse import write_page
+    from .mirror import open_cache
 
     direction = "push" if out_dir is None else "fetch"
     return write_page(open_cache(_mirror(mirror, direction)), out_dir, mirror_url=url, jobs=jobs)

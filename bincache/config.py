@@ -34,9 +34,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ruamel.yaml.comments import CommentedMap
-
-from . import yamlfile
 from .config_schema import (  # noqa: F401  (re-exported: the configuration's one surface)
     DEFAULT_DATA,
     MIRROR_NAME,
@@ -134,6 +131,8 @@ def parse_yaml(text: str, file: str) -> tuple[Any, dict[Path, int]]:
 
     Raises ConfigError naming the file and line for a syntax error or a duplicate key.
     """
+    from . import yamlfile  # ruamel.yaml: imported when a file is read, not by every command
+
     return yamlfile.parse(text, file)
 
 
@@ -366,6 +365,8 @@ class Config:
 
 
 def _yaml_lines(value: Any, path: Path, depth: int) -> Iterator[tuple[Path, str]]:
+    from . import yamlfile
+
     indent = "  " * depth
     if isinstance(value, dict):
         for key, item in value.items():
@@ -428,6 +429,8 @@ def mask_url(url: str) -> str:
 
 def dump_yaml(data: Any) -> str:
     """YAML in bincache's stable style: block mappings, insertion order, flow lists."""
+    from . import yamlfile
+
     return yamlfile.dump_plain(data)
 
 
@@ -435,6 +438,10 @@ def _edited_text(text: str, path: str, section: str, key: str, value: Any) -> li
     """Candidates for the file's text with ``section:key`` set to ``value`` (None: removed),
     best first: the user's own lines kept wherever the edit did not touch them, then ruamel's
     rendering of the whole file (comments kept, spacing normalized)."""
+    from ruamel.yaml.comments import CommentedMap
+
+    from . import yamlfile
+
     doc = yamlfile.load(text, path) if text.strip() else None
     if not isinstance(doc, CommentedMap):
         doc = yamlfile.node({})
@@ -504,7 +511,10 @@ def _locked(directory: str):
         raise ConfigError(f"{directory}: cannot create or open: {e.strerror or e}") from None
 
 
-_write_atomic = yamlfile.write_atomic
+def _write_atomic(path: str, text: str, private: bool = False) -> None:
+    from . import yamlfile
+
+    yamlfile.write_atomic(path, text, private)
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
-from .. import config
+from ..config_schema import SCHEMAS
+
+if TYPE_CHECKING:
+    from .. import config
 
 
 def register(sub) -> None:
@@ -13,22 +17,24 @@ def register(sub) -> None:
         help="show the configuration and where each value comes from",
         description="Configuration scopes, lowest precedence first: defaults, site (<root>/etc), "
         "user (~/.bincache), each -C DIR, the command line. Sections: "
-        + ", ".join(config.SCHEMAS) + ".",
+        + ", ".join(SCHEMAS) + ".",
     )
     csub = p.add_subparsers(dest="config_verb", metavar="SUBCOMMAND")
     csub.required = True
 
     g = csub.add_parser("get", help="print a section as merged over all scopes (or one scope)")
     g.add_argument("--scope", metavar="SCOPE", help="only this scope: defaults, site, user or DIR")
-    g.add_argument("section", metavar="SECTION", help=" or ".join(config.SCHEMAS))
+    g.add_argument("section", metavar="SECTION", help=" or ".join(SCHEMAS))
     g.set_defaults(func=cmd_get)
 
     b = csub.add_parser("blame", help="print a section with the file:line that set each value")
-    b.add_argument("section", metavar="SECTION", help=" or ".join(config.SCHEMAS))
+    b.add_argument("section", metavar="SECTION", help=" or ".join(SCHEMAS))
     b.set_defaults(func=cmd_blame)
 
 
 def _configure(args) -> config.Config:
+    from .. import config
+
     return config.configure(root=getattr(args, "root", None),
                             scope_dirs=getattr(args, "config_scope", None) or ())
 

@@ -7,8 +7,7 @@ import shutil
 import subprocess
 import time
 
-from .. import _native, api
-from ..demo import build_stack, padded_root
+from .. import api
 from ..errors import BincacheError
 from .output import human_size
 
@@ -55,6 +54,9 @@ def _prepare(work: str, keep: bool) -> None:
 
 
 def cmd_demo(args) -> int:
+    from .. import _native
+    from ..demo import build_stack, padded_root
+
     work = os.path.abspath(args.dir)
     _prepare(work, args.keep)
     build_root = padded_root(os.path.join(work, "opt"), 120)

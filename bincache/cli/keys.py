@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from ..errors import UsageError
-from ..signing import keyring
-from ..signing.home import gnupg_home
 from .output import print_json, table
+
+if TYPE_CHECKING:
+    from ..signing import keyring
 
 
 def register(sub) -> None:
@@ -100,6 +102,9 @@ _HEADER = ["FINGERPRINT", "USER ID", "ALGORITHM", "EXPIRES", "STATUS"]
 
 
 def cmd_create(args) -> int:
+    from ..signing import keyring
+    from ..signing.home import gnupg_home
+
     key = keyring.create_key(args.name, args.email, comment=args.comment, expires=args.expires)
     if args.json:
         print_json(key.to_dict())
@@ -112,6 +117,9 @@ def cmd_create(args) -> int:
 
 
 def cmd_list(args) -> int:
+    from ..signing import keyring
+    from ..signing.home import gnupg_home
+
     if args.signing:
         keys = keyring.signing_keys()
     elif args.trusted:
@@ -129,6 +137,8 @@ def cmd_list(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from ..signing import keyring
+
     if args.file == "-" and args.secret:
         raise UsageError("secret keys are never written to standard output; give a file name")
     data, fprs = keyring.export_keys(args.keys or None, secret=args.secret)
@@ -144,6 +154,8 @@ def cmd_export(args) -> int:
 
 
 def cmd_trust(args) -> int:
+    from ..signing import keyring
+
     keys = keyring.trust_file(args.file)
     if args.json:
         print_json([k.to_dict() for k in keys])
@@ -154,6 +166,8 @@ def cmd_trust(args) -> int:
 
 
 def cmd_untrust(args) -> int:
+    from ..signing import keyring
+
     key = keyring.untrust_key(args.key)
     note = " (its secret key stays: it can still sign)" if key.secret else " (removed from the keyring)"
     print(f"no longer trusted: {key.fingerprint} {key.uid}{note}")
@@ -178,6 +192,7 @@ def cmd_publish(args) -> int:
 
 def cmd_install(args) -> int:
     from ..mirror.keys import install_keys
+    from ..signing import keyring
 
     cache = _cache(args.mirror, "fetch")
     fprs = install_keys(cache, trust=args.trust)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
-from .. import config
 from ..errors import ConfigError, UsageError
-from ..mirror import config as mirrors
 from .output import print_json, table
+
+if TYPE_CHECKING:  # imported by the verbs that use them (not by every command's start)
+    from ..mirror import config as mirrors
 
 
 def register(sub) -> None:
@@ -117,11 +119,15 @@ def _credential_args(p: argparse.ArgumentParser) -> None:
 
 def _configure(args) -> None:
     # The CLI's global options: --root names the site scope (<root>/etc), -C adds scopes.
+    from .. import config
+
     config.configure(root=getattr(args, "root", None),
                      scope_dirs=getattr(args, "config_scope", None) or ())
 
 
 def _changes(args, url: str | None = None) -> mirrors.MirrorChanges:
+    from ..mirror import config as mirrors
+
     Cred = mirrors.Credential
     username = password = None
     for literal, variable in (("oci_username", "oci_username_variable"),
@@ -163,6 +169,8 @@ def _report(result: mirrors.EditResult) -> None:
 
 
 def cmd_add(args) -> int:
+    from ..mirror import config as mirrors
+
     _configure(args)
     result = mirrors.add_mirror(args.name, args.url, _changes(args), scope=args.scope)
     where = _where(args.name)
@@ -172,6 +180,8 @@ def cmd_add(args) -> int:
 
 
 def cmd_set(args) -> int:
+    from ..mirror import config as mirrors
+
     _configure(args)
     changes = _changes(args, url=args.url)
     if changes == mirrors.MirrorChanges():
@@ -186,6 +196,8 @@ def cmd_set(args) -> int:
 
 
 def cmd_set_url(args) -> int:
+    from ..mirror import config as mirrors
+
     _configure(args)
     changes = mirrors.MirrorChanges(url=args.url)
     result = mirrors.set_mirror(args.name, changes, direction=args.direction, scope=args.scope)
@@ -194,6 +206,8 @@ def cmd_set_url(args) -> int:
 
 
 def cmd_remove(args) -> int:
+    from ..mirror import config as mirrors
+
     _configure(args)
     result = mirrors.remove_mirror(args.name, scope=args.scope)
     for f in result.files:
@@ -203,6 +217,9 @@ def cmd_remove(args) -> int:
 
 def _where(name: str) -> str:
     """Where a mirror points, as configured and, when different, as used."""
+    from .. import config
+    from ..mirror import config as mirrors
+
     m = mirrors.get_mirror(name)
     conn = m.fetch or m.push
     assert conn is not None
@@ -221,6 +238,9 @@ def _credentials(side: dict | None) -> str:
 
 
 def cmd_list(args) -> int:
+    from .. import config
+    from ..mirror import config as mirrors
+
     _configure(args)
     configs = mirrors.mirror_configs()
     if args.scope:

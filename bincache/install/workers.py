@@ -28,13 +28,15 @@ import signal
 import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from multiprocessing.connection import Connection, Pipe, wait
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import BincacheError, CannotGrowString, InstallError, RelocationError
 from ..relocate.plan import cannot_grow_message
 from ..tar.extract import ExtractedPackage
 from .plan import PackagePlan, _fail, _problem
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
 
 
 class Installer(Protocol):
@@ -105,6 +107,8 @@ class Pool:
             gc.unfreeze()
 
     def _fork(self, jobs: int, work: Work, parent: int) -> None:
+        from multiprocessing.connection import Pipe  # only an install with -j > 1 needs it
+
         for _ in range(jobs):
             mine, theirs = Pipe()
             # SIGINT blocked across fork, and kept blocked in the worker: Ctrl-C is the
@@ -133,6 +137,8 @@ class Pool:
     def run(self, jobs: Iterator[tuple[int, str | None]]) -> Iterator[tuple[str, int, Any]]:
         """Yield ("step", i, step) and ("done", i, result) as the workers report, for each
         (index, tarball) of ``jobs``, taken from it (it may block) when a worker is free."""
+        from multiprocessing.connection import Connection, wait
+
         pending = iter(jobs)
         busy = 0
         more = True

@@ -1,0 +1,54 @@
+"""Each command imports the code it runs, not every command's: `bincache --version` none of the
+package's machinery, `list` and `install` not the packer, and none of them ruamel.yaml when
+there is no configuration file to read (ruamel, the packer and the native core were ~0.2 s of
+every command's start)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from bincache.tree import register_prefix
+from tests.conftest import REPO, run_cli
+
+PROBE = ("import json, sys\n"
+         "from bincache.cli.main import main\n"
+         "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+         "print(json.dumps(sorted(sys.modules)), file=sys.stderr)\n")
+PACKER = {"bincache.create", "bincache.pipeline", "bincache.tar.pack", "bincache.autopush"}
+
+
+def _imported(tmp_path, *args: str) -> set[str]:
+    env = dict(os.environ, PYTHONPATH=REPO, HOME=str(tmp_path / "home"))
+    env.pop("BINCACHE_CONFIG_SCOPES", None)
+    p = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True,
+                       env=env, stdin=subprocess.DEVNULL)
+    return set(json.loads(p.stderr.strip().splitlines()[-1]))
+
+
+def test_each_command_imports_what_it_runs(tmp_path):
+    root = str(tmp_path / "root")
+    prefix = os.path.join(root, "tiny-1.0")
+    os.makedirs(prefix)
+    with open(os.path.join(prefix, "README"), "w") as f:
+        f.write("tiny\n")
+    register_prefix(prefix, "tiny", "1.0", root=root)
+    mirror = str(tmp_path / "mirror")
+    run_cli("--root", root, "create", "--unsigned", mirror, check=True)
+
+    version = _imported(tmp_path, "--version")
+    assert not {m for m in version if m.startswith(("bincache.mirror", "bincache._native",
+                                                    "bincache.signing", "ruamel"))}
+    assert "bincache.config" not in version
+    assert not version & PACKER
+
+    listed = _imported(tmp_path, "list", mirror)
+    assert not listed & PACKER and "bincache._native" not in listed
+    assert "ruamel.yaml" not in listed  # no configuration file here: nothing to parse
+
+    installed = _imported(tmp_path, "--root", str(tmp_path / "new"), "install", "--unsigned",
+                          "--mirror", mirror, "tiny")
+    assert "bincache.install.stage" in installed and not installed & PACKER
+    assert os.path.isfile(os.path.join(str(tmp_path / "new"), ".spack-db", "index.json"))
