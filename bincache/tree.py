@@ -148,6 +148,7 @@ class InstallTree:
         self._node_format = SPECFILE_VERSION
         self._unrecorded: dict[str, InstalledSpec] = {}
         self._made: dict[str, InstalledSpec | None] = {}
+        self._database: TreeDatabase | None = None
 
     @property
     def db_path(self) -> str:
@@ -333,7 +334,10 @@ class InstallTree:
 
     @property
     def database(self) -> TreeDatabase:
-        return TreeDatabase(os.path.join(self.root, DB_DIR))
+        # One per tree: it keeps the document it read, which a fold at the end reuses.
+        if self._database is None:
+            self._database = TreeDatabase(os.path.join(self.root, DB_DIR))
+        return self._database
 
     def record(self, inst: InstalledSpec, explicit: bool = True) -> None:
         """Add a prefix (or an external) to the tree's database: one line appended to its
@@ -360,11 +364,12 @@ class InstallTree:
         if self._records is not None:
             self._records.setdefault(inst.hash, {})
 
-    def settle(self, *, small: bool = True) -> None:
-        """At the end of a command that recorded packages: ``index.json`` made complete when
-        Spack reads this tree (see :meth:`TreeDatabase.settle`)."""
+    def settle(self, *, always: bool) -> None:
+        """At the end of a command that recorded packages: ``index.json`` made complete
+        (``always``: after an install; else when Spack reads this tree: see
+        :meth:`TreeDatabase.settle`)."""
         try:
-            self.database.settle(small=small)
+            self.database.settle(always=always)
         except OSError as e:
             raise SpecError(f"{self.db_path}: cannot update the database ({e.strerror})") from None
 
@@ -487,7 +492,7 @@ def register_prefix(prefix: str, name: str, version: str, deps: Iterable[str] = 
     if root is not None:
         tree = InstallTree(root)
         tree.record(inst)
-        tree.settle(small=False)
+        tree.settle(always=False)
     return inst
 
 

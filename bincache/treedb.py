@@ -8,14 +8,19 @@ package). bincache appends each record as one line to ``.spack-db/bincache-journ
 * when the journal has grown to 1/8 of ``index.json`` (so each byte of the database is
   rewritten a bounded number of times: recording N packages costs O(N) in all);
 * when ``index.json`` does not exist yet (its version is then chosen);
-* at the end of a command (:meth:`TreeDatabase.settle`) in a tree Spack uses (Spack leaves its
-  ``.spack-db/lock`` there), so Spack, which reads only ``index.json``, sees every install; and
-  at the end of an install also in any tree whose ``index.json`` is small (up to
-  ``SETTLE_SIZE``: about two thousand records, a rewrite of a few milliseconds), so a tree
-  Spack has not opened yet is complete too. ``register``, which runs once per prefix, does not
-  (N registers would cost O(N^2) again). So only a tree Spack has never opened keeps up to 1/8
-  of its records in the journal: bincache reads them; Spack sees them once bincache next
-  records into the tree after Spack opened it.
+* at the end of every install (:meth:`TreeDatabase.settle` with ``always``), so Spack, which
+  reads only ``index.json``, lists every package an install put in any tree once the command
+  ends. An install has parsed ``index.json`` when it opened the tree; that document (journal
+  applied) is kept with the identity of the file it came from (inode, size, mtime), so the fold
+  parses nothing: the records the new lines changed are rewritten in the file's text
+  (:func:`_spliced`), or the document is dumped whole, unless another process replaced the file
+  meanwhile (then it is read again). The cost is copying bytes (~4 MB at 10,000 records), not a
+  parse or a dump: install into a tree of N stays within the growth bound;
+* at the end of a ``register`` in a tree Spack uses (Spack leaves its ``.spack-db/lock``
+  there). ``register`` runs once per prefix and never parses ``index.json``; folding there
+  would make N registers O(N^2) again. So only a tree that Spack never opened and that only
+  ``register`` recorded into keeps up to 1/8 of its records in the journal: bincache reads
+  them; Spack sees them after the next install, or once Spack has opened the tree.
 
 Readers get ``index.json`` with the journal replayed over it. A journal line is applied once:
 it carries its record's ``installation_time``, and a record already holding that time and path
@@ -28,10 +33,12 @@ compaction never hides a record from them.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from .atomic import write_atomic
 from .errors import SpecError
@@ -41,7 +48,6 @@ INDEX = "index.json"
 JOURNAL = "bincache-journal.jsonl"
 SPACK_LOCK = "lock"  # Spack's lock file: Spack has opened this database
 COMPACT_RATIO = 8
-SETTLE_SIZE = 1 << 20
 
 
 class TreeDatabase:
@@ -51,57 +57,68 @@ class TreeDatabase:
         self.dir = db_dir
         self.index_path = os.path.join(db_dir, INDEX)
         self.journal_path = os.path.join(db_dir, JOURNAL)
+        # The document read or written last: a fold reuses it, parsing nothing.
+        self._kept: _Kept | None = None
 
     def exists(self) -> bool:
         return os.path.exists(self.index_path) or _size(self.journal_path) > 0
 
     # -- reading ------------------------------------------------------------------------------
-    def _journal_lines(self) -> list[dict]:
+    def _journal_bytes(self, start: int = 0) -> bytes:
         try:
             with open(self.journal_path, "rb") as f:
-                raw = f.read()
+                if start:
+                    f.seek(start)
+                return f.read()
         except FileNotFoundError:
-            return []
+            return b""
         except OSError as e:
             raise SpecError(f"{self.journal_path}: cannot read the database journal "
                             f"({e.strerror})") from None
-        out = []
-        for line in raw.split(b"\n"):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue  # a line a crash cut short: its record was never acknowledged
-            if isinstance(entry, dict) and isinstance(entry.get("hash"), str) and \
-                    isinstance(entry.get("record"), dict):
-                out.append(entry)
-        return out
 
-    def _read_index(self) -> dict:
+    def _journal_lines(self) -> list[dict]:
+        return _lines(self._journal_bytes())
+
+    def _read_index(self) -> tuple[dict, tuple[int, int, int] | None]:
+        """index.json parsed, and the identity of the file read (None: there is none)."""
         try:
             with open(self.index_path, "rb") as f:
                 db = json.load(f)
+                identity = _identity(os.fstat(f.fileno()))
         except FileNotFoundError:
-            return {}
+            return {}, None
         except (OSError, ValueError) as e:
             raise SpecError(f"{self.index_path}: not a readable Spack database ({e}); "
                             "restore it or remove it (a scan then finds the prefixes)") from None
         if not isinstance(db, dict) or not isinstance(db.get("database"), dict) or \
                 not isinstance(db["database"].get("installs", {}), dict):
             raise SpecError(f"{self.index_path}: not a Spack database (no database.installs)")
-        return db
+        return db, identity
 
     def read(self) -> dict:
         """The whole document (``{"database": {"version", "installs"}}``), journal applied."""
-        entries = self._journal_lines()  # first: see the module's note on concurrent compaction
-        db = self._read_index()
+        before = _identity_of(self.index_path)
+        raw = self._journal_bytes()  # first: see the module's note on concurrent compaction
+        entries = _lines(raw)
+        db, identity = self._read_index()
         db.setdefault("database", {}).setdefault("installs", {})
         if entries:
             database = db.setdefault("database", {})
             database.setdefault("version", entries[0].get("version", "7"))
             _apply(database.setdefault("installs", {}), entries)
+        # Kept for a fold when no compaction ran while it was read (a compaction replaces
+        # index.json before it empties the journal): the journal's first len(raw) bytes are
+        # then applied to it, the later ones not yet.
+        if identity is not None and identity == before and (not raw or raw.endswith(b"\n")):
+            self._kept = _Kept(identity, db, len(raw), pristine=not entries)
         return db
+
+    def _kept_index(self) -> _Kept | None:
+        """The kept document, if index.json is still the file it was read from or written as
+        (call under the lock)."""
+        if self._kept is None or _identity_of(self.index_path) != self._kept.identity:
+            return None
+        return self._kept
 
     # -- writing ------------------------------------------------------------------------------
     def append(self, entries: Iterable[dict]) -> None:
@@ -131,11 +148,10 @@ class TreeDatabase:
         """Whether the journal holds records ``index.json`` does not."""
         return _size(self.journal_path) > 0
 
-    def settle(self, *, small: bool = True) -> None:
-        """At the end of a command: fold the journal in when Spack uses this tree, or (with
-        ``small``) when ``index.json`` is small enough that rewriting it costs little."""
-        if self.pending() and (os.path.exists(os.path.join(self.dir, SPACK_LOCK))
-                               or small and _size(self.index_path) <= SETTLE_SIZE):
+    def settle(self, *, always: bool) -> None:
+        """At the end of a command: fold the journal in (``always``: an install), or when
+        Spack uses this tree (see the module's note)."""
+        if self.pending() and (always or os.path.exists(os.path.join(self.dir, SPACK_LOCK))):
             self.compact()
 
     def compact(self) -> None:
@@ -143,21 +159,50 @@ class TreeDatabase:
             self._compact_locked()
 
     def _compact_locked(self, extra: bytes = b"") -> None:
-        entries = self._journal_lines()
+        kept = self._kept_index()
+        if kept is not None:
+            db = kept.db
+            entries = _lines(self._journal_bytes(kept.applied))  # the lines it does not hold yet
+        else:
+            entries = self._journal_lines()
         if extra:
             entries += [json.loads(line) for line in extra.splitlines() if line.strip()]
-        if not entries and os.path.exists(self.index_path):
+        if not entries and os.path.exists(self.index_path) and not _size(self.journal_path):
             return
-        db = self._read_index()
+        if kept is None:
+            db = self._read_index()[0]
         database = db.setdefault("database", {})
         if entries:
             database.setdefault("version", entries[0].get("version", "7"))
-        database.setdefault("installs", {})
-        _apply(database["installs"], entries)
-        write_atomic(self.index_path, json.dumps(db, separators=(",", ":")).encode())
+        installs = database.setdefault("installs", {})
+        # The records as index.json has them, of every hash the new lines touch.
+        touched = list(dict.fromkeys(h for e in entries for h in (e["hash"], *(e.get("deps") or ()))))
+        before = {h: copy.deepcopy(installs[h]) for h in touched if installs.get(h)}
+        _apply(installs, entries)
+        text = None
+        if kept is not None and kept.pristine:
+            text = self._pristine_text(kept)
+            if text is not None:
+                text = _spliced(text, installs, touched, before)
+        if text is None:
+            text = json.dumps(db, separators=(",", ":"))
+        write_atomic(self.index_path, text.encode())
         if os.path.exists(self.journal_path):
             # Emptied, not removed: an appender holding the lock next finds the file as it is.
             os.truncate(self.journal_path, 0)
+        identity = _identity_of(self.index_path)
+        self._kept = _Kept(identity, db, 0, pristine=True) if identity is not None else None
+
+    def _pristine_text(self, kept: _Kept) -> str | None:
+        """index.json's text, if it is still the file the kept document was parsed from (read
+        again rather than held: a tree of 50,000 is 20 MB of it, for every command)."""
+        try:
+            with open(self.index_path, "rb") as f:
+                if _identity(os.fstat(f.fileno())) != kept.identity:
+                    return None
+                return f.read().decode()
+        except (OSError, UnicodeDecodeError):
+            return None
 
     def version(self, default: str) -> str:
         """The database's version (``default`` for a new one), without parsing the records:
@@ -201,6 +246,104 @@ def _apply(installs: dict, entries: list[dict]) -> None:
             d = installs.get(dep)
             if isinstance(d, dict):
                 d["ref_count"] = d.get("ref_count", 0) + 1
+
+
+@dataclass
+class _Kept:
+    """A document in memory: the identity of the index.json it came from, the journal bytes
+    applied to it since, and whether it is still exactly that file (no line applied: a fold
+    then rewrites only the records that changed, in the file's text)."""
+
+    identity: tuple[int, int, int]
+    db: dict
+    applied: int
+    pristine: bool
+
+
+# Where the records begin, in the compact form bincache and Spack write.
+_INSTALLS = re.compile(r'\{"database":\{(?:"version":"\d+",)?"installs":\{')
+_DECODER = json.JSONDecoder()
+
+
+def _spliced(text: str, installs: dict, touched: list[str], before: dict) -> str | None:
+    """``text`` (index.json as it is) with the records of ``touched`` as ``installs`` now has
+    them: a changed record rewritten where it is, a new one put first; None when the text is
+    not in the compact form or a record is not found as it was parsed (then dump it whole).
+
+    A record is taken only where its key is followed by exactly the record parsed from this
+    text, so a nested object that happens to carry a record's key is never edited instead."""
+    m = _INSTALLS.match(text)
+    if m is None:
+        return None
+    start = m.end()
+    edits: list[tuple[int, int, str]] = []
+    new: list[str] = []
+    for h in touched:
+        rec = installs.get(h)
+        key = json.dumps(h) + ":"
+        if h not in before:
+            if isinstance(rec, dict) and rec:
+                new.append(key + json.dumps(rec, separators=(",", ":")))
+            continue
+        if rec == before[h]:
+            continue
+        span = _find_record(text, start, key, before[h])
+        if span is None:
+            return None
+        edits.append((*span, json.dumps(rec, separators=(",", ":"))))
+    edits.sort()
+    if any(a[1] > b[0] for a, b in zip(edits, edits[1:])):
+        return None
+    pieces = [text[:start]]
+    if new:
+        pieces.append(",".join(new) + ("" if text[start] == "}" else ","))
+    at = start
+    for begin, end, value in edits:
+        pieces += [text[at:begin], value]
+        at = end
+    pieces.append(text[at:])
+    return "".join(pieces)
+
+
+def _find_record(text: str, start: int, key: str, expected: dict) -> tuple[int, int] | None:
+    p = text.find(key, start)
+    while p >= 0:
+        value = p + len(key)
+        if text.startswith("{", value):
+            try:
+                obj, end = _DECODER.raw_decode(text, value)
+            except ValueError:
+                obj, end = None, value
+            if obj == expected:
+                return value, end
+        p = text.find(key, p + 1)
+    return None
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _identity_of(path: str) -> tuple[int, int, int] | None:
+    try:
+        return _identity(os.stat(path))
+    except OSError:
+        return None
+
+
+def _lines(raw: bytes) -> list[dict]:
+    out = []
+    for line in raw.split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # a line a crash cut short: its record was never acknowledged
+        if isinstance(entry, dict) and isinstance(entry.get("hash"), str) and \
+                isinstance(entry.get("record"), dict):
+            out.append(entry)
+    return out
 
 
 def _size(path: str) -> int:

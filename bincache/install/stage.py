@@ -535,7 +535,7 @@ def _install(specs, *, mirrors, root, unsigned, force, jobs, allow_unrelocated, 
                 plan.tarball_file.close()
         inst.close_staging()
         if result.installed or inst.externals:
-            inst.tree.settle()  # index.json complete for Spack (see bincache.treedb)
+            inst.tree.settle(always=True)  # index.json lists every package (bincache.treedb)
     result.seconds = time.perf_counter() - t0
     return result
 

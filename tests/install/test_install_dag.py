@@ -136,3 +136,24 @@ def test_opening_a_tree_reads_no_prefix_spec_file(dag, tmp_path, monkeypatch):
     leaf = tree.select(["dagpkg0025"])[0]
     assert {n.name for n in leaf.nodes} >= {"dagpkg0025", "dagpkg0024", "dagpkg0000"}
     assert len(reads) == 1
+
+
+def test_install_into_a_large_tree_spack_never_opened_leaves_index_json_complete(dag, tmp_path):
+    # A tree of 5,000 records (over 1 MiB of index.json, no Spack lock): an install's records
+    # no longer wait in bincache's journal, where Spack does not look.
+    root = _same_length_root(tmp_path, dag, "big")
+    db_dir = os.path.join(root, ".spack-db")
+    os.makedirs(db_dir)
+    others = {f"{i:032d}": {"spec": {"name": f"other{i}", "version": "1"}, "ref_count": 0,
+                            "path": f"{root}/gone/other{i}", "installed": True,
+                            "explicit": True, "installation_time": float(i)} for i in range(5000)}
+    with open(os.path.join(db_dir, "index.json"), "w") as f:
+        json.dump({"database": {"version": "8", "installs": others}}, f, separators=(",", ":"))
+    assert os.path.getsize(os.path.join(db_dir, "index.json")) > 1 << 20
+    api.install(["/" + h for h in dag["hashes"][:3]], mirrors=[dag["mirror"]], root=root,
+                unsigned=True, jobs=2)
+    with open(os.path.join(db_dir, "index.json")) as f:
+        installs = json.load(f)["database"]["installs"]
+    mine = {h for h, r in installs.items() if not r["spec"]["name"].startswith("other")}
+    assert len(installs) == 5000 + len(mine) and len(mine) >= 3
+    assert os.path.getsize(os.path.join(db_dir, "bincache-journal.jsonl")) == 0

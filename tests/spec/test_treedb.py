@@ -87,11 +87,11 @@ def test_settle_folds_the_journal_in_where_spack_uses_the_tree(tmp_path):
     for i in range(20):
         db.append([entry(f"{i:032d}", _rec(f"/p/{i}", float(i)), [], "7")])
     db.append([entry("f" * 32, _rec("/p/f", 9.0), [], "7")])
-    db.settle()  # no Spack here: bincache reads the journal itself
+    db.settle(always=False)  # a register, no Spack here: bincache reads the journal itself
     if db.pending():
         assert "f" * 32 not in _index(db.dir)
     open(os.path.join(db.dir, SPACK_LOCK), "w").close()
-    db.settle()
+    db.settle(always=False)
     assert "f" * 32 in _index(db.dir)  # what Spack reads
     assert os.path.getsize(os.path.join(db.dir, JOURNAL)) == 0
 
@@ -101,3 +101,70 @@ def test_spack_key_order_version_is_read_without_parsing(tmp_path):
     d.mkdir()
     (d / "index.json").write_text('{"database":{"installs":{"x":{"spec":{"version":"2"}}},"version":"8"}}')
     assert TreeDatabase(str(d)).version("7") == "8"
+
+
+def _big_tree(db_dir: str, n: int) -> None:
+    """index.json of ``n`` records as bincache writes it, and no Spack lock."""
+    os.makedirs(db_dir)
+    installs = {f"{i:032d}": dict(_rec(f"/p/{i}", float(i)), ref_count=0) for i in range(n)}
+    with open(os.path.join(db_dir, "index.json"), "w") as f:
+        json.dump({"database": {"version": "8", "installs": installs}}, f, separators=(",", ":"))
+
+
+def test_an_install_folds_from_the_document_it_read_without_parsing_again(tmp_path, monkeypatch):
+    d = str(tmp_path / ".spack-db")
+    _big_tree(d, 3000)  # ~1.3 MB: the journal would stay (well below 1/8 of it)
+    db = TreeDatabase(d)
+    assert len(db.read()["database"]["installs"]) == 3000  # what opening the tree parses
+    parsed = []
+    real = json.load
+    monkeypatch.setattr(json, "load", lambda f, *a, **k: parsed.append(f.name) or real(f, *a, **k))
+    db.append([entry("n" * 32, _rec("/p/n", 5.0), ["0" * 32], "8")])
+    db.append([entry("m" * 32, _rec("/p/m", 6.0), ["n" * 32], "8")])
+    assert db.pending()
+    db.settle(always=True)
+    assert parsed == []  # a dump and a rename: no second parse of index.json
+    monkeypatch.undo()
+    installs = _index(d)  # Spack's view once the command ends: every record, counted
+    assert len(installs) == 3002 and not db.pending()
+    assert installs["0" * 32]["ref_count"] == 1 and installs["n" * 32]["ref_count"] == 1
+    assert TreeDatabase(d).read()["database"]["installs"] == installs  # journal applied once
+
+
+def test_a_fold_reads_again_what_another_process_changed_meanwhile(tmp_path):
+    d = str(tmp_path / ".spack-db")
+    _big_tree(d, 3000)
+    ours, theirs = TreeDatabase(d), TreeDatabase(d)
+    ours.read()
+    theirs.append([entry("t" * 32, _rec("/p/t", 7.0), [f"{1:032d}"], "8")])
+    theirs.compact()  # index.json replaced under our kept copy
+    theirs.append([entry("u" * 32, _rec("/p/u", 8.0), [], "8")])
+    ours.append([entry("o" * 32, _rec("/p/o", 9.0), [f"{1:032d}"], "8")])
+    ours.settle(always=True)
+    installs = _index(d)
+    assert {"t" * 32, "u" * 32, "o" * 32} <= set(installs) and len(installs) == 3003
+    assert installs[f"{1:032d}"]["ref_count"] == 2
+
+
+def test_a_fold_rewrites_only_changed_records_and_never_a_lookalike_inside_one(tmp_path):
+    d = str(tmp_path / ".spack-db")
+    _big_tree(d, 50)
+    target = f"{7:032d}"
+    with open(os.path.join(d, "index.json")) as f:
+        doc = json.load(f)
+    installs = doc["database"]["installs"]
+    # A package's own node holding an object under another record's key (a look-alike).
+    decoy = dict(installs[target], path="/elsewhere")
+    installs[f"{3:032d}"]["spec"]["parameters"] = {target: decoy}
+    with open(os.path.join(d, "index.json"), "w") as f:
+        json.dump(doc, f, separators=(",", ":"))
+    db = TreeDatabase(d)
+    db.read()
+    db.append([entry("n" * 32, _rec("/p/n", 5.0), [target], "8")])
+    db.settle(always=True)
+    after = _index(d)
+    assert after[target]["ref_count"] == 1 and after[target]["path"] == "/p/7"
+    assert after[f"{3:032d}"]["spec"]["parameters"] == {target: decoy}  # untouched
+    expected = dict(installs, **{target: dict(installs[target], ref_count=1)},
+                    **{"n" * 32: dict(_rec("/p/n", 5.0), ref_count=0)})
+    assert after == expected
