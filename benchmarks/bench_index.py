@@ -4,8 +4,9 @@
 
 Per N, a layout v3 directory mirror of N tiny packages (spec blob, tarball blob, manifest; every
 50th package heads a chain of 4 dependencies) with its index is made once under --work-dir,
-then each row runs the real CLI (`python -m bincache`) in a subprocess on a fresh hard-linked
-copy and reports wall time and peak RSS (wait4). `--before` runs the same rows with another
+then each row runs the real CLI (`python -m bincache`) in a subprocess on that mirror, which
+the row puts back afterwards (benchmarks/in_place.py: a copy's directories would all be new),
+and reports wall time, CPU seconds (user + system) and peak RSS (wait4). `--before` runs the same rows with another
 checkout on PYTHONPATH (e.g. a worktree of the commit before the sharded index) for a
 before/after table. Growth = the value at N divided by the value at the previous N.
 Never asserts on time.
@@ -26,6 +27,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 ARCH = {"platform": "linux", "platform_os": "debian12", "target": "x86_64"}
 
@@ -57,6 +59,8 @@ def _put(mirror: Path, spec, closure) -> None:
 
 def make_mirror(work: Path, n: int) -> Path:
     """A mirror of ``n`` packages and its index (reused when already made)."""
+    from in_place import record_listing
+
     from bincache import index as ix
     from bincache.index_db import Index
     from bincache.mirror.directory import DirectoryBackend
@@ -65,6 +69,7 @@ def make_mirror(work: Path, n: int) -> Path:
 
     mirror = work / f"mirror-{n}"
     if (mirror / "done").exists():
+        record_listing(str(mirror))  # a mirror made before update-index recorded its listing
         return mirror
     shutil.rmtree(mirror, ignore_errors=True)
     idx = Index()
@@ -81,21 +86,9 @@ def make_mirror(work: Path, n: int) -> Path:
         idx.add_specfile(closure, 100)
     (mirror / "v3").mkdir(exist_ok=True)
     ix.write_index(LayoutV3Cache(DirectoryBackend(str(mirror))), idx)
+    record_listing(str(mirror))
     (mirror / "done").write_text("")
     return mirror
-
-
-def fresh_copy(mirror: Path, dest: Path) -> Path:
-    shutil.rmtree(dest, ignore_errors=True)
-    shutil.copytree(mirror, dest, copy_function=os.link)
-    # Files rewritten in place by a row must not be the shared inode of the cached mirror.
-    for rel in ("v3/manifests/index/index.manifest.json", "v3/manifests/index/bincache-index.manifest.json"):
-        p = dest / rel
-        if p.exists():
-            data = p.read_bytes()
-            p.unlink()
-            p.write_bytes(data)
-    return dest
 
 
 def add_extra(mirror: Path, work: Path, n: int) -> None:
@@ -105,8 +98,8 @@ def add_extra(mirror: Path, work: Path, n: int) -> None:
     _put(mirror, spec, [spec])
 
 
-def run_rss(pythonpath: str, *args: str) -> tuple[float, float, str]:
-    """Wall time and the child's own peak RSS (wait4, not Popen's reaping)."""
+def run_rss(pythonpath: str, *args: str) -> tuple[float, float, float, str]:
+    """Wall time, the child's CPU seconds and its own peak RSS (wait4, not Popen's reaping)."""
     env = dict(os.environ, PYTHONPATH=pythonpath)
     t0 = time.perf_counter()
     r, w = os.pipe()
@@ -129,34 +122,37 @@ def run_rss(pythonpath: str, *args: str) -> tuple[float, float, str]:
     seconds = time.perf_counter() - t0
     if os.waitstatus_to_exitcode(status):
         raise SystemExit(f"bincache {' '.join(args)} failed (exit {status})")
-    return seconds, usage.ru_maxrss / 1024, b"".join(chunks).decode()
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, b"".join(chunks).decode()
 
 
 def rows_for(n: int, work: Path, pythonpath: str, label: str) -> list[dict]:
-    mirror = make_mirror(work, n)
+    from in_place import restored
+
+    m = make_mirror(work, n)
     out = []
-    m = fresh_copy(mirror, work / f"row-{label}")
-    add_extra(m, work, n)
-    s, rss, text = run_rss(pythonpath, "update-index", str(m))
-    out.append({"row": "update-index-one", "impl": label, "n": n, "seconds": s, "rss_mb": rss,
-                "note": text.strip()})
-    s, rss, text = run_rss(pythonpath, "list", "-a", str(m), f"pkg{n // 2:05d}")
-    out.append({"row": "list-name", "impl": label, "n": n, "seconds": s, "rss_mb": rss,
-                "note": text.strip().splitlines()[-1] if text.strip() else ""})
-    shutil.rmtree(m, ignore_errors=True)
+    with restored(str(m), [f"pkg{n:05d}"]):
+        add_extra(m, work, n)
+        s, cpu, rss, text = run_rss(pythonpath, "update-index", str(m))
+        out.append({"row": "update-index-one", "impl": label, "n": n, "seconds": s, "cpu": cpu,
+                    "rss_mb": rss, "note": text.strip()})
+        s, cpu, rss, text = run_rss(pythonpath, "list", "-a", str(m), f"pkg{n // 2:05d}")
+        out.append({"row": "list-name", "impl": label, "n": n, "seconds": s, "cpu": cpu, "rss_mb": rss,
+                    "note": text.strip().splitlines()[-1] if text.strip() else ""})
     return out
 
 
 def table(results: list[dict]) -> str:
-    lines = [f"{'row':18} {'impl':7} {'N':>7} {'seconds':>8} {'growth':>7} {'peak MB':>8} {'growth':>7}"]
+    lines = [f"{'row':18} {'impl':7} {'N':>7} {'seconds':>8} {'growth':>7} {'CPU s':>6} {'growth':>7} "
+             f"{'peak MB':>8} {'growth':>7}"]
     prev: dict[tuple[str, str], dict] = {}
     for r in results:
         key = (r["row"], r["impl"])
         p = prev.get(key)
         g_t = f"{r['seconds'] / p['seconds']:.2f}x" if p else "-"
         g_m = f"{r['rss_mb'] / p['rss_mb']:.2f}x" if p else "-"
+        g_c = f"{r['cpu'] / p['cpu']:.2f}x" if p else "-"
         lines.append(f"{r['row']:18} {r['impl']:7} {r['n']:>7} {r['seconds']:>8.2f} {g_t:>7} "
-                     f"{r['rss_mb']:>8.0f} {g_m:>7}")
+                     f"{r['cpu']:>6.2f} {g_c:>7} {r['rss_mb']:>8.0f} {g_m:>7}")
         prev[key] = r
     return "\n".join(lines)
 

@@ -196,11 +196,13 @@ def push_prefix(mirror: str | MirrorRef, prefix: str, *, include_deps: bool = Fa
 def update_index(mirror: str | MirrorRef, jobs: int = 8, warn: Callable[[str], None] | None = None,
                  layout: str | None = None,
                  progress: Callable[[int, int], None] | None = None,
-                 db_version: str | None = None, key: str | None = None) -> tuple[Any, int]:
+                 db_version: str | None = None, key: str | None = None,
+                 full: bool = False) -> tuple[Any, int]:
     """Rebuild the mirror's index from its manifests (only new ones are read); ``layout`` as
     for :func:`push`; ``progress(done, total)`` as manifests are read; in Spack database
     version ``db_version`` (default: the version the index has; see index.choose_db_version);
-    ``key``: clearsign the sharded index's root with this GnuPG key (layout v3)."""
+    ``key``: clearsign the sharded index's root with this GnuPG key (layout v3); ``full``:
+    list every manifest directory, not only those changed since the last update (directory)."""
     from . import index as _index
     from .mirror import open_cache
 
@@ -211,7 +213,8 @@ def update_index(mirror: str | MirrorRef, jobs: int = 8, warn: Callable[[str], N
         signer = Signer(key)
     try:
         return _index.update_index(open_cache(_mirror(mirror, "push"), layout, push=True), jobs=jobs,
-                                   warn=warn, progress=progress, db_version=db_version, signer=signer)
+                                   warn=warn, progress=progress, db_version=db_version, signer=signer,
+                                   full=full)
     finally:
         if signer is not None:
             signer.close()

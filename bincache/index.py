@@ -77,14 +77,15 @@ def write_index(cache: BuildCache, index: Index, db_version: str | None = None, 
 
 def update_index(cache: BuildCache, jobs: int = 8, warn: Callable[[str], None] | None = None,
                  progress: Callable[[int, int], None] | None = None,
-                 db_version: str | None = None, signer=None) -> tuple[Any, int]:
+                 db_version: str | None = None, signer=None, full: bool = False) -> tuple[Any, int]:
     """Bring the mirror's index up to date with its manifests; returns (index, fetched count).
 
     One algorithm for every kind of cache: only packages whose hash is not already in the
     index are read (``cache.read_index_entry``, in parallel); ``progress(done, total)`` is
     called as they are. The database version is ``db_version``, else the one the index has
     (see :func:`choose_db_version`). On layout v3 the index returned is an
-    ``index_shards.ShardedView`` and ``signer`` clearsigns its root.
+    ``index_shards.ShardedView`` and ``signer`` clearsigns its root; on a directory mirror
+    only the manifest directories changed since the last update are listed, unless ``full``.
     """
     if db_version is not None:
         choose_db_version(Index(), db_version, None)  # refuse a wrong version before any work
@@ -93,7 +94,7 @@ def update_index(cache: BuildCache, jobs: int = 8, warn: Callable[[str], None] |
             from .index_shards import update
 
             return update(cache, jobs=jobs, warn=warn, progress=progress, db_version=db_version,
-                          signer=signer, read_spack_index=lambda: read_index(cache))
+                          signer=signer, read_spack_index=lambda: read_index(cache), full=full)
         return _update_whole(cache, jobs, warn, progress, db_version)
 
 

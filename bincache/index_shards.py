@@ -30,6 +30,7 @@ from typing import Any, Union
 from .errors import BincacheError, BlobNotFound, MirrorError, SignatureError
 from .index_db import Index, IndexEntry, choose_db_version, fetch_entries, record_fragment
 from .limits import MAX_MANIFEST, load_json
+from .mirror.base import DirListing
 from .mirror.layout_v3 import MT_INDEX_PREFIX
 from .spec import matches
 
@@ -41,6 +42,12 @@ SHARD_KEY = "sha256(name)[:2]"
 MT_SHARD = "application/vnd.bincache.index-shard.v1+json"
 #: How often an update starts again after another one committed first.
 RETRIES = 20
+#: Directory mirrors: what the last update saw of the per-name manifest directories (Listing).
+#: Outside v3/manifests (prune reads every file there as a manifest); a dot file, being state.
+LISTING_PATH = "v3/.bincache-listing.json"
+#: Seconds before the last listing within which a directory's change time counts as after it:
+#: timestamps are coarse (a clock tick; whole seconds on some file systems).
+CLOCK_SLACK = 3.0
 
 _HEAD = '{"database":{"version":"%s","installs":{'
 _MID = '}},"bincache":{"version":1,"sizes":{'
@@ -198,9 +205,16 @@ def _spack_slices(data: bytes, root: Root) -> dict[str, Fragment]:
 
 
 def spack_index_bytes(db_version: str, fragments: list[Fragment]) -> bytes:
-    installs = b",".join(bytes(f[0]) for f in fragments if len(f[0]))
-    sizes = b",".join(bytes(f[1]) for f in fragments if len(f[1]))
-    return b"".join([(_HEAD % db_version).encode(), installs, _MID.encode(), sizes, _TAIL.encode()])
+    # One join of every piece (slices of the old file included): the only copy of 33 MB at 50k.
+    parts: list[bytes | memoryview] = [(_HEAD % db_version).encode()]
+    for side, middle in ((0, _MID.encode()), (1, _TAIL.encode())):
+        pieces = [f[side] for f in fragments if len(f[side])]
+        for i, p in enumerate(pieces):
+            if i:
+                parts.append(b",")
+            parts.append(p)
+        parts.append(middle)
+    return b"".join(parts)
 
 
 # -- reading --------------------------------------------------------------------------------
@@ -367,6 +381,7 @@ class _Update:
     local: Any  # the local index cache, or None
     shards: dict[str, Shard] = field(default_factory=dict)
     root: Root | None = None
+    body: bytes = b""  # the root as _commit wrote it
 
     def shard(self, key: str) -> Shard:
         s = self.shards.get(key)
@@ -441,6 +456,7 @@ def _commit(up: _Update, old: Root | None, expect: str | None, signer) -> bool:
     backend = cache.backend
     if not backend.write_if(ROOT_PATH, body, expect):
         return False
+    up.body = body
     # Spack's manifest last; a newer update that committed after us writes its own instead.
     manifest = manifest_bytes([spack_rec])
     for _ in range(RETRIES):
@@ -486,12 +502,15 @@ def _old_fragments(up: _Update, old: Root) -> dict[str, Fragment]:
 
 
 def update(cache, *, jobs: int = 8, warn: Callable[[str], None] | None = None, progress=None,
-           db_version: str | None = None, signer=None, read_spack_index=None) -> tuple[object, int]:
+           db_version: str | None = None, signer=None, read_spack_index=None,
+           full: bool = False) -> tuple[object, int]:
     """Bring the sharded index (and Spack's beside it) up to date; (view, manifests read).
 
     Reads the root, lists the manifests, reads only the shards whose listing changed and the
     manifests not yet indexed, writes those shards, index.json and the root, conditionally;
     when another update committed in between, it starts again (fetched spec files are kept).
+    On a directory mirror only the per-name directories changed since the last update are
+    listed (see :func:`_sweep`); ``full`` lists every one.
     """
     from .index_cache import IndexCache
 
@@ -506,27 +525,35 @@ def update(cache, *, jobs: int = 8, warn: Callable[[str], None] | None = None, p
             raw = cache.backend.read_tagged(ROOT_PATH, MAX_MANIFEST)
             got = (None, raw[1], raw[0]) if raw else None
         root = got[0] if got else None
-        refs = cache.list_package_refs()
+        sweep = cache.spec_dirs()
+        listing = _read_listing(cache, got[2]) if got and sweep is not None and not full else None
         if root is None or (db_version and db_version != root.db_version):
+            refs = cache.list_package_refs()
             base = _base_index(cache, root, local, warn, read_spack_index)
             v = choose_db_version(base, db_version, "layout-v3")
             up = _Update(cache, v, local)
             _seed(up, base)
             up.root = None
-            old = None
+            old, names = None, None
         else:
             up = _Update(cache, root.db_version, local, root=root)
             old = root
-        missing = _changed(up, refs, old)
+            names = None if listing is None or sweep is None else _sweep(up, listing, sweep)
+            refs = cache.list_package_refs() if names is None else cache.list_package_refs_of(names)
+        missing = _changed(up, refs, old) if names is None else _changed_names(up, refs, names)
         fetch_entries(cache, missing, fetched, jobs, progress)
         for r in missing:
             found = fetched[r.hash]
             if found is not None:
                 up.add_specfile(*found)
         if old is not None and not any(s.dirty for s in up.shards.values()):
+            if sweep is not None and got is not None and (names is None or names):
+                _write_listing(cache, got[2], sweep)  # the next update lists less
             return ShardedView(cache, old, local), 0
         if _commit(up, old, got[1] if got else None, signer):
             assert up.root is not None  # _commit wrote it
+            if sweep is not None:
+                _write_listing(cache, up.body, sweep)
             return ShardedView(cache, up.root, local), len(missing)
         log.info("%s: another index update committed first; starting again (%d)", cache.url, attempt + 1)
     raise MirrorError(f"{cache.url}: the index kept changing under {RETRIES} attempts to update it; "
@@ -560,6 +587,75 @@ def _seed(up: _Update, base: Index) -> None:
         s.entries[h] = e
         if h in ref_counts:
             s.ref_counts[h] = ref_counts[h]
+
+
+@dataclass
+class Listing:
+    """What the update that wrote a root saw of a directory mirror's per-name directories."""
+
+    root: str  # SHA-256 of the root's bytes: a listing counts only with the root it went with
+    listed_at: float  # the file system's clock just before it listed
+    dirs: int  # how many per-name directories there were
+
+
+def _read_listing(cache, root_bytes: bytes) -> Listing | None:
+    try:
+        doc = load_json(cache.backend.read(LISTING_PATH, MAX_MANIFEST), LISTING_PATH, MAX_MANIFEST)
+        listing = Listing(str(doc["root"]), float(doc["listed_at"]), int(doc["dirs"]))
+    except (BincacheError, ValueError, KeyError, TypeError):
+        return None  # none yet, or unreadable: every directory is listed
+    return listing if listing.root == hashlib.sha256(root_bytes).hexdigest() else None
+
+
+def _write_listing(cache, root_bytes: bytes, sweep: DirListing) -> None:
+    """Written after the root it names (a crash between them leaves an older listing, which
+    only makes the next update list more)."""
+    doc = {"root": hashlib.sha256(root_bytes).hexdigest(), "listed_at": sweep[0], "dirs": len(sweep[1])}
+    try:
+        cache.backend.write(LISTING_PATH, json.dumps(doc).encode())
+    except MirrorError as e:
+        log.warning("%s: cannot record the listing (%s); the next update lists every directory", cache.url, e)
+
+
+def _sweep(up: _Update, listing: Listing, sweep: DirListing) -> set[str] | None:
+    """The names whose manifest directories changed since ``listing``; None
+    when every directory has to be listed (a directory was removed, or too many changed).
+
+    A directory whose change time is older than that listing (by more than CLOCK_SLACK, for
+    the clock's granularity) holds what the listing saw, which the shards hold. A new
+    directory is changed (its ctime is its creation). A removed one (prune removes a name's
+    last package and its directory) is found by the count: the directories there were, less
+    the unchanged ones and the changed ones that were there already (their shards name them),
+    must be none.
+    """
+    since = listing.listed_at - CLOCK_SLACK
+    changed = {n for n, t in sweep[1] if t >= since}
+    if len(changed) > max(64, len(sweep[1]) // 8):
+        return None  # most shards would be read (a copied mirror): the whole listing costs less
+    existed = sum(1 for n in changed
+                  if any(e.in_buildcache and e.spec.name == n for e in up.shard(shard_key(n)).entries.values()))
+    if listing.dirs - (len(sweep[1]) - len(changed)) - existed != 0:
+        return None
+    return changed
+
+
+def _changed_names(up: _Update, refs, names: set[str]) -> list:
+    """As _changed, for the directories of ``names`` only (every other one is unchanged)."""
+    by_name: dict[str, set[str]] = defaultdict(set)
+    for r in refs:
+        by_name[r.name].add(r.hash)
+    missing = []
+    for key in sorted({shard_key(n) for n in names}):
+        s = up.shard(key)
+        for h, e in list(s.entries.items()):
+            if e.in_buildcache and e.spec.name in names and h not in by_name.get(e.spec.name, ()):
+                s.entries[h] = IndexEntry(e.spec, 0, False)
+                s.dirty = True
+    for r in refs:
+        known = up.shard(shard_key(r.name)).entries.get(r.hash)
+        if not (known is not None and known.in_buildcache):
+            missing.append(r)
+    return missing
 
 
 def _changed(up: _Update, refs, old: Root | None) -> list:

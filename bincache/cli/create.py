@@ -62,6 +62,9 @@ def register(sub) -> None:
                         "is layout v2 or OCI, else 8)")
     p.add_argument("-k", "--key", default=None,
                    help="clearsign the index root with this GnuPG key (layout v3; readers verify it)")
+    p.add_argument("--full", action="store_true",
+                   help="list every manifest directory of a directory mirror, not only those "
+                        "changed since the last update (again reads manifests it could not read)")
     p.add_argument("--json", action="store_true")
     add_verbosity(p, suppress=True)
     p.set_defaults(func=cmd_update_index)
@@ -222,7 +225,7 @@ def cmd_update_index(args) -> int:
 
     try:
         idx, fetched = api.update_index(args.mirror, jobs=args.jobs, layout=args.layout,
-                                        db_version=args.db_version, key=args.key,
+                                        db_version=args.db_version, key=args.key, full=args.full,
                                         warn=lambda m: warnings.warn(m, stacklevel=2), progress=progress)
     finally:
         live.close()

@@ -184,6 +184,10 @@ class Signer(Protocol):
 
 
 # -- byte backends ---------------------------------------------------------------------------
+#: (the store's clock, [(name, change time)] of the directories right below a directory).
+DirListing = tuple[float, list[tuple[str, float]]]
+
+
 @runtime_checkable
 class ByteBackend(Protocol):
     """Files at relative paths below a mirror URL: a directory, an http(s) server, an S3 bucket.
@@ -209,6 +213,12 @@ class ByteBackend(Protocol):
     def put_file(self, rel: str, src: str) -> None: ...
     def list_stat(self, rel_dir: str) -> list[tuple[str, float, int]]: ...  # list + (mtime, size)
     def list(self, rel_dir: str) -> list[str]: ...  # http: MirrorError (cannot list)
+    def list_dirs(self, rel_dir: str) -> DirListing | None:
+        """(the store's clock now, [(name, change time)] of the directories right below
+        ``rel_dir``), so an update lists only those changed since its last listing; None where
+        a store has no directories (s3, http) or ``rel_dir`` does not exist."""
+        ...
+
     def delete(self, rel: str) -> None: ...  # a missing file is no error; http: MirrorError
     # Conditional reads and writes (the index): a tag is the ETag (s3, http) or the SHA-256 of
     # the bytes (directory, where every index update holds the index lock).
@@ -377,6 +387,6 @@ def directory_lock(backend: ByteBackend, rel_dir: str) -> Iterator[None]:
         yield
 
 
-__all__ = ["BlobRecord", "BuildCache", "ByteBackend", "Manifest", "Packed",
+__all__ = ["BlobRecord", "BuildCache", "ByteBackend", "DirListing", "Manifest", "Packed",
            "PackageId", "PackageManifest", "PushOutcome", "Record", "Signer", "SpecRef",
            "refuse_options"]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import requests
 
 from ..errors import BlobNotFound, MirrorError
 from ..limits import MAX_INDEX, read_bounded, too_large
+
+if TYPE_CHECKING:
+    from .base import DirListing
 
 
 class HttpBackend:
@@ -112,6 +115,9 @@ class HttpBackend:
 
     def list_stat(self, rel_dir: str) -> list[tuple[str, float, int]]:
         return [(rel, 0.0, 0) for rel in self.list(rel_dir)]
+
+    def list_dirs(self, rel_dir: str) -> DirListing | None:
+        return None  # keys, not directories: no change time to compare
 
     def list(self, rel_dir: str) -> list[str]:
         raise MirrorError(f"{self.url}: an http mirror cannot be listed; it needs an index (bincache update-index)")

@@ -17,7 +17,7 @@ import re
 import tempfile
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..atomic import atomic_path
@@ -32,6 +32,7 @@ from .base import (  # noqa: F401  (the records are imported from here too)
     TARBALL_TYPES,
     BlobRecord,
     ByteBackend,
+    DirListing,
     Manifest,
     PackageId,
     PackageManifest,
@@ -123,6 +124,20 @@ def staging_dir(backend: ByteBackend) -> str:
         weakref.finalize(backend, private.close)
         return private.path
     return tempfile.mkdtemp(prefix="bincache-")
+
+
+def _refs(rels: Iterable[str]) -> list[SpecRef]:
+    refs = []
+    for rel in rels:
+        parts = rel.split("/")
+        m = _MANIFEST_NAME.match(parts[-1])
+        if not m or len(parts) < 5:
+            continue
+        name = parts[-2]
+        stem = m.group("stem")
+        version = stem[len(name) + 1:] if stem.startswith(name + "-") else stem.rsplit("-", 1)[-1]
+        refs.append(SpecRef(name, version, m.group("hash")))
+    return refs
 
 
 class LayoutV3Cache:
@@ -251,17 +266,17 @@ class LayoutV3Cache:
         return parse_manifest(verified, fetched.raw, label)
 
     def list_package_refs(self) -> list[SpecRef]:
-        refs = []
-        for rel in self.backend.list(SPEC_MANIFESTS):
-            parts = rel.split("/")
-            m = _MANIFEST_NAME.match(parts[-1])
-            if not m or len(parts) < 5:
-                continue
-            name = parts[-2]
-            stem = m.group("stem")
-            version = stem[len(name) + 1:] if stem.startswith(name + "-") else stem.rsplit("-", 1)[-1]
-            refs.append(SpecRef(name, version, m.group("hash")))
-        return refs
+        return _refs(self.backend.list(SPEC_MANIFESTS))
+
+    def list_package_refs_of(self, names: Iterable[str]) -> list[SpecRef]:
+        """The packages whose manifests sit in these names' directories (a part of the
+        listing, for an update that knows which directories changed)."""
+        return _refs(rel for n in sorted(names) for rel in self.backend.list(f"{SPEC_MANIFESTS}/{n}"))
+
+    def spec_dirs(self) -> DirListing | None:
+        """(the store's clock, [(name, change time)]) of the per-name manifest directories;
+        None where the store has no directories (s3, http): see ByteBackend.list_dirs."""
+        return self.backend.list_dirs(SPEC_MANIFESTS)
 
     # -- index ---------------------------------------------------------------------------------
     def read_index_bytes(self) -> bytes | None:

@@ -11,13 +11,16 @@ from __future__ import annotations
 import os
 import threading
 from collections import Counter
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 from urllib.parse import unquote, urlparse
 
 from ..config import mask_url
 from ..errors import BlobNotFound, MirrorError
 from ..limits import check_size
 from ..redact import redact, redact_url
+
+if TYPE_CHECKING:
+    from .base import DirListing
 
 try:
     import boto3
@@ -286,6 +289,9 @@ class S3Backend:
         except (ClientError, BotoCoreError) as e:
             raise self._fail("list", rel_dir, e) from None
         return sorted(out)
+
+    def list_dirs(self, rel_dir: str) -> DirListing | None:
+        return None  # keys, not directories: no change time to compare
 
     def list(self, rel_dir: str) -> list[str]:
         return [rel for rel, _, _ in self.list_stat(rel_dir)]

@@ -14,6 +14,7 @@ from bincache.index_shards import MT_SHARD, ROOT_PATH, Root, shard_key
 from bincache.mirror.directory import DirectoryBackend
 from bincache.mirror.layout_v3 import INDEX_MANIFEST, LayoutV3Cache
 from tests.conftest import run_cli
+from tests.index.conftest import tick
 from tests.index.packages import closure, make_specs, put_package
 
 
@@ -34,6 +35,7 @@ def _mirror(path, specs):
     by_hash = {s.hash: s for s in specs}
     for s in specs:
         put_package(cache, s, by_hash)
+    tick()  # the first update's listing is after these directories' last change
     return cache, by_hash
 
 
