@@ -16,7 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define BC_ABI_VERSION 5
+#define BC_ABI_VERSION 6
 
 /* BC_CDEF_BEGIN */
 enum {
@@ -61,12 +61,16 @@ typedef struct bc_hit {
 } bc_hit;
 
 /* What the writer learned about one member. hits point into the writer and stay valid until
- * the next call on it. */
+ * the next call on it. links, dev, ino: the file's (fstat of the descriptor read), so that a
+ * walk can find hard links without a stat of its own; 1, 0, 0 for bytes. */
 typedef struct bc_filescan {
     int kind;
     uint64_t size;
     size_t nhits;
     const bc_hit *hits;
+    uint64_t links;
+    uint64_t dev;
+    uint64_t ino;
 } bc_filescan;
 
 typedef struct bc_result {
@@ -115,6 +119,7 @@ int bc_writer_add_symlink(bc_writer *w, const char *name, size_t name_len, const
                           size_t target_len);
 int bc_writer_add_hardlink(bc_writer *w, const char *name, size_t name_len, const char *target,
                            size_t target_len, int mode);
+/* mode < 0: Spack's mode from the file's own: 0755 when its owner may execute it, else 0644. */
 int bc_writer_add_file(bc_writer *w, const char *name, size_t name_len, const char *path,
                        int mode, bc_filescan *scan);
 int bc_writer_add_bytes(bc_writer *w, const char *name, size_t name_len,

@@ -286,6 +286,9 @@ static void scan_result(bc_writer *w, int kind, uint64_t size, bc_filescan *out)
     out->size = size;
     out->nhits = w->scan.nhits;
     out->hits = w->scan.hits;
+    out->links = 1;
+    out->dev = 0;
+    out->ino = 0;
 }
 
 int bc_writer_add_bytes(bc_writer *w, const char *name, size_t name_len,
@@ -340,6 +343,8 @@ int bc_writer_add_file(bc_writer *w, const char *name, size_t name_len, const ch
         return bc__fail(&w->err, BC_EIO, 0, "cannot read %s: not a regular file", path);
     }
     uint64_t size = (uint64_t)st.st_size;
+    if (mode < 0)
+        mode = (st.st_mode & S_IXUSR) ? 0755 : 0644;
     rc = build_header(w, (const unsigned char *)name, name_len, '0', mode, size, NULL, 0);
     if (rc) {
         close(fd);
@@ -406,6 +411,9 @@ int bc_writer_add_file(bc_writer *w, const char *name, size_t name_len, const ch
     else if (has_nul)
         kind = BC_KIND_BINARY;
     scan_result(w, kind, size, out);
+    out->links = (uint64_t)st.st_nlink;
+    out->dev = (uint64_t)st.st_dev;
+    out->ino = (uint64_t)st.st_ino;
     return BC_OK;
 }
 

@@ -20,7 +20,7 @@ else:
     from ._lib import ffi, lib
 from ._pure import KIND_BINARY, KIND_ELF, KIND_TEXT, FileScan, TarResult
 
-_ABI_VERSION = 5
+_ABI_VERSION = 6
 if lib.bc_abi_version() != _ABI_VERSION:
     raise NativeError(
         f"the compiled C core is stale (ABI {lib.bc_abi_version()}, this code needs "
@@ -210,7 +210,8 @@ class TarWriter:
 
     def _filescan(self) -> FileScan:
         s = self._scan
-        return FileScan(_KINDS[s.kind], int(s.size), _hits(s.hits, s.nhits))
+        return FileScan(_KINDS[s.kind], int(s.size), _hits(s.hits, s.nhits), int(s.links),
+                        (int(s.dev), int(s.ino)))
 
     def add_dir(self, name: str, mode: int = 0o755) -> None:
         n = _name(name)

@@ -64,6 +64,8 @@ class FileScan:
     kind: str  # "text", "binary" or "elf"
     size: int
     hits: list = field(default_factory=list)  # [(prefix_index, offset)], ascending offsets
+    links: int = 1  # a file's link count, and its (st_dev, st_ino); (0, 0) for bytes
+    inode: tuple[int, int] = (0, 0)
 
 
 @dataclass
@@ -361,7 +363,11 @@ class TarWriter:
                 data = f.read()
             except OSError as e:
                 raise NativeError(f"cannot read {os.fsdecode(path)}: {e.strerror}") from None
-        return self.add_bytes(name, data, mode)
+        if mode < 0:
+            mode = 0o755 if st.st_mode & stat.S_IXUSR else 0o644
+        scan = self.add_bytes(name, data, mode)
+        scan.links, scan.inode = st.st_nlink, (st.st_dev, st.st_ino)
+        return scan
 
     def finish(self) -> TarResult:
         self._feed(b"\0" * (2 * BLOCK))

@@ -81,35 +81,43 @@ def _walk(writer, prefix: str, directory: str, prefixes: list[str], report: Pack
         rel = path[cut:]
         if rel == BUILDINFO:
             continue  # written anew, last
+        # The entry's type comes from the directory itself (d_type): no stat per file. The
+        # writer's own fstat gives the mode and the link count, so a stat is needed only
+        # once a file with several links was seen (this one may be another name of it).
         try:
-            st = entry.stat(follow_symlinks=False)
+            if entry.is_dir(follow_symlinks=False):
+                subdirs.append(path)
+                continue
+            is_link = entry.is_symlink()
+            is_file = not is_link and entry.is_file(follow_symlinks=False)
+            st = entry.stat(follow_symlinks=False) if (inodes and is_file) or not (
+                is_link or is_file) else None
         except OSError as e:
             raise PrefixError(f"cannot stat {path}: {e.strerror}") from None
-        mode = st.st_mode
-        if stat.S_ISDIR(mode):
-            subdirs.append(path)
-        elif stat.S_ISLNK(mode):
+        if is_link:
             target = os.readlink(path)
             writer.add_symlink(_member(path), target)
             if any(p in target for p in prefixes):
                 report.links.append(rel)
-        elif stat.S_ISREG(mode):
-            key = (st.st_dev, st.st_ino)
-            if st.st_nlink > 1 and key in inodes:
-                writer.add_hardlink(_member(path), _member(inodes[key]), spack_mode(mode))
-                report.hardlinks[rel] = inodes[key][cut:]
+        elif is_file:
+            if st is not None and (st.st_dev, st.st_ino) in inodes:
+                first = inodes[(st.st_dev, st.st_ino)]
+                writer.add_hardlink(_member(path), _member(first), spack_mode(st.st_mode))
+                report.hardlinks[rel] = first[cut:]
                 continue
-            if st.st_nlink > 1:
-                inodes[key] = path
             try:
-                scan = writer.add_file(_member(path), path, spack_mode(mode))
+                scan = writer.add_file(_member(path), path, -1)  # -1: spack_mode of its own
             except NativeError as e:
                 raise PrefixError(str(e)) from None
+            if scan.links > 1:
+                inodes.setdefault(scan.inode, path)
             report.files += 1
             report.bytes_in += scan.size
             _record(report, rel, scan)
             tick(scan.size)
         else:
+            assert st is not None
+            mode = st.st_mode
             kind = ("fifo" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode)
                     else "device file")
             raise PrefixError(f"{path} is a {kind}; a binary package cannot hold one. Remove it from the prefix")

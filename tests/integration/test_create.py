@@ -318,3 +318,36 @@ def test_unreadable_file_is_named_and_the_mirror_is_left_as_it_was(stack, tmp_pa
     after = _snapshot(mirror)
     assert not [k for k in after if "hello" in k]
     assert all(after[k] == v for k, v in before.items())
+
+
+def test_names_of_one_file_become_one_file_and_hardlinks_wherever_they_sit(tmp_path):
+    # The walk stats nothing until a file with several links was packed; every later name of
+    # it, in the same or a later directory, becomes a hardlink member; modes follow Spack.
+    import io
+    import tarfile
+
+    from bincache import _native
+    from bincache.tar.pack import pack_prefix
+
+    prefix = tmp_path / "opt" / "pkg"
+    (prefix / "a").mkdir(parents=True)
+    (prefix / "z").mkdir()
+    (prefix / "a" / "first").write_bytes(b"shared")
+    (prefix / "a" / "first").chmod(0o750)
+    os.link(prefix / "a" / "first", prefix / "a" / "second")
+    os.link(prefix / "a" / "first", prefix / "z" / "third")
+    (prefix / "z" / "plain").write_bytes(b"plain")
+    buf = io.BytesIO()
+    w = _native.TarWriter(buf, prefixes=[])
+    report = pack_prefix(w, str(prefix), [])
+    w.finish()
+    member = str(prefix).lstrip("/")
+    with tarfile.open(fileobj=io.BytesIO(buf.getvalue())) as tf:
+        first = tf.getmember(f"{member}/a/first")
+        assert first.isfile() and first.mode == 0o755
+        for name in ("a/second", "z/third"):
+            m = tf.getmember(f"{member}/{name}")
+            assert m.islnk() and m.linkname == first.name and m.mode == 0o755
+        assert tf.getmember(f"{member}/z/plain").mode == 0o644
+    assert report.hardlinks == {"a/second": "a/first", "z/third": "a/first"}
+    assert report.files == 2

@@ -298,6 +298,29 @@ def test_without_diff_id_only_the_uncompressed_digest_is_left_out(backend, tree)
         result.digest, result.compressed_size, result.uncompressed_size)
 
 
+def test_a_negative_mode_takes_spacks_mode_from_the_file_and_the_links_are_reported(backend,
+                                                                                     tmp_path):
+    # The packer walks without a stat per file: the writer's own fstat gives the mode and the
+    # link count (a file with several names is then looked up by its inode).
+    tool, data, twin = tmp_path / "tool", tmp_path / "data", tmp_path / "twin"
+    tool.write_bytes(b"#!/bin/sh\n")
+    tool.chmod(0o700)
+    data.write_bytes(b"x")
+    data.chmod(0o600)
+    os.link(data, twin)
+    buf = io.BytesIO()
+    w = backend.TarWriter(buf, prefixes=[])
+    scans = {p.name: w.add_file(p.name, str(p), -1) for p in (tool, data)}
+    scans["bytes"] = w.add_bytes("bytes", b"y", 0o644)
+    w.finish()
+    with tarfile.open(fileobj=io.BytesIO(buf.getvalue())) as tf:
+        assert tf.getmember("tool").mode == 0o755 and tf.getmember("data").mode == 0o644
+    st = os.stat(data)
+    assert (scans["data"].links, scans["data"].inode) == (2, (st.st_dev, st.st_ino))
+    assert scans["tool"].links == 1
+    assert (scans["bytes"].links, scans["bytes"].inode) == (1, (0, 0))
+
+
 def test_a_shared_pool_starts_its_threads_once_and_outlives_an_abandoned_writer(native, tree,
                                                                                 written):
     data, _, _ = written
