@@ -59,6 +59,10 @@ class Row:
     compressed_bytes: int | None = None
     peak_rss_kb: int | None = None
     cpu_seconds: float | None = None  # user + system of the command: less sensitive to load
+    # The system part of it. Most of it is the kernel copying the output into fresh page-cache
+    # pages, whose cost swings 5x between runs on a VM with a balloon driver (the host takes
+    # freed pages back): user CPU is the steadier figure.
+    sys_seconds: float | None = None
     note: str = ""
     error: str = ""
 
@@ -85,6 +89,7 @@ class Measured:
     returncode: int
     stdout: str
     stderr: str
+    sys_seconds: float | None = None
 
 
 def child_env() -> dict[str, str]:
@@ -112,16 +117,18 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> Measured:
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
-        peak, cpu = usage.ru_maxrss, usage.ru_utime + usage.ru_stime
+        peak, cpu, sys_cpu = usage.ru_maxrss, usage.ru_utime + usage.ru_stime, usage.ru_stime
         if use_time:
             # GNU time prints "Command exited with non-zero status N" first on failure.
             fields = (rss.read().strip().splitlines() or [""])[-1].split()
             if len(fields) == 3 and fields[0].isdigit():
                 peak, cpu = int(fields[0]), float(fields[1]) + float(fields[2])
+                sys_cpu = float(fields[2])
         out.seek(0)
         err.seek(0)
         return Measured(seconds, peak, cpu, proc.returncode,
-                        out.read().decode(errors="replace"), err.read().decode(errors="replace"))
+                        out.read().decode(errors="replace"), err.read().decode(errors="replace"),
+                        sys_cpu)
 
 
 def warm(prefixes: list[str]) -> int:
@@ -192,6 +199,7 @@ def bench_bincache(root: str, work: str, level: int | None, label: str, key: str
         row.error = (m.stderr.strip().splitlines() or [f"exit {m.returncode}"])[-1]
     else:
         row.seconds, row.peak_rss_kb, row.cpu_seconds = m.seconds, m.peak_rss_kb, m.cpu_seconds
+        row.sys_seconds = m.sys_seconds
         row.compressed_bytes = mirror_tarball_bytes(mirror)
     if keep and not row.error:
         shutil.rmtree(keep, ignore_errors=True)
@@ -211,6 +219,7 @@ def bench_reference(root: str, work: str, input_bytes: int) -> Row:
         row.error = (m.stderr.strip().splitlines() or [f"exit {m.returncode}"])[-1]
     else:
         row.seconds, row.peak_rss_kb, row.cpu_seconds = m.seconds, m.peak_rss_kb, m.cpu_seconds
+        row.sys_seconds = m.sys_seconds
         row.compressed_bytes = json.loads(m.stdout)["compressed"]
     shutil.rmtree(out, ignore_errors=True)
     return row
@@ -235,6 +244,7 @@ def bench_pipeline(prefixes: list[str], work: str, compressor: str, label: str, 
         row.error = (m.stderr.strip().splitlines() or [f"exit {m.returncode}"])[-1]
     else:
         row.seconds, row.peak_rss_kb, row.cpu_seconds = m.seconds, m.peak_rss_kb, m.cpu_seconds
+        row.sys_seconds = m.sys_seconds
         row.compressed_bytes = _dir_bytes(out)
     shutil.rmtree(out, ignore_errors=True)
     return row
@@ -254,6 +264,7 @@ def bench_ceiling(root: str, level: int, backend: str, input_bytes: int) -> Row:
     row.input_bytes = res["bytes"]
     row.compressed_bytes = res.get("compressed")
     row.peak_rss_kb, row.cpu_seconds = m.peak_rss_kb, m.cpu_seconds
+    row.sys_seconds = m.sys_seconds
     row.note = res.get("how", "")
     return row
 
@@ -360,6 +371,7 @@ def summarize(rows: list[Row]) -> tuple[list[list[str]], list[dict]]:
             _fmt(speedup, ".1f") + ("x" if speedup else ""),
             _fmt(ceiling_share, ".2f"),
             _fmt(r.cpu_seconds, ".1f"),
+            _fmt(r.sys_seconds, ".1f"),
             _fmt(r.busy if r.key != "ceiling" else None, ".2f"),
         ])
     d = by.get("bincache_default")
@@ -409,7 +421,7 @@ def format_targets(targets: list[dict]) -> str:
 
 
 HEADERS = ["variant", "MB/s", "compressed MB", "vs gzip -6", "peak RSS MB", "vs python ref",
-           "vs ceiling", "CPU s", "CPU busy"]
+           "vs ceiling", "CPU s", "of it sys s", "CPU busy"]
 
 
 def run(root: str, work: str, keep_mirror: str | None = None, skip: tuple[str, ...] = (),
