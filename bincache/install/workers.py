@@ -148,16 +148,21 @@ class Pool:
                 if job is None:
                     more = False
                     break
-                self.idle.pop().send(job)
+                conn = self.idle.pop()
+                try:
+                    conn.send(job)
+                except OSError:
+                    raise self._died(conn) from None
                 busy += 1
             if not busy:
                 continue
-            for conn in wait(list(self.conns)):
-                assert isinstance(conn, Connection)
+            for ready in wait(list(self.conns)):
+                assert isinstance(ready, Connection)
+                conn = ready
                 try:
                     kind, i, value = conn.recv()
-                except EOFError:
-                    raise InstallError([f"a staging worker (pid {self.conns[conn]}) died"]) from None
+                except (EOFError, OSError):  # OSError: reset by a worker killed mid-send
+                    raise self._died(conn) from None
                 if kind == "raise":
                     try:
                         error = pickle.loads(value)
@@ -168,6 +173,9 @@ class Pool:
                     busy -= 1
                     self.idle.append(conn)
                 yield kind, i, value
+
+    def _died(self, conn: Connection) -> InstallError:
+        return InstallError([f"a staging worker (pid {self.conns[conn]}) died"])
 
     def close(self, *, kill: bool = False) -> None:
         """Stop the workers and wait for them (killed mid-package when ``kill``): once this

@@ -121,3 +121,22 @@ def test_killed_install_takes_its_workers_and_the_next_one_finishes(big_mirror, 
     assert not os.path.exists(staging) or os.listdir(staging) == []  # the dead run's debris gone
     blobs = glob.glob(os.path.join(root, "*", "big*", "share", "blob"))
     assert len(blobs) == PACKAGES and all(os.path.getsize(b) == FILE_BYTES for b in blobs)
+
+
+def test_a_worker_killed_mid_package_fails_the_install_and_leaves_nothing(big_mirror, tmp_path):
+    root = str(tmp_path / "new")
+    proc = _start(big_mirror, root)
+    try:
+        _wait_for_staging(proc, root)
+        with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+            workers = [int(p) for p in f.read().split()]
+        assert workers, "no staging worker"
+        os.kill(workers[0], signal.SIGKILL)  # as the OOM killer would
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, out + err
+    assert err.strip() == f"error: a staging worker (pid {workers[0]}) died", err
+    assert _gone(root)
+    assert not os.path.exists(root)  # nothing published, the staging directory removed
