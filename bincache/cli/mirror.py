@@ -33,6 +33,7 @@ def register(sub) -> None:
     _credential_args(a)
     a.add_argument("--insecure", action="store_true", default=None,
                    help="allow plain http to this OCI registry (test registries only)")
+    _compression_arg(a)
     a.add_argument("name", metavar="NAME")
     a.add_argument("url", metavar="URL")
     a.set_defaults(func=cmd_add)
@@ -49,6 +50,7 @@ def register(sub) -> None:
     _credential_args(s)
     s.add_argument("--insecure", action=argparse.BooleanOptionalAction, default=None,
                    help="allow plain http to this OCI registry")
+    _compression_arg(s)
     s.add_argument("name", metavar="NAME")
     s.set_defaults(func=cmd_set)
 
@@ -93,6 +95,29 @@ def _signed_args(p: argparse.ArgumentParser) -> None:
                    help="sign pushes and require signatures on install (the default)")
     g.add_argument("--unsigned", dest="signed", action="store_const", const=False,
                    help="push unsigned packages; install without verifying")
+
+
+def _compression_arg(p: argparse.ArgumentParser) -> None:
+    # Checked by mirrors.check_compression, not argparse choices: one error line.
+    p.add_argument("--compression", metavar="CODEC",
+                   help="tarball codec of pushes here: gzip (the default; what Spack reads) or "
+                        "zstd (bincache clients only; not on a layout v2 mirror)")
+
+
+def _check_codec(url: str, codec: str) -> None:
+    """What create refuses at push time, refused when it is configured: zstd on a mirror that
+    holds a layout v2 build cache (a mirror that cannot be reached now is not checked)."""
+    from ..errors import BincacheError
+    from ..mirror import MirrorRef, open_cache
+
+    try:
+        cache = open_cache(MirrorRef(url=url), push=True)
+    except BincacheError:
+        return
+    if codec not in cache.compressions:
+        raise UsageError(f"{config.mask_url(url)} is a layout v2 build cache, which Spack 0.2x "
+                         f"reads, and it reads gzip tarballs only: keep --compression gzip, or "
+                         "use a layout v3 or OCI mirror")
 
 
 def _credential_args(p: argparse.ArgumentParser) -> None:
@@ -150,6 +175,7 @@ def _changes(args, url: str | None = None) -> mirrors.MirrorChanges:
         insecure=getattr(args, "insecure", None),
         profile=getattr(args, "s3_profile", None),
         endpoint_url=getattr(args, "s3_endpoint_url", None),
+        compression=getattr(args, "compression", None),
     )
 
 
@@ -172,7 +198,7 @@ def cmd_add(args) -> int:
     from ..mirror import config as mirrors
 
     _configure(args)
-    result = mirrors.add_mirror(args.name, args.url, _changes(args), scope=args.scope)
+    result = mirrors.add_mirror(args.name, args.url, _changes(args), scope=args.scope, check=_check_codec)
     where = _where(args.name)
     print(f'added mirror "{args.name}" ({where}) to {result.files[0]}')
     _report(result)
@@ -189,7 +215,8 @@ def cmd_set(args) -> int:
     if args.direction and not changes.connection_changed:
         raise UsageError(f"--{args.direction} applies to --url, credentials and --s3-* settings; "
                          "give one")
-    result = mirrors.set_mirror(args.name, changes, direction=args.direction, scope=args.scope)
+    result = mirrors.set_mirror(args.name, changes, direction=args.direction, scope=args.scope,
+                                check=_check_codec)
     print(f'changed mirror "{args.name}" in {result.files[0]}')
     _report(result)
     return 0
@@ -259,6 +286,8 @@ def cmd_list(args) -> int:
         furl = fetch["url"] or fetch["configured_url"] if fetch else "-"
         purl = push["url"] or push["configured_url"] if push else "-"
         flags = [f for f in ("autopush", "insecure") if d[f]]
+        if d["compression"]:
+            flags.append(d["compression"])
         if d["signed"] is not None:
             flags.insert(0, "signed" if d["signed"] else "unsigned")
         fcred, pcred = _credentials(fetch), _credentials(push)

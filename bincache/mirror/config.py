@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -419,6 +420,7 @@ class MirrorChanges:
     insecure: bool | None = None
     profile: str | None = None
     endpoint_url: str | None = None
+    compression: str | None = None  # "gzip" or "zstd": the tarball codec pushes use
 
     @property
     def settings(self) -> dict[str, str]:
@@ -494,8 +496,17 @@ def _pair_yaml(user: Credential | None, password: Credential | None) -> Any:
     return [user.to_yaml() if user else None, password.to_yaml() if password else None]
 
 
+#: The tarball codecs a mirror's `compression` may name (create's --compression).
+COMPRESSIONS = ("gzip", "zstd")
+
+
+def check_compression(value: str | None) -> None:
+    if value is not None and value not in COMPRESSIONS:
+        raise UsageError(f'"{value}" is not a compression: use gzip (what Spack reads) or zstd')
+
+
 def _apply_flags(entry: dict, changes: MirrorChanges) -> None:
-    for key in ("signed", "autopush", "insecure"):
+    for key in ("signed", "autopush", "insecure", "compression"):
         value = getattr(changes, key)
         if value is not None:
             entry[key] = value
@@ -520,16 +531,30 @@ def _url_warnings(name: str, url: str | None, path: str) -> list[str]:
 
 
 def _spack_warnings(name: str, changes: MirrorChanges) -> list[str]:
-    if changes.insecure:
-        return [
-            f'"insecure" (mirror "{name}") is bincache\'s own setting: Spack refuses a '
-            "mirrors.yaml that holds it, so keep this mirror in a scope Spack does not read"
-        ]
-    return []
+    return [
+        f'"{key}" (mirror "{name}") is bincache\'s own setting: Spack refuses a '
+        "mirrors.yaml that holds it, so keep this mirror in a scope Spack does not read"
+        for key, given in (("insecure", changes.insecure), ("compression", changes.compression))
+        if given
+    ]
+
+
+#: Called with (absolute push URL, compression) before a `compression` is written: raises
+#: when the mirror there cannot store that codec (the CLI opens the cache: a layout v2 mirror
+#: stores gzip only). Not called for a URL that needs a variable's value.
+CompressionCheck = Callable[[str, str], None]
+
+
+def _check_codec(check: CompressionCheck | None, conn: Connection | None, codec: str | None,
+                 name: str) -> None:
+    if check is None or codec is None or conn is None or "$" in conn.url:
+        return
+    check(conn.absolute_url(f'mirror "{name}": url'), codec)
 
 
 def add_mirror(
-    name: str, url: str, changes: MirrorChanges = MirrorChanges(), scope: str | None = None
+    name: str, url: str, changes: MirrorChanges = MirrorChanges(), scope: str | None = None,
+    check: CompressionCheck | None = None,
 ) -> EditResult:
     """Add a mirror to a scope's ``mirrors.yaml`` (default: the highest writable scope).
 
@@ -538,8 +563,10 @@ def add_mirror(
     """
     _check_name(name)
     check_url(url)
+    check_compression(changes.compression)
     _refuse_settings(name, url, changes)
     target = _config.current().write_scope(scope)
+    _check_codec(check, Connection(url, target.directory or os.getcwd()), changes.compression, name)
     entry: dict[str, Any] = {"url": url}
     _set_pair(entry, changes)
     entry.update((k, v) for k, v in changes.settings.items() if k != "url")
@@ -605,6 +632,7 @@ def set_mirror(
     changes: MirrorChanges,
     direction: str | None = None,
     scope: str | None = None,
+    check: CompressionCheck | None = None,
 ) -> EditResult:
     """Change a configured mirror in place.
 
@@ -617,6 +645,7 @@ def set_mirror(
         raise ValueError(f"direction must be fetch or push, not {direction!r}")
     if changes.url is not None:
         check_url(changes.url)
+    check_compression(changes.compression)
     cfg = _config.current()
     if scope is not None:
         target = cfg.write_scope(scope)
@@ -632,6 +661,10 @@ def set_mirror(
         url = changes.url or (conn.url if conn is not None else None)
         if url is not None and "$" not in url:  # a variable's value is known only when used
             _refuse_settings(name, url, changes)
+    push = current.push
+    if changes.url is not None and direction != FETCH:
+        push = Connection(changes.url, target.directory or os.getcwd())
+    _check_codec(check, push, changes.compression, name)
 
     written: list[Any] = []
 

@@ -180,6 +180,9 @@ def test_scopes_site_user_and_config_dir(tmp_path, user_file):
         (["mirror", "add", "--scope", "usr", "m", "/x"], 2, 'error: no configuration scope "usr"'),
         (["mirror", "add", "--scope", "site", "m", "/x"], 2, "error: no site scope"),
         (["config", "get", "mirror"], 2, 'error: no configuration section "mirror". Did you mean "mirrors"?'),
+        (["mirror", "add", "--compression", "xz", "m", "/x"], 2,
+         'error: "xz" is not a compression: use gzip (what Spack reads) or zstd'),
+        (["mirror", "set", "--compression", "bzip2", "local"], 2, 'error: "bzip2" is not a compression'),
     ],
 )
 def test_mistakes_are_one_line_errors(user_file, args, code, message):
@@ -279,3 +282,36 @@ def test_a_plaintext_password_file_is_readable_by_its_owner_only(tmp_path):
     run_cli("mirror", "add", "--oci-username", "bob", "--oci-password-variable", "TOKEN", "other",
             "oci://example.com/y", env={"HOME": str(tmp_path / "h2")}, check=True)
     assert oct((tmp_path / "h2" / ".bincache" / "mirrors.yaml").stat().st_mode & 0o777) == "0o644"
+
+
+def test_compression_is_written_kept_and_used_by_create(tree, tmp_path, user_file):
+    os.makedirs(os.path.dirname(user_file))
+    original = "mirrors:\n  # bincache clients only\n  fast: {url: ./fast}   # flow style\n"
+    with open(user_file, "w") as f:
+        f.write(original)
+    mirror = tmp_path / "home" / ".bincache" / "fast"
+    proc = ok("mirror", "set", "--compression", "zstd", "fast")
+    assert read(user_file) == original.replace("{url: ./fast}   #", "{url: ./fast, compression: zstd} #")
+    assert 'warning: "compression" (mirror "fast") is bincache\'s own setting' in proc.stderr
+    ok("--root", str(tree), "create", "--unsigned", "fast")
+    (manifest,) = glob.glob(os.path.join(str(mirror), "v3/manifests/spec/*/*.spec.manifest.json"))
+    assert json.load(open(manifest))["data"][0]["compression"] == "zstd"
+    assert "zstd" in ok("mirror", "list").stdout
+    ok("mirror", "add", "--compression", "gzip", "plain", "./plain")
+    assert read(user_file).endswith("  plain:\n    url: ./plain\n    compression: gzip\n")
+
+
+def test_zstd_is_refused_for_a_layout_v2_mirror_as_create_refuses_it(tree, tmp_path, user_file):
+    v2 = tmp_path / "v2"
+    ok("--root", str(tree), "create", "--unsigned", "--layout", "v2", str(v2))
+    ok("mirror", "add", "old", str(v2))
+    before = read(user_file)
+    for args in (["mirror", "add", "--compression", "zstd", "old2", str(v2)],
+                 ["mirror", "set", "--compression", "zstd", "old"]):
+        proc = run_cli(*args)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+        assert "is a layout v2 build cache" in proc.stderr and "reads gzip tarballs only" in proc.stderr
+        assert read(user_file) == before
+    ok("mirror", "set", "--compression", "gzip", "old")
+    assert "compression: gzip" in read(user_file)
