@@ -25,14 +25,17 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import TYPE_CHECKING, Union
 
 from .errors import BincacheError, BlobNotFound, MirrorError, SignatureError
 from .index_db import Index, IndexEntry, choose_db_version, fetch_entries, record_fragment
 from .limits import MAX_MANIFEST, load_json
 from .mirror.base import DirListing
-from .mirror.layout_v3 import MT_INDEX_PREFIX
+from .mirror.layout_v3 import MT_INDEX_PREFIX, LayoutV3Cache
 from .spec import matches
+
+if TYPE_CHECKING:
+    from .index_cache import IndexCache
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +243,7 @@ def read_root(cache, local=None) -> tuple[Root | None, str, bytes] | None:
     return root, tag, raw
 
 
-def _read_cached(cache, rel: str, local) -> tuple[bytes, str] | None:
+def _read_cached(cache: LayoutV3Cache, rel: str, local: IndexCache | None) -> tuple[bytes, str] | None:
     """A small document, fetched only when its tag changed since the local cache got it."""
     url = f"{cache.url}/{rel}"
     known = local.get_root(url) if local else None
@@ -256,7 +259,7 @@ def _read_cached(cache, rel: str, local) -> tuple[bytes, str] | None:
     return raw, tag
 
 
-def _spack_index_matches(cache, root: Root, local) -> bool:
+def _spack_index_matches(cache: LayoutV3Cache, root: Root, local: IndexCache | None) -> bool:
     from .mirror.layout_v3 import INDEX_MANIFEST, parse_manifest
 
     got = _read_cached(cache, INDEX_MANIFEST, local)
@@ -302,12 +305,28 @@ class ShardedView:
     def shard(self, key: str) -> Shard:
         s = self._shards.get(key)
         if s is None:
-            info = self.root.shards.get(key)
-            s = Shard() if info is None else Shard.from_bytes(
-                read_blob(self.cache, info.checksum, info.size, self.local),
-                f"{self.cache.url} index shard {key}")
-            self._shards[key] = s
+            s = self._shards[key] = self.read_shard(key)
         return s
+
+    def read_shard(self, key: str) -> Shard:
+        """One shard, read and not kept (a caller that streams through many drops each)."""
+        if key in self._shards:
+            return self._shards[key]
+        info = self.root.shards.get(key)
+        return Shard() if info is None else Shard.from_bytes(
+            read_blob(self.cache, info.checksum, info.size, self.local),
+            f"{self.cache.url} index shard {key}")
+
+    def spack_index_size(self) -> int:
+        """The size of Spack's single index.json beside the shards (0 when none)."""
+        return self.root.spack_index[1] if self.root.spack_index else 0
+
+    def spack_index(self) -> Index:
+        """Spack's single index.json, whole, by the digest the root names (one request)."""
+        if self.root.spack_index is None:
+            return self.to_index()
+        checksum, size = self.root.spack_index
+        return Index.from_bytes(read_blob(self.cache, checksum, size), f"{self.cache.url} index")
 
     def get(self, h: str, name: str) -> IndexEntry | None:
         return self.shard(shard_key(name)).entries.get(h)
@@ -376,9 +395,9 @@ def read_blob(cache, checksum: str, size: int, local=None) -> bytes:
 # -- writing --------------------------------------------------------------------------------
 @dataclass
 class _Update:
-    cache: Any  # a LayoutV3Cache (its backend has read_tagged and write_if)
+    cache: LayoutV3Cache
     db_version: str
-    local: Any  # the local index cache, or None
+    local: IndexCache | None
     shards: dict[str, Shard] = field(default_factory=dict)
     root: Root | None = None
     body: bytes = b""  # the root as _commit wrote it
@@ -598,7 +617,7 @@ class Listing:
     dirs: int  # how many per-name directories there were
 
 
-def _read_listing(cache, root_bytes: bytes) -> Listing | None:
+def _read_listing(cache: LayoutV3Cache, root_bytes: bytes) -> Listing | None:
     try:
         doc = load_json(cache.backend.read(LISTING_PATH, MAX_MANIFEST), LISTING_PATH, MAX_MANIFEST)
         listing = Listing(str(doc["root"]), float(doc["listed_at"]), int(doc["dirs"]))
@@ -607,7 +626,7 @@ def _read_listing(cache, root_bytes: bytes) -> Listing | None:
     return listing if listing.root == hashlib.sha256(root_bytes).hexdigest() else None
 
 
-def _write_listing(cache, root_bytes: bytes, sweep: DirListing) -> None:
+def _write_listing(cache: LayoutV3Cache, root_bytes: bytes, sweep: DirListing) -> None:
     """Written after the root it names (a crash between them leaves an older listing, which
     only makes the next update list more)."""
     doc = {"root": hashlib.sha256(root_bytes).hexdigest(), "listed_at": sweep[0], "dirs": len(sweep[1])}

@@ -28,6 +28,10 @@ LISTING_PAGE = 1000
 FEW = 4
 #: Checks in flight at once on a remote mirror.
 JOBS = 16
+#: Shards read for a push without looking at the size of Spack's single index; beyond it,
+#: an index of at most SMALL_INDEX bytes is read whole (one request instead of one per shard).
+SHARDS_AT_ONCE = 8
+SMALL_INDEX = 8 << 20
 #: Kinds whose listing names packages without reading them (layout v2 reads every spec file).
 _CHEAP_LISTING = ("layout-v3",)
 
@@ -36,23 +40,54 @@ def _local(cache: Any) -> bool:
     return cache.backend is not None and cache.backend.root is not None
 
 
-def indexed(cache: Any, specs: Sequence[Any]) -> tuple[set[str], int] | None:
+def indexed(cache: Any, specs: Sequence[Any], jobs: int = JOBS) -> tuple[set[str], int] | None:
     """(hashes among ``specs`` the mirror's index lists as in the cache, how many packages it
-    lists); None without an index."""
+    lists); None without an index.
+
+    A sharded index (layout v3) is read shard by shard, only the shards of the specs' names,
+    and each is dropped once looked at, so memory holds a few shards, not the whole index;
+    unless Spack's single index is small and the specs span many shards (one request then
+    costs less than one per shard).
+    """
     from . import index as _index
+    from .index_shards import ShardedView
 
     try:
-        idx = _index.read_index(cache)
+        view = _index.open_index(cache)
+        if isinstance(view, ShardedView):
+            keys = _shard_keys(specs)
+            if len(keys) > SHARDS_AT_ONCE and view.spack_index_size() <= SMALL_INDEX:
+                view = view.spack_index()
+            else:
+                return _from_shards(view, keys, jobs), view.package_count()
     except IndexVersionError:
         return None  # a newer Spack's index: the packages are looked for one by one
     except BincacheError as e:
         log.warning("%s: the index is unreadable (%s); checking packages one by one", cache.url, e)
         return None
-    if idx is None:
+    if view is None:
         return None
     wanted = {s.hash for s in specs}
-    listed = {h for h, e in idx.entries.items() if e.in_buildcache}
+    listed = {h for h, e in view.entries.items() if e.in_buildcache}
     return listed & wanted, len(listed)
+
+
+def _shard_keys(specs: Sequence[Any]) -> dict[str, set[str]]:
+    from .index_shards import shard_key
+
+    keys: dict[str, set[str]] = {}
+    for s in specs:
+        keys.setdefault(shard_key(s.name), set()).add(s.hash)
+    return keys
+
+
+def _from_shards(view: Any, keys: dict[str, set[str]], jobs: int) -> set[str]:
+    def look(key: str) -> set[str]:
+        entries = view.read_shard(key).entries
+        return {h for h in keys[key] if h in entries and entries[h].in_buildcache}
+
+    with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(keys)))) as pool:
+        return set().union(*pool.map(look, sorted(keys))) if keys else set()
 
 
 def _check_each(cache: Any, specs: Sequence[Any], jobs: int) -> set[str]:

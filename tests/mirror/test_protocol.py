@@ -171,3 +171,40 @@ def test_one_update_algorithm_for_every_kind(tmp_path):
     """OCI has no update_index of its own: bincache.index updates every kind."""
     for cache in _caches(tmp_path):
         assert not hasattr(cache, "update_index") and not hasattr(cache, "read_index")
+
+
+def test_conditional_reads_and_writes_behave_alike_on_every_backend(tmp_path):
+    """read_tagged/write_if (the index's commit point) and list_dirs, as the protocol says:
+    directory and S3 (a real moto server) write only over the tag expected; http refuses."""
+    from bincache.errors import MirrorError
+    from bincache.mirror.s3 import S3Backend
+    from tests.fixtures.moto import moto_server
+
+    with moto_server() as (env, _client):
+        backends = [DirectoryBackend(str(tmp_path / "d")),
+                    S3Backend("s3://cache/x", endpoint_url=env["BINCACHE_S3_ENDPOINT_URL"],
+                              access_key=("testing", "testing"))]
+        for b in backends:
+            name = type(b).__name__
+            assert b.read_tagged("i/root") is None, name
+            assert b.write_if("i/root", b"one", None), name
+            assert not b.write_if("i/root", b"two", None), name  # "only if absent"
+            data, tag = b.read_tagged("i/root")
+            assert data == b"one", name
+            assert b.read_tagged("i/root", known=tag) == (None, tag), name  # unchanged
+            assert not b.write_if("i/root", b"two", "another tag"), name
+            assert b.read("i/root") == b"one", name
+            assert b.write_if("i/root", b"two", tag), name
+            assert b.read_tagged("i/root", known=tag)[0] == b"two", name
+        b.write("spec/zlib/m.json", b"{}")
+        assert backends[1].list_dirs("spec") is None  # keys, no directories
+    d = backends[0]
+    d.write("spec/zlib/m.json", b"{}")
+    d.write("spec/curl/m.json", b"{}")
+    clock, dirs = d.list_dirs("spec")
+    assert sorted(n for n, _ in dirs) == ["curl", "zlib"]
+    assert all(t <= clock for _, t in dirs)
+    http = HttpBackend("http://127.0.0.1:1/cache")
+    with pytest.raises(MirrorError, match=r"http\(s\) mirrors are read-only"):
+        http.write_if("i/root", b"x", None)
+    assert http.list_dirs("spec") is None
