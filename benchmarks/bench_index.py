@@ -128,7 +128,7 @@ def run_rss(pythonpath: str, *args: str) -> tuple[float, float, float, str]:
 def rows_for(n: int, work: Path, pythonpath: str, label: str) -> list[dict]:
     from in_place import restored
 
-    m = make_mirror(work, n)
+    m = work / f"mirror-{n}"  # made (and its listing recorded) by the --make child
     out = []
     with restored(str(m), [f"pkg{n:05d}"]):
         add_extra(m, work, n)

@@ -4,10 +4,13 @@
                                      [--work-dir DIR] [--json OUT]
 
 Per N (packages made by scale_data.py, cached under --work-dir), each row runs the real command
-line in a subprocess and records its wall time and peak RSS (wait4):
+line in a subprocess and records its wall time, CPU seconds (user + system) and peak RSS (wait4):
 
     create-present     create into the mirror that holds everything (nothing to push)
-    update-index-one   update-index after one new package was pushed (no --rebuild-index)
+    create-present-s3  the same into an S3 mirror (moto) holding that mirror's index: presence
+                       comes from the index there (the directory row stats each package)
+    update-index-one   update-index after one new package was pushed (no --rebuild-index), on
+                       the cached mirror itself, put back afterwards (benchmarks/in_place.py)
     list-name          list MIRROR NAME (a cold local index cache), list-name-again (warm)
     install-leaf       install one package without dependencies from the mirror into an empty root
     install-into-tree  install one package into the install tree of N
@@ -22,6 +25,7 @@ and 2,000) runs in CI next to run_all.py, in well under two minutes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -30,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,6 +43,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
+import in_place  # noqa: E402
 import scale_data  # noqa: E402
 
 FULL_SIZES = (1000, 10000, 50000)
@@ -53,6 +58,7 @@ class Run:
     returncode: int
     stdout: str
     stderr: str
+    cpu: float = 0.0
 
 
 @dataclass
@@ -63,6 +69,7 @@ class Result:
     rss_mb: float = 0.0
     note: str = ""
     error: str = ""
+    cpu: float = 0.0
 
 
 @dataclass
@@ -101,19 +108,13 @@ class Ctx:
         out.seek(0)
         err.seek(0)
         return Run(seconds, usage.ru_maxrss / 1024, proc.returncode,
-                   out.read().decode(errors="replace"), err.read().decode(errors="replace"))
-
-    def fresh_mirror(self, name: str = "mirror") -> str:
-        """A copy of the mirror a row may change (hard links: every write replaces a file)."""
-        dest = os.path.join(self.work, name)
-        shutil.rmtree(dest, ignore_errors=True)
-        subprocess.run(["cp", "-al", self.mirror, dest], check=True)
-        return dest
+                   out.read().decode(errors="replace"), err.read().decode(errors="replace"),
+                   usage.ru_utime + usage.ru_stime)
 
 
 def result(ctx: Ctx, row: str, run: Run, note: str = "") -> Result:
     error = "" if run.returncode == 0 else (run.stderr.strip().splitlines() or ["failed"])[-1]
-    return Result(row, ctx.n, run.seconds, run.rss_mb, note, error)
+    return Result(row, ctx.n, run.seconds, run.rss_mb, note, error, run.cpu)
 
 
 # --- rows per N ---------------------------------------------------------------------------------
@@ -122,12 +123,62 @@ def row_create_present(ctx: Ctx) -> list[Result]:
     return [result(ctx, "create-present", run)]
 
 
+def row_create_present_s3(ctx: Ctx) -> list[Result]:
+    """create with nothing new into S3 (moto), which holds the directory mirror's index only:
+    presence believes the index there, so no package is looked at one by one."""
+    if not shutil.which("moto_server"):
+        return [Result("create-present-s3", ctx.n, 0.0, error="moto_server is not installed")]
+    with _moto() as env:
+        # boto3 in a child, not here (see _generate: this process stays small).
+        subprocess.run([sys.executable, "-c", _UPLOAD, env["BINCACHE_S3_ENDPOINT_URL"], ctx.mirror,
+                        *in_place.index_objects(ctx.mirror)], check=True, env=dict(os.environ, **env))
+        run = ctx.cli("--root", ctx.tree, "create", "-q", "--unsigned", "s3://cache/scale", env=env)
+    return [result(ctx, "create-present-s3", run)]
+
+
+_UPLOAD = """
+import os, sys, boto3
+url, mirror, rels = sys.argv[1], sys.argv[2], sys.argv[3:]
+s3 = boto3.client("s3", endpoint_url=url, region_name="us-east-1")
+s3.create_bucket(Bucket="cache")
+for rel in rels:
+    s3.upload_file(os.path.join(mirror, rel), "cache", "scale/" + rel)
+"""
+
+
+@contextlib.contextmanager
+def _moto() -> Iterator[dict[str, str]]:
+    """A moto_server on a free port, without importing boto3 or requests here."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(["moto_server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(url, timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield {"BINCACHE_S3_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing",
+               "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+               "AWS_CA_BUNDLE": "", "REQUESTS_CA_BUNDLE": ""}  # as tests/fixtures/moto.py
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
 def row_update_index_one(ctx: Ctx) -> list[Result]:
-    mirror = ctx.fresh_mirror()
-    push = ctx.cli("--root", ctx.paths["extra"], "create", "-q", "--unsigned", mirror)
-    if push.returncode != 0:
-        return [result(ctx, "update-index-one", push, "the push of the new package failed")]
-    run = ctx.cli("update-index", mirror)
+    with in_place.restored(ctx.mirror, ["pkgextra"]):
+        push = ctx.cli("--root", ctx.paths["extra"], "create", "-q", "--unsigned", ctx.mirror)
+        if push.returncode != 0:
+            return [result(ctx, "update-index-one", push, "the push of the new package failed")]
+        run = ctx.cli("update-index", ctx.mirror)
     return [result(ctx, "update-index-one", run)]
 
 
@@ -169,6 +220,7 @@ def row_install_into_tree(ctx: Ctx) -> list[Result]:
 
 ROWS: dict[str, Callable[[Ctx], list[Result]]] = {
     "create-present": row_create_present,
+    "create-present-s3": row_create_present_s3,
     "update-index-one": row_update_index_one,
     "list-name": row_list_name,
     "install-leaf": row_install_leaf,
@@ -292,7 +344,7 @@ def once_oci_update_index(work: str, tags: int, log) -> dict:
 # --- tables -------------------------------------------------------------------------------------
 def print_growth(results: list[Result], sizes: list[int], log) -> None:
     names = list(dict.fromkeys(r.row for r in results))
-    head = "".join(f"{f'N={n}':>18s}" for n in sizes)
+    head = "".join(f"{f'N={n}':>22s}" for n in sizes)
     growth = "".join(f"{f'x {b // 1000 or b}k/{a // 1000 or a}k' if a >= 1000 else f'x {b}/{a}':>14s}"
                      for a, b in zip(sizes, sizes[1:]))
     log(f"\n{'row':20s}{head}{growth}")
@@ -301,12 +353,13 @@ def print_growth(results: list[Result], sizes: list[int], log) -> None:
         cells, ratios = "", ""
         for n in sizes:
             r = by_n.get(n)
-            cell = "-" if r is None else ("ERROR" if r.error else f"{r.seconds:6.2f}s {r.rss_mb:5.0f}MB")
-            cells += f"{cell:>18s}"
+            cell = "-" if r is None else ("ERROR" if r.error else
+                                          f"{r.seconds:.2f}s {r.cpu:.2f}c {r.rss_mb:.0f}MB")
+            cells += f"{cell:>22s}"
         for a, b in zip(sizes, sizes[1:]):
             ra, rb = by_n.get(a), by_n.get(b)
-            ok = ra and rb and not ra.error and not rb.error and ra.seconds > 0
-            ratios += f"{(f'{rb.seconds / ra.seconds:.2f}x' if ok else '-'):>14s}"
+            ok = ra and rb and not ra.error and not rb.error and ra.seconds > 0 and ra.cpu > 0
+            ratios += f"{(f'{rb.seconds / ra.seconds:.2f}x {rb.cpu / ra.cpu:.2f}c' if ok else '-'):>14s}"
         log(f"{name:20s}{cells}{ratios}")
     for r in results:
         if r.error:
@@ -327,6 +380,19 @@ def print_requests(counts: dict, log) -> None:
                 f"{index['requests']}")
         log(f"{kind}: the same push again, index present: {sum(again['requests'].values())} "
             f"requests {again['requests']}")
+
+
+def _generate(work_dir: str, n: int, log) -> dict[str, str]:
+    """scale_data.generate in a child process: this process starts every measured command,
+    and a child counts its parent's memory at the fork in its peak RSS (Linux keeps the old
+    address space's high-water mark across exec), so it must not hold N packages' data."""
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(HERE / "scale_data.py"), work_dir, "--n", str(n)],
+                          check=True, stdout=subprocess.PIPE, text=True)
+    out = proc.stdout
+    if time.perf_counter() - t0 > 1:
+        log(out[:out.index("{")].strip())
+    return json.loads(out[out.index("{"):])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -354,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
         f"load {os.getloadavg()[0]:.2f}")
     results: list[Result] = []
     for n in sizes:
-        paths = scale_data.generate(args.work_dir, n, log=log)
+        paths = _generate(args.work_dir, n, log)
+        in_place.record_listing_in_child(paths["mirror"])  # once per cached mirror
         work = tempfile.mkdtemp(prefix=f"run-{n}-", dir=args.work_dir)
         home = os.path.join(work, "home")
         os.makedirs(home)
@@ -364,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
                 if name in wanted:
                     for r in fn(ctx):
                         results.append(r)
-                        log(f"  N={n:<6d} {r.row:20s} {r.seconds:7.2f} s {r.rss_mb:6.0f} MB"
+                        log(f"  N={n:<6d} {r.row:20s} {r.seconds:7.2f} s {r.cpu:6.2f} CPU-s {r.rss_mb:6.0f} MB"
                             + (f"  ERROR {r.error}" if r.error else ""))
         finally:
             shutil.rmtree(work, ignore_errors=True)

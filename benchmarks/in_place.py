@@ -49,6 +49,14 @@ def _blobs(mirror: str, rel: str) -> set[str]:
     return {f"blobs/sha256/{d['checksum'][:2]}/{d['checksum']}" for d in doc.get("data", [])}
 
 
+def index_objects(mirror: str) -> list[str]:
+    """The files of a mirror's index (root, Spack's manifest, the blobs they name) and its
+    layout.json: what an S3 copy needs for a create that believes the index."""
+    rels = [rel for rel in INDEX_FILES[:2] if Path(mirror, rel).exists()]
+    blobs = set().union(*(_blobs(mirror, rel) for rel in rels))
+    return ["v3/layout.json", *rels, *sorted(blobs)]
+
+
 @contextlib.contextmanager
 def restored(mirror: str, names: list[str]) -> Iterator[None]:
     """Put the mirror back as it was after the block: the packages of ``names`` (directories
@@ -72,3 +80,19 @@ def restored(mirror: str, names: list[str]) -> Iterator[None]:
             tmp = p.with_name(".tmp-restore")
             tmp.write_bytes(data)
             os.replace(tmp, p)
+
+
+def record_listing_in_child(mirror: str) -> None:
+    """record_listing in a child process: a benchmark's parent stays small, because a child it
+    starts counts the parent's memory at the fork in its own peak RSS (Linux keeps the old
+    address space's high-water mark across exec)."""
+    import subprocess
+
+    subprocess.run([sys.executable, __file__, "record", mirror], check=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["record"] and len(sys.argv) == 3:
+        record_listing(sys.argv[2])
+    else:
+        sys.exit(f"usage: {sys.argv[0]} record MIRROR")
