@@ -26,8 +26,9 @@ INDEX_FILES = ("v3/manifests/index/index.manifest.json",
 
 
 def record_listing(mirror: str) -> None:
-    """An update-index after the mirror's last change by more than the clock slack, so it
-    records a listing that every directory predates (once per cached mirror)."""
+    """An update-index after the mirror's last change by more than the clock slack (up to two
+    minutes' wait for a mirror just made), so it records a listing every directory predates
+    (once per cached mirror)."""
     from bincache import index as ix
     from bincache import index_shards
     from bincache.mirror.directory import DirectoryBackend
@@ -37,7 +38,10 @@ def record_listing(mirror: str) -> None:
     got = cache.backend.read_tagged(index_shards.ROOT_PATH)
     if got is None or got[0] is None or index_shards._read_listing(cache, got[0]) is not None:
         return
-    time.sleep(index_shards.CLOCK_SLACK + 0.5)
+    # Wait until the newest directory is older than the slack, as in a mirror in use.
+    clock, dirs = cache.spec_dirs() or (0.0, [])
+    newest = max((t for _, t in dirs), default=0.0)
+    time.sleep(max(0.0, newest + index_shards.CLOCK_SLACK + 1 - clock))
     ix.update_index(cache, full=True)
 
 

@@ -49,8 +49,9 @@ RETRIES = 20
 #: Outside v3/manifests (prune reads every file there as a manifest); a dot file, being state.
 LISTING_PATH = "v3/.bincache-listing.json"
 #: Seconds before the last listing within which a directory's change time counts as after it:
-#: timestamps are coarse (a clock tick; whole seconds on some file systems).
-CLOCK_SLACK = 3.0
+#: timestamps are coarse (a clock tick; whole seconds on some file systems), and an NFS client
+#: may show a directory's attributes up to acdirmax (60 s by default) old.
+CLOCK_SLACK = 120.0
 
 _HEAD = '{"database":{"version":"%s","installs":{'
 _MID = '}},"bincache":{"version":1,"sizes":{'

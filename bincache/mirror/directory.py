@@ -135,8 +135,10 @@ class DirectoryBackend:
         try:
             try:
                 os.utime(base)
-            except PermissionError:
-                return None  # not ours to touch: no clock, so every directory counts as changed
+            except OSError as e:
+                if e.errno in (errno.EPERM, errno.EACCES, errno.EROFS):
+                    return None  # not ours to touch: no clock, so every directory is listed
+                raise
             fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
         except FileNotFoundError:
             return None
