@@ -107,6 +107,7 @@ def _compression_arg(p: argparse.ArgumentParser) -> None:
 def _check_codec(url: str, codec: str) -> None:
     """What create refuses at push time, refused when it is configured: zstd on a mirror that
     holds a layout v2 build cache (a mirror that cannot be reached now is not checked)."""
+    from .. import config
     from ..errors import BincacheError
     from ..mirror import MirrorRef, open_cache
 
