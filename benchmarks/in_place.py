@@ -36,11 +36,14 @@ def record_listing(mirror: str) -> None:
 
     cache = LayoutV3Cache(DirectoryBackend(mirror))
     got = cache.backend.read_tagged(index_shards.ROOT_PATH)
-    if got is None or got[0] is None or index_shards._read_listing(cache, got[0]) is not None:
+    if got is None or got[0] is None:
         return
-    # Wait until the newest directory is older than the slack, as in a mirror in use.
     clock, dirs = cache.spec_dirs() or (0.0, [])
     newest = max((t for _, t in dirs), default=0.0)
+    listing = index_shards._read_listing(cache, got[0])
+    if listing is not None and listing.listed_at - index_shards.CLOCK_SLACK > newest:
+        return  # recorded already, after every directory's last change
+    # Wait until the newest directory is older than the slack, as in a mirror in use.
     time.sleep(max(0.0, newest + index_shards.CLOCK_SLACK + 1 - clock))
     ix.update_index(cache, full=True)
 

@@ -222,13 +222,33 @@ def spack_index_bytes(db_version: str, fragments: list[Fragment]) -> bytes:
 
 
 # -- reading --------------------------------------------------------------------------------
-def read_root(cache, local=None) -> tuple[Root | None, str, bytes] | None:
+def open_for_lookups(cache: LayoutV3Cache) -> ShardedView | Index | None:
+    """What a push's presence check reads: the sharded view, else Spack's index, None when
+    the mirror has no index. Spack's manifest first: a mirror without an index costs one
+    request (where open_index asks for the root, then for Spack's manifest)."""
+    from .index_cache import IndexCache
+    from .mirror.layout_v3 import INDEX_MANIFEST
+
+    local = IndexCache.for_backend(cache.backend)
+    manifest = _read_cached(cache, INDEX_MANIFEST, local)
+    if manifest is None:
+        return None  # (an update writes Spack's manifest after the root: no index yet)
+    got = read_root(cache, local, spack_manifest=manifest)
+    if got is not None and got[0] is not None:
+        return ShardedView(cache, got[0], local)
+    data = cache.index_from_manifest(manifest[0])
+    return None if data is None else Index.from_bytes(data, f"{cache.url} index", cache.index_remedy)
+
+
+def read_root(cache, local=None, spack_manifest: tuple[bytes, str] | None = None
+              ) -> tuple[Root | None, str, bytes] | None:
     """(root, tag, raw bytes) of a layout v3 mirror's sharded index, None when it has none.
 
     The root is None when it cannot be used: a clearsigned root that does not verify (only
     what gpg verified counts), or one that Spack's own index has moved past (a Spack update-index
     after ours: its index.manifest.json no longer names the index.json the root was written
-    with). The caller then reads Spack's index.
+    with). The caller then reads Spack's index. ``spack_manifest``: Spack's index manifest
+    (bytes, tag) when the caller read it already.
     """
     from .index_cache import IndexCache
 
@@ -238,7 +258,7 @@ def read_root(cache, local=None) -> tuple[Root | None, str, bytes] | None:
         return None
     raw, tag = got
     root = _parse_root(raw, cache.url)
-    if root is not None and not _spack_index_matches(cache, root, local):
+    if root is not None and not _spack_index_matches(cache, root, local, spack_manifest):
         log.info("%s: Spack's index changed after the sharded index; reading Spack's", cache.url)
         root = None
     return root, tag, raw
@@ -260,10 +280,11 @@ def _read_cached(cache: LayoutV3Cache, rel: str, local: IndexCache | None) -> tu
     return raw, tag
 
 
-def _spack_index_matches(cache: LayoutV3Cache, root: Root, local: IndexCache | None) -> bool:
+def _spack_index_matches(cache: LayoutV3Cache, root: Root, local: IndexCache | None,
+                         got: tuple[bytes, str] | None = None) -> bool:
     from .mirror.layout_v3 import INDEX_MANIFEST, parse_manifest
 
-    got = _read_cached(cache, INDEX_MANIFEST, local)
+    got = got or _read_cached(cache, INDEX_MANIFEST, local)
     if got is None or root.spack_index is None:
         return got is None
     try:

@@ -50,10 +50,10 @@ def indexed(cache: Any, specs: Sequence[Any], jobs: int = JOBS) -> tuple[set[str
     costs less than one per shard).
     """
     from . import index as _index
-    from .index_shards import ShardedView
+    from .index_shards import ShardedView, open_for_lookups
 
     try:
-        view = _index.open_index(cache)
+        view = open_for_lookups(cache) if cache.sharded_index else _index.read_index(cache)
         if isinstance(view, ShardedView):
             keys = _shard_keys(specs)
             if len(keys) > SHARDS_AT_ONCE and view.spack_index_size() <= SMALL_INDEX:

@@ -288,6 +288,10 @@ class LayoutV3Cache:
             return None, None
         return self._index_blob(got[0]), got[1]
 
+    def index_from_manifest(self, raw: bytes) -> bytes | None:
+        """Spack's index.json named by the index manifest ``raw`` (read already)."""
+        return self._index_blob(raw)
+
     def write_index_if(self, data: bytes, db_version: str, expect: str | None) -> bool:
         rec = self.put_blob_bytes(data, f"{MT_INDEX_PREFIX}{db_version}+json", "none")
         return self.backend.write_if(INDEX_MANIFEST, manifest_bytes([rec]), expect)
