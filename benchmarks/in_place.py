@@ -2,7 +2,7 @@
 
 A copy would not measure an update-index as users see it: every directory of a copy (even a
 hard-linked one) is new, so its change time is after the listing the index root recorded, and
-the update lists all of them (bincache.index_shards._sweep). So a row adds its package to the
+the update lists all of them (bincache.index_listing.changed_names). So a row adds its package to the
 cached mirror, runs, then removes that package's manifests and directory and the blobs the run
 added, and writes the index files back as they were.
 """
@@ -30,7 +30,7 @@ def record_listing(mirror: str) -> None:
     minutes' wait for a mirror just made), so it records a listing every directory predates
     (once per cached mirror)."""
     from bincache import index as ix
-    from bincache import index_shards
+    from bincache import index_listing, index_shards
     from bincache.mirror.directory import DirectoryBackend
     from bincache.mirror.layout_v3 import LayoutV3Cache
 
@@ -40,11 +40,11 @@ def record_listing(mirror: str) -> None:
         return
     clock, dirs = cache.spec_dirs() or (0.0, [])
     newest = max((t for _, t in dirs), default=0.0)
-    listing = index_shards._read_listing(cache, got[0])
-    if listing is not None and listing.listed_at - index_shards.CLOCK_SLACK > newest:
+    listing = index_listing.read_listing(cache, got[0])
+    if listing is not None and listing.listed_at - index_listing.CLOCK_SLACK > newest:
         return  # recorded already, after every directory's last change
     # Wait until the newest directory is older than the slack, as in a mirror in use.
-    time.sleep(max(0.0, newest + index_shards.CLOCK_SLACK + 1 - clock))
+    time.sleep(max(0.0, newest + index_listing.CLOCK_SLACK + 1 - clock))
     ix.update_index(cache, full=True)
 
 

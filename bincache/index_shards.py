@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Union
 
 from .errors import BincacheError, BlobNotFound, MirrorError, SignatureError
 from .index_db import Index, IndexEntry, choose_db_version, fetch_entries, record_fragment
+from .index_listing import Listing, changed_names, read_listing, write_listing
 from .limits import MAX_MANIFEST, load_json
 from .mirror.base import DirListing
 from .mirror.layout_v3 import MT_INDEX_PREFIX, LayoutV3Cache
@@ -45,13 +46,6 @@ SHARD_KEY = "sha256(name)[:2]"
 MT_SHARD = "application/vnd.bincache.index-shard.v1+json"
 #: How often an update starts again after another one committed first.
 RETRIES = 20
-#: Directory mirrors: what the last update saw of the per-name manifest directories (Listing).
-#: Outside v3/manifests (prune reads every file there as a manifest); a dot file, being state.
-LISTING_PATH = "v3/.bincache-listing.json"
-#: Seconds before the last listing within which a directory's change time counts as after it:
-#: timestamps are coarse (a clock tick; whole seconds on some file systems), and an NFS client
-#: may show a directory's attributes up to acdirmax (60 s by default) old.
-CLOCK_SLACK = 120.0
 
 _HEAD = '{"database":{"version":"%s","installs":{'
 _MID = '}},"bincache":{"version":1,"sizes":{'
@@ -567,7 +561,7 @@ def update(cache, *, jobs: int = 8, warn: Callable[[str], None] | None = None, p
             got = (None, raw[1], raw[0]) if raw else None
         root = got[0] if got else None
         sweep = cache.spec_dirs()
-        listing = _read_listing(cache, got[2]) if got and sweep is not None and not full else None
+        listing = read_listing(cache, got[2]) if got and sweep is not None and not full else None
         if root is None or (db_version and db_version != root.db_version):
             refs = cache.list_package_refs()
             base = _base_index(cache, root, local, warn, read_spack_index)
@@ -589,12 +583,12 @@ def update(cache, *, jobs: int = 8, warn: Callable[[str], None] | None = None, p
                 up.add_specfile(*found)
         if old is not None and not any(s.dirty for s in up.shards.values()):
             if sweep is not None and got is not None and (names is None or names):
-                _write_listing(cache, got[2], sweep)  # the next update lists less
+                write_listing(cache, got[2], sweep)  # the next update lists less
             return ShardedView(cache, old, local), 0
         if _commit(up, old, got[1] if got else None, signer):
             assert up.root is not None  # _commit wrote it
             if sweep is not None:
-                _write_listing(cache, up.body, sweep)
+                write_listing(cache, up.body, sweep)
             return ShardedView(cache, up.root, local), len(missing)
         log.info("%s: another index update committed first; starting again (%d)", cache.url, attempt + 1)
     raise MirrorError(f"{cache.url}: the index kept changing under {RETRIES} attempts to update it; "
@@ -630,54 +624,11 @@ def _seed(up: _Update, base: Index) -> None:
             s.ref_counts[h] = ref_counts[h]
 
 
-@dataclass
-class Listing:
-    """What the update that wrote a root saw of a directory mirror's per-name directories."""
-
-    root: str  # SHA-256 of the root's bytes: a listing counts only with the root it went with
-    listed_at: float  # the file system's clock just before it listed
-    dirs: int  # how many per-name directories there were
-
-
-def _read_listing(cache: LayoutV3Cache, root_bytes: bytes) -> Listing | None:
-    try:
-        doc = load_json(cache.backend.read(LISTING_PATH, MAX_MANIFEST), LISTING_PATH, MAX_MANIFEST)
-        listing = Listing(str(doc["root"]), float(doc["listed_at"]), int(doc["dirs"]))
-    except (BincacheError, ValueError, KeyError, TypeError):
-        return None  # none yet, or unreadable: every directory is listed
-    return listing if listing.root == hashlib.sha256(root_bytes).hexdigest() else None
-
-
-def _write_listing(cache: LayoutV3Cache, root_bytes: bytes, sweep: DirListing) -> None:
-    """Written after the root it names (a crash between them leaves an older listing, which
-    only makes the next update list more)."""
-    doc = {"root": hashlib.sha256(root_bytes).hexdigest(), "listed_at": sweep[0], "dirs": len(sweep[1])}
-    try:
-        cache.backend.write(LISTING_PATH, json.dumps(doc).encode())
-    except MirrorError as e:
-        log.warning("%s: cannot record the listing (%s); the next update lists every directory", cache.url, e)
-
-
 def _sweep(up: _Update, listing: Listing, sweep: DirListing) -> set[str] | None:
-    """The names whose manifest directories changed since ``listing``; None
-    when every directory has to be listed (a directory was removed, or too many changed).
-
-    A directory whose change time is older than that listing (by more than CLOCK_SLACK, for
-    the clock's granularity) holds what the listing saw, which the shards hold. A new
-    directory is changed (its ctime is its creation). A removed one (prune removes a name's
-    last package and its directory) is found by the count: the directories there were, less
-    the unchanged ones and the changed ones that were there already (their shards name them),
-    must be none.
-    """
-    since = listing.listed_at - CLOCK_SLACK
-    changed = {n for n, t in sweep[1] if t >= since}
-    if len(changed) > max(64, len(sweep[1]) // 8):
-        return None  # most shards would be read (a copied mirror): the whole listing costs less
-    existed = sum(1 for n in changed
-                  if any(e.in_buildcache and e.spec.name == n for e in up.shard(shard_key(n)).entries.values()))
-    if listing.dirs - (len(sweep[1]) - len(changed)) - existed != 0:
-        return None
-    return changed
+    """index_listing.changed_names, a name counting as indexed when its shard lists a package
+    of it."""
+    return changed_names(listing, sweep, lambda n: any(
+        e.in_buildcache and e.spec.name == n for e in up.shard(shard_key(n)).entries.values()))
 
 
 def _changed_names(up: _Update, refs, names: set[str]) -> list:

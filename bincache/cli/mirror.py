@@ -98,7 +98,7 @@ def _signed_args(p: argparse.ArgumentParser) -> None:
 
 
 def _compression_arg(p: argparse.ArgumentParser) -> None:
-    # Checked by mirrors.check_compression, not argparse choices: one error line.
+    # Checked by mirror.urls.check_compression, not argparse choices: one error line.
     p.add_argument("--compression", metavar="CODEC",
                    help="tarball codec of pushes here: gzip (the default; what Spack reads) or "
                         "zstd (bincache clients only; not on a layout v2 mirror)")

@@ -30,6 +30,7 @@ from typing import Any
 
 from .. import config as _config
 from ..errors import ConfigError, MirrorError, MirrorNotFound, UsageError
+from . import urls as _urls
 from .urls import SCHEMES, check_url, expand_variables, path_to_url, refuse_settings  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -496,15 +497,6 @@ def _pair_yaml(user: Credential | None, password: Credential | None) -> Any:
     return [user.to_yaml() if user else None, password.to_yaml() if password else None]
 
 
-#: The tarball codecs a mirror's `compression` may name (create's --compression).
-COMPRESSIONS = ("gzip", "zstd")
-
-
-def check_compression(value: str | None) -> None:
-    if value is not None and value not in COMPRESSIONS:
-        raise UsageError(f'"{value}" is not a compression: use gzip (what Spack reads) or zstd')
-
-
 def _apply_flags(entry: dict, changes: MirrorChanges) -> None:
     for key in ("signed", "autopush", "insecure", "compression"):
         value = getattr(changes, key)
@@ -563,7 +555,7 @@ def add_mirror(
     """
     _check_name(name)
     check_url(url)
-    check_compression(changes.compression)
+    _urls.check_compression(changes.compression)
     _refuse_settings(name, url, changes)
     target = _config.current().write_scope(scope)
     _check_codec(check, Connection(url, target.directory or os.getcwd()), changes.compression, name)
@@ -645,7 +637,7 @@ def set_mirror(
         raise ValueError(f"direction must be fetch or push, not {direction!r}")
     if changes.url is not None:
         check_url(changes.url)
-    check_compression(changes.compression)
+    _urls.check_compression(changes.compression)
     cfg = _config.current()
     if scope is not None:
         target = cfg.write_scope(scope)

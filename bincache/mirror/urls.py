@@ -98,3 +98,12 @@ def refuse_settings(url: str, given: Mapping[str, object], where: str) -> None:
             article = "an" if kind[0] in "aeiou" else "a"
             raise OptionNotTaken([name], _SETTING_USE[name], where,
                                  f"{article} {'OCI' if kind == 'oci' else kind} mirror")
+
+
+#: The tarball codecs a mirror's `compression` may name (create's --compression).
+COMPRESSIONS = ("gzip", "zstd")
+
+
+def check_compression(value: str | None) -> None:
+    if value is not None and value not in COMPRESSIONS:
+        raise UsageError(f'"{value}" is not a compression: use gzip (what Spack reads) or zstd')

@@ -2,7 +2,7 @@ import time
 
 import pytest
 
-from bincache import index_shards
+from bincache import index_listing
 from tests.fixtures.gnupg import home, keyed, make_home  # noqa: F401
 
 
@@ -10,7 +10,7 @@ from tests.fixtures.gnupg import home, keyed, make_home  # noqa: F401
 def exact_clock(monkeypatch):
     """Directories made a moment before a listing count as unchanged: the real slack (a few
     seconds, for coarse timestamps) is longer than these tests take."""
-    monkeypatch.setattr(index_shards, "CLOCK_SLACK", 0.0)
+    monkeypatch.setattr(index_listing, "CLOCK_SLACK", 0.0)
 
 
 def tick() -> None:

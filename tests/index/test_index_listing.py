@@ -9,7 +9,7 @@ import shutil
 
 from bincache import api
 from bincache import index as ix
-from bincache.index_shards import LISTING_PATH
+from bincache.index_listing import LISTING_PATH
 from bincache.mirror.directory import DirectoryBackend
 from bincache.mirror.layout_v3 import SPEC_MANIFESTS, LayoutV3Cache
 from tests.conftest import run_cli
