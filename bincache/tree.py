@@ -288,11 +288,13 @@ class InstallTree:
         return chosen
 
     def is_external_dependency(self, inst: InstalledSpec, h: str) -> bool:
-        node = next((n for n in inst.nodes if n.hash == h), None)
-        if node is not None and node.is_external:
-            return True
         dep = self.get(h)
-        return dep is not None and dep.spec.is_external
+        if dep is not None:
+            # The same hash is the same node: the tree's record answers without reading the
+            # prefix's spec file (a create of 50,000 packages read thousands for this).
+            return dep.spec.is_external
+        node = next((n for n in inst.nodes if n.hash == h), None)
+        return node is not None and node.is_external
 
     def closure(self, roots: Iterable[InstalledSpec], include_deps: bool = True,
                 include_roots: bool = True) -> list[InstalledSpec]:
