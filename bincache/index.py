@@ -103,11 +103,15 @@ def _update_whole(cache: BuildCache, jobs: int, warn: Callable[[str], None] | No
                   db_version: str | None = None) -> tuple[Index, int]:
     fetched: dict[str, tuple[list, int] | None] = {}
     written: set[str] = set()  # hashes this update added in a write that went through
+    mine: tuple[bytes, Index] | None = None  # what it wrote last: read back, it needs no parse
     for _attempt in range(RETRIES):
         known = True
         try:
             data, tag = cache.read_index_tagged()
-            index = Index.from_bytes(data, f"{cache.url} index", cache.index_remedy) if data else Index()
+            if mine is not None and data == mine[0]:
+                index = mine[1]
+            else:
+                index = Index.from_bytes(data, f"{cache.url} index", cache.index_remedy) if data else Index()
         except IndexVersionError:
             raise  # a newer Spack's index is not replaced by an older format
         except BincacheError as e:
@@ -123,6 +127,9 @@ def _update_whole(cache: BuildCache, jobs: int, warn: Callable[[str], None] | No
                 index.entries[h] = IndexEntry(entry.spec, 0, False)
                 vanished += 1
         missing = [r for r in refs if not (r.hash in index.entries and index.entries[r.hash].in_buildcache)]
+        for r in missing:
+            if r.hash in fetched and fetched[r.hash] is None:
+                del fetched[r.hash]  # unreadable last round: once more (it may be mid-rewrite)
         fetch_entries(cache, missing, fetched, jobs, progress)
         added = []
         for r in missing:
@@ -139,6 +146,7 @@ def _update_whole(cache: BuildCache, jobs: int, warn: Callable[[str], None] | No
         elif not cache.write_index_if(body, version, tag):
             continue  # another update wrote first: merge onto its index
         written.update(added)
+        index.db_version, mine = version, (body, index)
         if known and cache.index_write_atomic:
             return index, len(written)
         # Not atomic (an OCI tag): a writer that read before us may PUT after us. So go round

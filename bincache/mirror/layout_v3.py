@@ -46,6 +46,7 @@ from .base import (  # noqa: F401  (the records are imported from here too)
     read_specfile_entry,
     refuse_options,
 )
+from .pushed import PushedEntries
 
 if TYPE_CHECKING:
     from ..spec import Spec
@@ -157,6 +158,7 @@ class LayoutV3Cache:
         self.url = backend.url
         self._layout_written: str | None = None  # layout.json as this cache read or wrote it
         self._layout_lock = threading.Lock()
+        self._pushed = PushedEntries()  # spec files pushed here, for the index update after
 
     def __repr__(self) -> str:
         return f"LayoutV3Cache({self.url})"
@@ -240,6 +242,7 @@ class LayoutV3Cache:
             body = signer.clearsign(body)
         s = packed.spec
         self.backend.write(self.manifest_path(s.name, s.version, s.hash), body)
+        self._pushed.add(s.hash, spec_data, tar_rec.content_length)
         self.write_layout("gpg" if signer is not None else None)
 
     def push_failed(self, spec: PackageId) -> None:
@@ -313,6 +316,12 @@ class LayoutV3Cache:
         return directory_lock(self.backend, INDEX_MANIFEST.rsplit("/", 1)[0])
 
     def read_index_entry(self, ref: SpecRef) -> tuple[list[Spec], int]:
+        pushed = self._pushed.get(ref.hash)
+        if pushed is not None:  # pushed by this run: the spec file it wrote, no request
+            from ..spec import parse_specfile
+
+            return (parse_specfile(pushed[0], f"{self.url} spec {ref.name}/{ref.hash[:7]}"),
+                    pushed[1])
         return read_specfile_entry(self, ref)
 
     # -- public keys ---------------------------------------------------------------------------

@@ -53,6 +53,7 @@ from .base import (
 )
 from .config import MirrorRef
 from .layout_v3 import is_clearsigned, manifest_bytes
+from .pushed import PushedEntries
 
 if TYPE_CHECKING:
     from ..spec import Spec
@@ -117,6 +118,7 @@ class OciCache:
         self.mount_from: list[str] = []
         self._shared_blobs: set[str] = set()
         self._listed: dict[str, str] = {}  # hash -> tag, from the last listing
+        self._pushed = PushedEntries()  # configs pushed here, for the index update after
 
     def __repr__(self) -> str:
         return f"OciCache({self.image.scheme}://{self.image})"
@@ -179,6 +181,7 @@ class OciCache:
                 self._push_signature(manifest, own, config_desc=self._config_desc(manifest),
                                      signer=signer)
             self.client.put_manifest(tag_ref, manifest.data, manifest.media_type)
+            self._pushed.add(spec.hash, img.dumps(config), own.size)
         except BaseException:
             with self._lock:
                 self._failed.add(spec.hash)
@@ -580,8 +583,10 @@ class OciCache:
 
     def _put_index(self, data: bytes, expect: str | None, *, check: bool) -> bool:
         digest = sha256_digest(data)
+        # Looked for first: two writers often make the same index, and uploading a blob the
+        # registry has rewrites its link, which a concurrent manifest PUT may read empty.
         self.client.upload_blob(self.image, data, digest)
-        self.client.upload_blob(self.image, img.EMPTY_JSON, sha256_digest(img.EMPTY_JSON))
+        self._upload_once(img.EMPTY_JSON)
         # Spack's shape: an image whose single layer is the index JSON (it is no tarball, but
         # a real image keeps registries' garbage collectors and mirroring tools happy).
         doc = img.build_manifest(
@@ -603,10 +608,14 @@ class OciCache:
 
     def read_index_entry(self, ref: SpecRef) -> tuple[list[Spec], int] | None:
         """(spec nodes, tarball size) of a package tag: one manifest GET, one config GET (no
-        signature lookup, no platform resolution). A tag that is no package image is skipped."""
+        signature lookup, no platform resolution), none for a package this cache pushed. A tag
+        that is no package image is skipped."""
         from ..spec import parse_specfile
 
         tag = self._listed.get(ref.hash) or img.package_tag(ref.name, ref.version, ref.hash)
+        pushed = self._pushed.get(ref.hash)
+        if pushed is not None:  # pushed by this run: the config it put, no request
+            return parse_specfile(pushed[0], f"{self.url}:{tag}"), pushed[1]
         try:
             manifest = self.client.fetch_manifest(self.image.with_tag(tag))
             doc = manifest.json()

@@ -43,6 +43,9 @@ ACCEPT_ALL = ", ".join(MANIFEST_TYPES + INDEX_TYPES)
 
 #: Statuses that say "try again later" rather than "this is wrong".
 TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+#: Error codes of a manifest PUT's 400 that a concurrent upload of one of its blobs causes
+#: (an empty link read as an invalid digest, or as no blob): retried like a 5xx.
+LINK_RACE_CODES = frozenset({"MANIFEST_BLOB_UNKNOWN", "BLOB_UNKNOWN", "DIGEST_INVALID"})
 _CHUNK = 1 << 20
 
 T = TypeVar("T")
@@ -474,6 +477,11 @@ class RegistryClient:
         r = self._request("PUT", ref.manifest_url(), kind="manifest", scope=self._push(ref),
                           data=data, headers={"Content-Type": media_type})
         r.close()
+        if r.status_code == 400 and _error_codes(r) & LINK_RACE_CODES:
+            # distribution 2.8 rewrites a blob's link in place (truncate, then write) when the
+            # same blob is uploaded again, e.g. by another pusher of the same bytes: a manifest
+            # PUT that reads the link in between finds it empty. The blob is there a moment later.
+            raise TransientError(str(_unexpected(r, f"pushing manifest {ref}")))
         if r.status_code != 201:
             raise _unexpected(r, f"pushing manifest {ref}")
         return sha256_digest(data), "OCI-Subject" in r.headers
@@ -648,6 +656,14 @@ def _retry_after(response: requests.Response) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+def _error_codes(response: requests.Response) -> set[str]:
+    try:
+        errors = response.json().get("errors") or []
+    except (ValueError, AttributeError):
+        return set()
+    return {str(e.get("code")) for e in errors if isinstance(e, dict)}
 
 
 def _error_detail(response: requests.Response) -> str:

@@ -16,7 +16,7 @@ from itertools import count
 import pytest
 
 from bincache import create
-from bincache.index import update_index
+from bincache.index import Index, read_index, update_index
 from bincache.mirror import MirrorRef, open_cache
 from bincache.oci.reference import ImageReference
 from bincache.tree import InstallTree
@@ -64,6 +64,20 @@ def test_oci_push_costs_five_requests_per_package_and_nothing_per_package_when_p
     stats = cache.client.stats
     assert stats["HEAD blob"] == 0 and stats["HEAD manifest"] == 0, dict(stats)
     assert sum(stats.values()) <= 5 * N + 4, dict(stats)
+    # --rebuild-index on the same cache: the configs it just pushed are not read back; the
+    # index is read (HEAD), written, read back and the tags listed again after its write.
+    before = dict(stats)
+    index, fetched = update_index(cache)
+    spent = {k: v - before.get(k, 0) for k, v in stats.items() if v - before.get(k, 0)}
+    assert fetched == N and len(index.packages()) == N
+    assert "GET manifest" not in spent and "GET blob" not in spent, spent
+    assert sum(spent.values()) <= 12, spent
+    # ... and it is the index a reader of the registry's configs would make.
+    fresh = open_cache(MirrorRef(url))
+    rebuilt = Index()
+    for ref in fresh.list_package_refs():
+        rebuilt.add_specfile(*fresh.read_index_entry(ref))
+    assert read_index(fresh).to_bytes("8") == rebuilt.to_bytes("8")
 
     # Nothing new: one tag listing, not a HEAD per package.
     cache, result = push(url, tiny)
@@ -120,8 +134,13 @@ def test_s3_push_costs_three_requests_per_package_and_trusts_the_index_unless_ve
     assert stats["HeadBucket"] == 1 and stats["GetObject"] <= 2, dict(stats)
     assert stats["PutObject"] == 3 * N + 1  # + layout.json
     assert sum(stats.values()) <= 3 * N + 8, dict(stats)
-
-    update_index(open_cache(MirrorRef(url)))
+    # --rebuild-index on the same cache: no spec file read back (the sharded index writes the
+    # shards that changed: at most one per package here).
+    before = dict(stats)
+    index, _ = update_index(cache)
+    spent = {k: v - before.get(k, 0) for k, v in stats.items() if v - before.get(k, 0)}
+    assert index.package_count() == N
+    assert spent.get("GetObject", 0) <= 4 and sum(spent.values()) <= N + 8, spent
     cache, result = push(url, tiny)
     assert len(result.skipped) == N
     assert sum(cache.backend.stats.values()) <= 6, dict(cache.backend.stats)

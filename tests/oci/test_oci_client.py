@@ -203,6 +203,43 @@ def test_cross_repository_mount_copies_nothing(registry_http):
 
 
 # --- TLS with basic auth --------------------------------------------------------------------
+def test_a_manifest_put_racing_a_reupload_of_its_blob_is_retried(registry_http):
+    # distribution 2.8 rewrites a blob's link in place when the blob is uploaded again (two
+    # pushers of one dependency, two writers of the same index): a manifest PUT that reads the
+    # link in between is answered 400 (DIGEST_INVALID / MANIFEST_BLOB_UNKNOWN), about one in
+    # eight here under this churn. It is retried, so no push fails for it.
+    churner, ref = client_for(registry_http, "race/link")
+    pusher, _ = client_for(registry_http, "race/link",
+                           retry=RetryPolicy(attempts=10, base_delay=0.02, max_delay=0.1))
+    payload = b"a layer two pushers share"
+    layer = Descriptor(img.LAYER_GZIP, sha256_digest(payload), len(payload))
+    churner.upload_blob(ref, payload, layer.digest, check_exists=False)
+    config = Descriptor(img.CONFIG, sha256_digest(img.EMPTY_JSON), len(img.EMPTY_JSON))
+    churner.upload_blob(ref, img.EMPTY_JSON, config.digest, check_exists=False)
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            churner.upload_blob(ref, payload, layer.digest, check_exists=False)
+
+    threads = [threading.Thread(target=churn) for _ in range(3)]
+    for t in threads:
+        t.start()
+    pushed = 0
+    try:
+        # Until the race was met (a PUT sent again) after at least 40, at most 300 PUTs.
+        while pushed < 300 and (pushed < 40 or pusher.stats["PUT manifest"] == pushed):
+            doc = img.dumps(img.build_manifest(config=config, layers=[layer],
+                                               annotations={"n": str(pushed)}))
+            pusher.put_manifest(ref.with_tag(f"t{pushed}"), doc, OCI_MANIFEST)
+            pushed += 1
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert len(pusher.list_tags(ref)) == pushed
+
+
 def test_tls_registry_with_basic_auth(registry_tls):
     client, ref = client_for(registry_tls, "client/tls")
     client.ping()
