@@ -399,10 +399,9 @@ def push_prefix(ref, prefix: str, *, include_deps: bool = False, signed: bool | 
 
 def _rmdir_quiet(path: str) -> None:
     if os.path.basename(path) == ".bincache-staging":
-        try:
-            os.rmdir(path)
-        except OSError:
-            pass
+        from .staging import remove_base
+
+        remove_base(path)
 
 
 def select_specs(tree: InstallTree, selectors: list[str]) -> list[InstalledSpec]:

@@ -47,6 +47,16 @@ def make_private_dir(base: str, prefix: str) -> PrivateDir:
     return PrivateDir(path, fd)
 
 
+def remove_base(base: str) -> None:
+    """Remove ``base`` if no run has a directory in it: under its lock, so that a run between
+    taking the lock and making its directory (make_private_dir) never sees it vanish."""
+    if not os.path.isdir(base):
+        return
+    with dir_lock(base):
+        with contextlib.suppress(OSError):
+            os.rmdir(base)  # not empty: another run's
+
+
 def sweep(base: str) -> list[str]:
     """Remove the directories under ``base`` that no live run holds; returns their names."""
     removed: list[str] = []

@@ -50,7 +50,7 @@ from ..spec import (
     Spec,
     specfile_dict,
 )
-from ..staging import PrivateDir, make_private_dir, remove_tree
+from ..staging import PrivateDir, make_private_dir, remove_base, remove_tree
 from ..tar.extract import extract_package
 from ..tar.inflate import Expected
 from ..tree import InstalledSpec, InstallTree
@@ -126,7 +126,11 @@ class _Installer:
             remove_tree(self.staging)
         if self.staging_dir is not None:
             self.staging_dir.close()
-        for d in [self.staging_base, *self.created_dirs]:
+        if self.staging_base:
+            remove_base(self.staging_base)
+            if os.path.isdir(self.staging_base):
+                return  # another install's staging is there
+        for d in self.created_dirs:
             if d:
                 try:
                     os.rmdir(d)

@@ -141,3 +141,38 @@ def test_a_killed_create_leaves_debris_the_next_create_removes(tmp_path):
     again = run_cli("--root", str(root), "create", "--unsigned", str(mirror))
     assert again.returncode == 0, again.stderr
     assert not staging.exists() or os.listdir(staging) == []
+
+
+def test_a_run_waiting_for_the_staging_lock_survives_the_base_being_removed(tmp_path):
+    # One run ends (its staging removed, then the empty base) while another waits for the
+    # base's lock to make its directory: the waiter must lock the base that exists afterwards,
+    # not the removed one (concurrent pushers into one directory mirror hit this).
+    import threading
+
+    from bincache.locks import dir_lock
+    from bincache.staging import remove_base
+
+    base = str(tmp_path / ".bincache-staging")
+    got: list[object] = []
+    with dir_lock(base):
+        waiter = threading.Thread(target=lambda: got.append(_try(make_private_dir, base, "c-")))
+        waiter.start()
+        time.sleep(0.3)  # the waiter is blocked on the lock of this base
+        os.rmdir(base)  # as remove_base does, under the lock
+    waiter.join(10)
+    private = got[0]
+    assert not isinstance(private, BaseException), private
+    assert os.path.isdir(private.path) and os.path.dirname(private.path) == base
+    remove_base(base)  # another run's directory is there: kept
+    assert os.path.isdir(private.path)
+    private.close()
+    os.rmdir(private.path)
+    remove_base(base)
+    assert not os.path.exists(base)
+
+
+def _try(fn, *args):
+    try:
+        return fn(*args)
+    except BaseException as e:  # the thread's failure is the test's
+        return e
