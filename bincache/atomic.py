@@ -30,7 +30,8 @@ def _fresh(path: str, prefix: str | None, perms: int) -> tuple[int, str]:
             continue
 
 
-def _unlink(path: str) -> None:
+def unlink_quiet(path: str) -> None:
+    """Remove a file if it is there; a cleanup never fails the operation it cleans up."""
     try:
         os.unlink(path)
     except OSError:
@@ -47,7 +48,7 @@ def atomic_path(path: str, *, prefix: str | None = None) -> Iterator[str]:
         yield tmp
         os.replace(tmp, path)
     except BaseException:
-        _unlink(tmp)
+        unlink_quiet(tmp)
         raise
 
 
@@ -68,7 +69,7 @@ def atomic_file(path: str, mode: int | None = 0o644, *, prefix: str | None = Non
             os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
-        _unlink(tmp)
+        unlink_quiet(tmp)
         raise
 
 
@@ -97,5 +98,5 @@ def link_or_copy_atomic(src: str, path: str, mode: int | None = None, *,
             os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
-        _unlink(tmp)
+        unlink_quiet(tmp)
         raise

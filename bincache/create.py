@@ -22,6 +22,7 @@ from .mirror.base import BuildCache
 from .pipeline import DependencyFailed, Pipeline
 from .presence import present
 from .spec import Spec, read_prefix_specfile, specfile_bytes
+from .staging import remove_base
 from .tar.pack import buildinfo, pack_prefix, write_buildinfo
 from .tree import InstalledSpec, InstallTree, prefix_tree, recorded_dependency_prefixes
 
@@ -399,8 +400,6 @@ def push_prefix(ref, prefix: str, *, include_deps: bool = False, signed: bool | 
 
 def _rmdir_quiet(path: str) -> None:
     if os.path.basename(path) == ".bincache-staging":
-        from .staging import remove_base
-
         remove_base(path)
 
 

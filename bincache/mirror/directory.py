@@ -9,7 +9,7 @@ import shutil
 import stat
 from typing import TYPE_CHECKING, ClassVar
 
-from ..atomic import atomic_file, link_or_copy_atomic
+from ..atomic import atomic_file, link_or_copy_atomic, unlink_quiet
 from ..errors import BlobNotFound, MirrorError, NoSpaceError
 from ..limits import check_size
 
@@ -187,7 +187,7 @@ class DirectoryBackend:
         return True
 
     def delete(self, rel: str) -> None:
-        _unlink(self._path(rel))
+        unlink_quiet(self._path(rel))
 
 
 def _walk(path: str, rel: str, out: list[str]) -> None:
@@ -209,10 +209,3 @@ def _walk(path: str, rel: str, out: list[str]) -> None:
                     _walk(e.path, sub, out)
             except OSError:
                 continue
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
