@@ -318,27 +318,45 @@ static void *pool_main(void *arg)
     return NULL;
 }
 
+/* 0 threads: one per online core. */
+static int resolve_threads(int *threads, bc_err *e)
+{
+    if (*threads < 0)
+        return bc__fail(e, BC_EINVAL, 0, "threads must be >= 0, not %d", *threads);
+    if (*threads == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        *threads = n > 0 ? (int)n : 1;
+    }
+    return BC_OK;
+}
+
+/* A mutex and its condition, both or neither (the caller's teardown destroys them only once
+ * both exist, which its sync_ready flag records). */
+static int sync_init(pthread_mutex_t *mu, pthread_cond_t *cv, bc_err *e)
+{
+    if (pthread_mutex_init(mu, NULL))
+        return bc__fail(e, BC_ENOMEM, ENOMEM, "cannot create thread locks");
+    if (pthread_cond_init(cv, NULL)) {
+        pthread_mutex_destroy(mu);
+        return bc__fail(e, BC_ENOMEM, ENOMEM, "cannot create thread locks");
+    }
+    return BC_OK;
+}
+
 int bc__pool_init(bc_pool *p, int threads, bc_err *e)
 {
     memset(p, 0, sizeof *p);
-    if (threads < 0)
-        return bc__fail(e, BC_EINVAL, 0, "threads must be >= 0, not %d", threads);
-    if (threads == 0) {
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
-        threads = n > 0 ? (int)n : 1;
-    }
+    int rc = resolve_threads(&threads, e);
+    if (rc)
+        return rc;
     if (threads > 64)
         threads = 64;
     p->nthreads = threads;
     p->tids = calloc((size_t)threads, sizeof *p->tids);
     if (p->tids == NULL)
         return bc__fail(e, BC_ENOMEM, ENOMEM, "out of memory");
-    if (pthread_mutex_init(&p->mu, NULL))
-        return bc__fail(e, BC_ENOMEM, ENOMEM, "cannot create thread locks");
-    if (pthread_cond_init(&p->cv, NULL)) {
-        pthread_mutex_destroy(&p->mu);
-        return bc__fail(e, BC_ENOMEM, ENOMEM, "cannot create thread locks");
-    }
+    if ((rc = sync_init(&p->mu, &p->cv, e)))
+        return rc;
     p->sync_ready = 1;
     return BC_OK;
 }
@@ -450,12 +468,8 @@ int bc__gz_open(bc_gz *g, int codec, int level, int threads, bc_pool *pool, int 
     g->codec = codec;
     g->level = level;
     if (pool == NULL) {
-        if (threads < 0)
-            return bc__fail(e, BC_EINVAL, 0, "threads must be >= 0, not %d", threads);
-        if (threads == 0) {
-            long n = sysconf(_SC_NPROCESSORS_ONLN);
-            threads = n > 0 ? (int)n : 1;
-        }
+        if ((rc = resolve_threads(&threads, e)))
+            return rc;
         if (threads > 1) {
             pool = malloc(sizeof *pool);
             if (pool == NULL)
@@ -472,12 +486,8 @@ int bc__gz_open(bc_gz *g, int codec, int level, int threads, bc_pool *pool, int 
     g->slots = calloc(g->nslots, sizeof *g->slots);
     if (g->slots == NULL)
         return bc__fail(e, BC_ENOMEM, ENOMEM, "out of memory");
-    if (pthread_mutex_init(&g->mu, NULL))
-        return bc__fail(e, BC_ENOMEM, ENOMEM, "cannot create thread locks");
-    if (pthread_cond_init(&g->cv_done, NULL)) {
-        pthread_mutex_destroy(&g->mu);
-        return bc__fail(e, BC_ENOMEM, ENOMEM, "cannot create thread locks");
-    }
+    if ((rc = sync_init(&g->mu, &g->cv_done, e)))
+        return rc;
     g->sync_ready = 1;
     g->hash_out = hash_out;
     if (hash_out) {
