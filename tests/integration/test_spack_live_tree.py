@@ -95,3 +95,24 @@ def test_spack_lists_and_installs_after_bincache_updates_its_index(built, cli, t
     out = subprocess.run([prog], capture_output=True, text=True, check=True).stdout
     at = out.splitlines()[1].split(" at ", 1)[1]
     assert re.sub("^/+", "/", at).startswith(store + "/"), out  # Spack relocated it (slash-padded)
+
+
+def test_spack_finds_what_bincache_installed_into_its_store(built, cli, tmp_path):
+    """An install records into the tree's `.spack-db/index.json` (bincache's journal is folded
+    into Spack's text at the end of each install): Spack's own `find` lists the packages, at
+    their paths, in a store Spack made and in one it never opened."""
+    mirror = os.path.join(built["out"], "mirror-unsigned")
+    for opened_by_spack in (True, False):
+        scope = str(tmp_path / f"scope-{opened_by_spack}")
+        shutil.copytree(os.path.join(built["base"], "cfg"), scope)
+        store = str(tmp_path / f"store-{opened_by_spack}")
+        with open(os.path.join(scope, "config.yaml"), "w") as f:
+            f.write(f"config:\n  install_tree: {{root: {store}}}\n")
+        if opened_by_spack:
+            spack(built, scope, "reindex")  # Spack makes the store: its lock and database
+            assert os.path.exists(os.path.join(store, ".spack-db", "lock"))
+        cli("--root", store, "install", "--unsigned", "--mirror", mirror, "hello", check=True)
+        found = spack(built, scope, "find", "-p", "hello", "libgreet").stdout
+        (hello_dir,) = glob.glob(os.path.join(store, "**", "hello-1.0-*"), recursive=True)
+        assert "hello@1.0" in found and "libgreet@1.0" in found, found
+        assert hello_dir in found, found
