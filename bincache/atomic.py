@@ -30,6 +30,12 @@ def _fresh(path: str, prefix: str | None, perms: int) -> tuple[int, str]:
             continue
 
 
+def new_file_in(directory: str, prefix: str) -> tuple[int, str]:
+    """An open descriptor and the name of a new file (mode 0600) in ``directory``, for a writer
+    that learns the file's final name only at the end (a blob named by its digest)."""
+    return _fresh(os.path.join(directory, "_"), prefix, 0o600)
+
+
 def unlink_quiet(path: str) -> None:
     """Remove a file if it is there; a cleanup never fails the operation it cleans up."""
     try:

@@ -25,11 +25,23 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
-from .errors import BincacheError, BlobNotFound, MirrorError, SignatureError
+from .errors import BincacheError, BlobNotFound, IntegrityError, MirrorError, SignatureError
 from .index_db import Index, IndexEntry, choose_db_version, fetch_entries, record_fragment
 from .index_listing import Listing, changed_names, read_listing, write_listing
+from .index_spack import (
+    Fragment,
+    OldIndexChanged,
+    check_old,
+    cut,
+    fresh_pieces,
+    joined,
+    old_layout,
+    pieces,
+    shard_bytes,
+    spliced_chunks,
+)
 from .limits import MAX_MANIFEST, load_json
 from .mirror.base import DirListing
 from .mirror.layout_v3 import MT_INDEX_PREFIX, LayoutV3Cache
@@ -46,10 +58,6 @@ SHARD_KEY = "sha256(name)[:2]"
 MT_SHARD = "application/vnd.bincache.index-shard.v1+json"
 #: How often an update starts again after another one committed first.
 RETRIES = 20
-
-_HEAD = '{"database":{"version":"%s","installs":{'
-_MID = '}},"bincache":{"version":1,"sizes":{'
-_TAIL = "}}}"
 
 
 def shard_key(name: str) -> str:
@@ -155,64 +163,6 @@ class Shard:
 
     def packages(self) -> int:
         return sum(1 for e in self.entries.values() if e.in_buildcache)
-
-
-def shard_bytes(db_version: str, installs: str, sizes: str) -> bytes:
-    return (_HEAD % db_version + installs + _MID + sizes + _TAIL).encode()
-
-
-def _cut(data: bytes, db_version: str, spans: tuple[int, int]) -> tuple[bytes, bytes]:
-    """The two fragments of a shard's bytes."""
-    start = len(_HEAD % db_version)
-    installs = data[start:start + spans[0]]
-    mid = start + spans[0] + len(_MID)
-    return installs, data[mid:mid + spans[1]]
-
-
-#: A shard's (installs, sizes) text in Spack's index.json: bytes, or a slice of the old file.
-Fragment = tuple[Union[bytes, memoryview], Union[bytes, memoryview]]
-
-
-def _spack_slices(data: bytes, root: Root) -> dict[str, Fragment]:
-    """The fragments of every shard cut out of the index.json written with ``root``."""
-    view = memoryview(data)
-    out: dict[str, list[bytes | memoryview]] = {}
-    pos, first = len(_HEAD % root.db_version), True
-    keys = sorted(root.shards)
-    for k in keys:
-        n = root.shards[k].spans[0]
-        if n:
-            pos += 0 if first else 1
-            first = False
-        out[k] = [view[pos:pos + n], b""]
-        pos += n
-    if data[pos:pos + len(_MID)] != _MID.encode():
-        raise MirrorError("index.json does not match the index root")
-    pos += len(_MID)
-    first = True
-    for k in keys:
-        n = root.shards[k].spans[1]
-        if n:
-            pos += 0 if first else 1
-            first = False
-        out[k][1] = view[pos:pos + n]
-        pos += n
-    if data[pos:] != _TAIL.encode():
-        raise MirrorError("index.json does not match the index root")
-    return {k: (v[0], v[1]) for k, v in out.items()}
-
-
-def spack_index_bytes(db_version: str, fragments: list[Fragment]) -> bytes:
-    # One join of every piece (slices of the old file included): the only copy of 33 MB at 50k.
-    parts: list[bytes | memoryview] = [(_HEAD % db_version).encode()]
-    for side, middle in ((0, _MID.encode()), (1, _TAIL.encode())):
-        pieces = [f[side] for f in fragments if len(f[side])]
-        for i, p in enumerate(pieces):
-            if i:
-                parts.append(b",")
-            parts.append(p)
-        parts.append(middle)
-    return b"".join(parts)
 
 
 # -- reading --------------------------------------------------------------------------------
@@ -478,12 +428,9 @@ def _commit(up: _Update, old: Root | None, expect: str | None, signer) -> bool:
                              (len(installs.encode()), len(sizes.encode())))
         fragments[k] = (installs.encode(), sizes.encode())
     _put_blobs(up, blobs)
-    if old is not None and any(k not in fragments for k in infos):
-        fragments.update({k: f for k, f in _old_fragments(up, old).items() if k not in fragments})
-    spack = spack_index_bytes(v, [fragments[k] for k in sorted(infos)])
     from .mirror.layout_v3 import INDEX_MANIFEST, manifest_bytes
 
-    spack_rec = cache.put_blob_bytes(spack, f"{MT_INDEX_PREFIX}{v}+json", "none")
+    spack_rec = _write_spack_index(up, old, sorted(infos), fragments)
     up.root = Root(v, infos, (spack_rec.checksum, spack_rec.content_length))
     body = up.root.to_bytes()
     if signer is not None:
@@ -521,19 +468,35 @@ def _put_blobs(up: _Update, blobs: list[tuple[str, bytes]]) -> None:
         list(pool.map(put, blobs))
 
 
-def _old_fragments(up: _Update, old: Root) -> dict[str, Fragment]:
-    """Unchanged shards' fragments: cut from the previous index.json, else from each shard."""
+def _write_spack_index(up: _Update, old: Root | None, keys: list[str],
+                       fragments: dict[str, Fragment]):
+    """Spack's index.json: the fragments of the shards written now, every other shard's cut
+    from the previous index.json (streamed from its file on a directory mirror), else from
+    each shard's blob."""
+    from .mirror.layout_v3 import BlobRecord
+
+    cache, v = up.cache, up.db_version
+    media = f"{MT_INDEX_PREFIX}{v}+json"
+    if old is None or all(k in fragments for k in keys):
+        return cache.put_blob_chunks(fresh_pieces(v, keys, fragments), media)
     if old.spack_index is not None:
+        checksum, size = old.spack_index
+        at, mid, tail = old_layout(old.db_version, {k: i.spans for k, i in old.shards.items()})
+        parts = pieces(v, keys, fragments, at)
+        path = cache.backend.local_path(BlobRecord(size, media, "none", checksum).path)
         try:
-            data = read_blob(up.cache, old.spack_index[0], old.spack_index[1])
-            return _spack_slices(data, old)
-        except (BlobNotFound, MirrorError) as e:
-            log.info("%s: previous index.json unusable (%s); joining the shards", up.cache.url, e)
-    out: dict[str, Fragment] = {}
-    for k, info in old.shards.items():
-        data = read_blob(up.cache, info.checksum, info.size, up.local)
-        out[k] = _cut(data, old.db_version, info.spans)
-    return out
+            if path is not None:
+                return cache.put_blob_chunks(spliced_chunks(path, checksum, size, parts, mid, tail), media)
+            data = read_blob(cache, checksum, size)
+            check_old(data, mid, tail)
+            return cache.put_blob_bytes(joined(parts, data), media)
+        except (BlobNotFound, IntegrityError, OldIndexChanged) as e:
+            log.info("%s: previous index.json unusable (%s); joining the shards", cache.url, e)
+    for k in keys:
+        if k not in fragments:
+            info = old.shards[k]
+            fragments[k] = cut(read_blob(cache, info.checksum, info.size, up.local), old.db_version, info.spans)
+    return cache.put_blob_chunks(fresh_pieces(v, keys, fragments), media)
 
 
 def update(cache, *, jobs: int = 8, warn: Callable[[str], None] | None = None, progress=None,

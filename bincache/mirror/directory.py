@@ -9,11 +9,13 @@ import shutil
 import stat
 from typing import TYPE_CHECKING, ClassVar
 
-from ..atomic import atomic_file, link_or_copy_atomic, unlink_quiet
+from ..atomic import atomic_file, link_or_copy_atomic, new_file_in, unlink_quiet
 from ..errors import BlobNotFound, MirrorError, NoSpaceError
 from ..limits import check_size
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
     from .base import DirListing
 
 
@@ -98,6 +100,50 @@ class DirectoryBackend:
             link_or_copy_atomic(src, path, 0o644, prefix=".tmp-", fsync=True)
         except OSError as e:
             raise _os_error("write", path, e) from None
+
+    def put_hashed(self, tmp_dir: str, chunks: Iterable[bytes | memoryview],
+                   rel_of: Callable[[str], str]) -> tuple[str, int]:
+        """Write ``chunks`` as one new file, named ``rel_of(its SHA-256)`` when they end; (digest,
+        size). Written unbuffered (bincache.unbuffered: a big file costs no page-cache pages)
+        under a ``.tmp-`` name in ``tmp_dir``; an error, from the chunks' source too, leaves no
+        file. A file already there under that name is kept (same digest, same bytes)."""
+        import hashlib
+
+        from ..unbuffered import UnbufferedWriter
+
+        tmp = ""
+        try:
+            directory = self._path(tmp_dir)
+            os.makedirs(directory, exist_ok=True)
+            fd, tmp = new_file_in(directory, ".tmp-")
+            hasher = hashlib.sha256()
+            try:
+                out = UnbufferedWriter(fd, hasher)
+                try:
+                    for c in chunks:
+                        out.write(c)
+                finally:
+                    out.close()
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            digest = hasher.hexdigest()
+            path = self._path(rel_of(digest))
+            if os.path.exists(path):
+                unlink_quiet(tmp)
+            else:
+                os.chmod(tmp, 0o644)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                os.replace(tmp, path)
+            return digest, out.size
+        except OSError as e:
+            if tmp:
+                unlink_quiet(tmp)
+            raise _os_error("write", self._path(tmp_dir), e) from None
+        except BaseException:
+            if tmp:
+                unlink_quiet(tmp)
+            raise
 
     def list_stat(self, rel_dir: str) -> list[tuple[str, float, int]]:
         """(path, modification time, size) of the files below a directory, sorted by path;

@@ -184,6 +184,20 @@ class LayoutV3Cache:
             self.backend.write(rec.path, data)
         return rec
 
+    def put_blob_chunks(self, chunks: Iterable[bytes | memoryview], media_type: str,
+                        compression: str = "none") -> BlobRecord:
+        """put_blob_bytes for a blob made piece by piece (Spack's index.json spliced from the
+        previous one): a directory mirror streams it to its file, hashing on the way, with
+        no copy of it in memory; other mirrors get the pieces joined."""
+        from .directory import DirectoryBackend
+
+        backend = self.backend
+        if isinstance(backend, DirectoryBackend):
+            digest, size = backend.put_hashed(
+                "blobs/sha256", chunks, lambda d: BlobRecord(0, media_type, compression, d).path)
+            return BlobRecord(size, media_type, compression, digest)
+        return self.put_blob_bytes(b"".join(chunks), media_type, compression)
+
     def put_blob_file(self, path: str, record: Record) -> None:
         if not (self._worth_looking(record.content_length) and self.backend.exists(record.path)):
             self.backend.put_file(record.path, path)

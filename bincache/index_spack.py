@@ -1,0 +1,166 @@
+"""Spack's single index.json beside the sharded index: the shards' record fragments joined.
+
+    {"database":{"version":"8","installs":{<shard 00>,<shard 01>,...}},
+     "bincache":{"version":1,"sizes":{<shard 00>,<shard 01>,...}}}
+
+Each shard holds the same two fragments in the same shape (bincache.index_shards), so an
+update writes the fragments of the shards that changed and takes every other one from the
+previous index.json, by the byte lengths the root records per shard ("spans"). On a directory
+mirror the previous file is read and the new one written in one pass, in chunks: the old
+file's digest is checked on the way (only the bytes the root named are spliced in) and the
+new one's computed as it is written, unbuffered (bincache.unbuffered).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator, Mapping
+from typing import Union
+
+from .errors import MirrorError
+
+HEAD = '{"database":{"version":"%s","installs":{'
+MID = '}},"bincache":{"version":1,"sizes":{'
+TAIL = "}}}"
+
+#: A shard's (installs, sizes) text.
+Fragment = tuple[Union[bytes, memoryview], Union[bytes, memoryview]]
+#: A piece of a new index.json: bytes, or (offset, length) in the previous one.
+Piece = Union[bytes, tuple[int, int]]
+Span = tuple[int, int]
+
+_CHUNK = 1 << 20
+
+
+class OldIndexChanged(MirrorError):
+    """The previous index.json is not the file the root names (then the shards are joined)."""
+
+
+def shard_bytes(db_version: str, installs: str, sizes: str) -> bytes:
+    return (HEAD % db_version + installs + MID + sizes + TAIL).encode()
+
+
+def cut(data: bytes, db_version: str, spans: tuple[int, int]) -> tuple[bytes, bytes]:
+    """The two fragments of a shard's bytes."""
+    start = len(HEAD % db_version)
+    installs = data[start:start + spans[0]]
+    mid = start + spans[0] + len(MID)
+    return installs, data[mid:mid + spans[1]]
+
+
+def old_layout(db_version: str, spans: Mapping[str, Span]) -> tuple[dict[str, tuple[Span, Span]], int, int]:
+    """Where each shard's fragments are in an index.json whose shards had these ``spans`` (the
+    byte lengths of their two fragments, as the root records them): ({key: ((offset, length)
+    of installs, of sizes)}, offset of MID, offset of TAIL)."""
+    out: dict[str, list[Span]] = {k: [] for k in spans}
+    pos = len(HEAD % db_version)
+    mid = 0
+    keys = sorted(spans)
+    for side in (0, 1):
+        first = True
+        for k in keys:
+            n = spans[k][side]
+            if n:
+                pos += 0 if first else 1
+                first = False
+            out[k].append((pos, n))
+            pos += n
+        if side == 0:
+            mid = pos
+            pos += len(MID)
+    return {k: (v[0], v[1]) for k, v in out.items()}, mid, pos
+
+
+def pieces(db_version: str, keys: list[str], new: Mapping[str, Fragment],
+           old: Mapping[str, tuple[Span, Span]]) -> list[Piece]:
+    """The new index.json: for each key (sorted), its fragments from ``new``, else where they are
+    in the previous file (``old``); empty fragments take no comma."""
+    out: list[Piece] = [(HEAD % db_version).encode()]
+    for side, end in ((0, MID.encode()), (1, TAIL.encode())):
+        first = True
+        for k in keys:
+            piece: Piece = bytes(new[k][side]) if k in new else old[k][side]
+            if not (piece[1] if isinstance(piece, tuple) else len(piece)):
+                continue
+            if not first:
+                out.append(b",")
+            first = False
+            out.append(piece)
+        out.append(end)
+    return out
+
+
+def fresh_pieces(db_version: str, keys: list[str], new: Mapping[str, Fragment]) -> list[bytes]:
+    """:func:`pieces` when every key's fragments are in ``new``."""
+    # With no previous file every piece is bytes (a key missing from ``new`` is a KeyError).
+    return [p for p in pieces(db_version, keys, new, {}) if isinstance(p, bytes)]
+
+
+def check_old(data: bytes, mid: int, tail: int) -> None:
+    if data[mid:mid + len(MID)] != MID.encode() or data[tail:] != TAIL.encode():
+        raise OldIndexChanged("index.json does not match the index root")
+
+
+def joined(parts: list[Piece], old: bytes | None) -> bytes:
+    """One join of every piece (slices of the old file included): the one copy in memory."""
+    view = memoryview(old) if old is not None else None
+    out: list[bytes | memoryview] = []
+    for p in parts:
+        if isinstance(p, tuple):
+            assert view is not None
+            out.append(view[p[0]:p[0] + p[1]])
+        else:
+            out.append(p)
+    return b"".join(out)
+
+
+def spliced_chunks(path: str, checksum: str, size: int, parts: list[Piece], mid: int,
+                   tail: int) -> Iterator[bytes | memoryview]:
+    """The new index.json in chunks, the previous one (``path``, which must be ``size`` bytes
+    with SHA-256 ``checksum``) read once, in order, on the way. A chunk that is a view of the
+    read buffer is valid until the next one is asked for (a writer copies it at once).
+    Raises OldIndexChanged at the end when the previous file was not what the root named:
+    what was written from it must then be discarded (bincache.mirror.directory.put_hashed)."""
+    try:
+        f = open(path, "rb", buffering=0)
+    except OSError as e:
+        raise OldIndexChanged(f"{path}: {e.strerror or e}") from None
+    with f:
+        fd = f.fileno()
+        if (os.fstat(fd).st_size != size or tail + len(TAIL) != size
+                or os.pread(fd, len(MID), mid) != MID.encode()
+                or os.pread(fd, len(TAIL), tail) != TAIL.encode()):
+            raise OldIndexChanged(f"{path} does not match the index root")
+        digest = hashlib.sha256()
+        buf = bytearray(_CHUNK)
+        view = memoryview(buf)
+        start = end = 0  # the part of the old file in buf
+
+        def more() -> None:
+            nonlocal start, end
+            got = f.readinto(buf)
+            if not got:
+                raise OldIndexChanged(f"{path} ended early")
+            digest.update(view[:got])
+            start, end = end, end + got
+
+        for p in parts:
+            if not isinstance(p, tuple):
+                yield p
+                continue
+            off, n = p
+            while n:
+                if off >= end:
+                    more()
+                    continue
+                if off < start:
+                    raise AssertionError("index.json pieces out of order")
+                take = min(n, end - off)
+                yield view[off - start:off - start + take]
+                off += take
+                n -= take
+        while end < size:
+            more()
+        if digest.hexdigest() != checksum:
+            raise OldIndexChanged(f"{path}: checksum mismatch")

@@ -1,0 +1,95 @@
+"""Writing a big file without filling the page cache (O_DIRECT).
+
+Why: on some virtual machines the first touch of a page the guest has not used lately costs
+microseconds (the host backs it on demand), so a buffered write of a fresh 20 MB file spends
+most of its time allocating page-cache pages (measured: 0.16-0.27 s for 21 MB buffered, 0.02 s
+direct). A direct write moves the bytes from one reused, page-aligned buffer to the device.
+
+Where the file system refuses O_DIRECT (tmpfs, some FUSE or network file systems) the writer
+falls back to plain writes; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import mmap
+import os
+from typing import Any
+
+CHUNK = 1 << 20
+#: O_DIRECT wants offsets, lengths and buffers aligned to the device's logical block; a page
+#: covers every block size Linux devices use.
+ALIGN = mmap.PAGESIZE
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
+
+
+class UnbufferedWriter:
+    """Writes to an open file descriptor (positioned at 0, opened for writing) through one
+    aligned buffer; ``close()`` writes the tail and leaves the file exactly the bytes written.
+    ``hasher`` (a hashlib object) sees every byte written, in order."""
+
+    def __init__(self, fd: int, hasher: Any = None):
+        self.fd = fd
+        self.hasher = hasher
+        self.size = 0
+        self.direct = _set_direct(fd, True)
+        self._buf = mmap.mmap(-1, CHUNK)
+        self._view = memoryview(self._buf)
+        self._fill = 0
+
+    def write(self, data: Any) -> None:
+        src = memoryview(data).cast("B")
+        pos, n = 0, len(src)
+        while pos < n:
+            take = min(n - pos, CHUNK - self._fill)
+            self._view[self._fill:self._fill + take] = src[pos:pos + take]
+            self._fill += take
+            pos += take
+            if self._fill == CHUNK:
+                self._flush(CHUNK)
+
+    def _flush(self, length: int) -> None:
+        if self.hasher is not None:
+            self.hasher.update(self._view[:self._fill])
+        self.size += self._fill
+        done = 0
+        while done < length:
+            try:
+                done += os.write(self.fd, self._view[done:length])
+            except OSError as e:
+                # Some file systems accept the flag at fcntl and refuse the write: go buffered.
+                if not (self.direct and e.errno == errno.EINVAL and done == 0):
+                    raise
+                self.direct = _set_direct(self.fd, False)
+                length = self._fill
+        self._fill = 0
+
+    def close(self) -> None:
+        """Write what is buffered; with O_DIRECT the tail block is written whole, then cut."""
+        try:
+            if self._fill:
+                tail = self._fill
+                if self.direct:
+                    padded = -(-tail // ALIGN) * ALIGN
+                    self._view[tail:padded] = bytes(padded - tail)
+                    self._flush(padded)
+                else:
+                    self._flush(tail)
+            if self.direct:
+                os.ftruncate(self.fd, self.size)
+        finally:
+            self._view.release()
+            self._buf.close()
+
+
+def _set_direct(fd: int, on: bool) -> bool:
+    """Whether the descriptor is now in direct mode."""
+    if not _O_DIRECT:
+        return False
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, (flags | _O_DIRECT) if on else (flags & ~_O_DIRECT))
+    except OSError:
+        return False
+    return on
