@@ -114,13 +114,14 @@ class Cancel:
 def pack(inst: InstalledSpec, tree: InstallTree, out_path: str, level: int | None = None,
          threads: int = 0, tick: Callable[[int], None] | None = None,
          cancel: Cancel | None = None, compression: str = "gzip",
-         pool: _native.CompressPool | None = None, diff_id: bool = True) -> PackedPackage:
+         pool: _native.CompressPool | None = None, diff_id: bool = True,
+         direct_io: str = "never") -> PackedPackage:
     """Write the tarball of one installed prefix to ``out_path``.
 
     ``tick`` is called with the size of each file once it is packed; it may raise to stop.
     ``level`` None: the codec's default. ``pool``: compression threads shared with other
     packs (``threads`` is then ignored). ``diff_id=False``: ``result.diff_id`` is "" (only
-    OCI layers need it).
+    OCI layers need it). ``direct_io``: see :func:`tarball_direct_io`.
     """
     t0 = time.perf_counter()
     prefixes, hash_to_prefix = old_prefixes(inst, tree)
@@ -129,7 +130,7 @@ def pack(inst: InstalledSpec, tree: InstallTree, out_path: str, level: int | Non
             # The core writes to the descriptor itself: no Python buffer on the hot path.
             writer = _native.TarWriter(out.fileno(), prefixes=[p.encode() for p in prefixes],
                                        level=level, threads=threads, codec=compression,
-                                       pool=pool, diff_id=diff_id)
+                                       pool=pool, diff_id=diff_id, direct_io=direct_io)
             if cancel is not None:
                 cancel.watch(writer)
             try:
@@ -158,6 +159,25 @@ def pack(inst: InstalledSpec, tree: InstallTree, out_path: str, level: int | Non
         buildinfo=info, files=report.files, bytes_in=report.bytes_in,
         seconds=time.perf_counter() - t0, compression=compression,
     )
+
+
+def tarball_direct_io(cache: BuildCache) -> str:
+    """How packed tarballs are written (TarWriter's ``direct_io``), ``BINCACHE_DIRECT_IO``
+    unset or ``auto``: around the page cache (O_DIRECT) when they are staged on a local
+    mirror's disk, as they are linked into the mirror and never read back (on a VM a fresh
+    page-cache page is expensive: the write copy was a third of create's CPU); through it
+    when an upload reads them back (S3, OCI), or on a network file system (direct writes are
+    synchronous there). ``1``: around it on any file system that allows it; ``0``: never.
+    """
+    value = os.environ.get("BINCACHE_DIRECT_IO", "auto")
+    if value == "0":
+        return "never"
+    if value == "1":
+        return "any"
+    if value not in ("", "auto"):
+        raise UsageError(f"BINCACHE_DIRECT_IO={value!r}: use 0 (never), 1 (always) or auto")
+    local = cache.backend is not None and cache.backend.root is not None
+    return "local" if local else "never"
 
 
 def _buildcache_specfile(nodes, tarball_digest: str) -> bytes:
@@ -273,6 +293,7 @@ def push(tree: InstallTree, specs: list[InstalledSpec], cache: BuildCache, *, in
     if not pending:
         result.seconds = time.perf_counter() - t0
         return result
+    direct_io = tarball_direct_io(cache)  # before staging: a bad setting leaves nothing behind
     staging = cache.staging_dir()
     lock = threading.Lock()
     cpus = os.cpu_count() or 1
@@ -311,7 +332,8 @@ def push(tree: InstallTree, specs: list[InstalledSpec], cache: BuildCache, *, in
             if events.started:
                 events.started(inst)
             return pack(inst, tree, tarball(inst), level=level, tick=tick, cancel=cancel,
-                        compression=compression, pool=pool, diff_id=cache.needs_diff_id)
+                        compression=compression, pool=pool, diff_id=cache.needs_diff_id,
+                        direct_io=direct_io)
         except BaseException:
             discard(inst, None)
             cache.push_failed(inst.spec)  # OCI: dependents stop waiting for this layer

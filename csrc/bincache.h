@@ -16,7 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define BC_ABI_VERSION 6
+#define BC_ABI_VERSION 7
 
 /* BC_CDEF_BEGIN */
 enum {
@@ -41,8 +41,13 @@ enum { BC_CODEC_GZIP = 0, BC_CODEC_ZSTD = 1 };
 
 /* bc_writer_new flags. BC_WRITER_DIFF_ID: also hash the uncompressed tar stream (an OCI
  * layer's diff_id); without it bc_result.diff_id is "" and a SHA-256 pass over every input
- * byte is saved. */
-enum { BC_WRITER_DIFF_ID = 1 };
+ * byte is saved. BC_WRITER_DIRECT: write the output (fd >= 0, a regular file) with O_DIRECT,
+ * bypassing the page cache, when it is on a local disk file system (ext2/3/4, xfs, btrfs);
+ * with BC_WRITER_DIRECT_ANY too, on any file system that takes O_DIRECT. Whole 4 KiB blocks
+ * go out directly from a reused buffer, the tail (and everything after a write the file
+ * system refused) buffered, so the file's bytes are the same either way; O_DIRECT is cleared
+ * again by bc_writer_finish. */
+enum { BC_WRITER_DIFF_ID = 1, BC_WRITER_DIRECT = 2, BC_WRITER_DIRECT_ANY = 4 };
 
 typedef struct bc_writer bc_writer;
 typedef struct bc_pool bc_pool;
@@ -78,6 +83,7 @@ typedef struct bc_result {
     char digest[65];  /* sha256 hex of the gzip stream */
     uint64_t compressed_size;
     uint64_t uncompressed_size;
+    uint64_t direct_bytes; /* of compressed_size, written with O_DIRECT */
 } bc_result;
 
 /* One in-place patch of apply_patches: at offset, old must be present; new must not be longer. */

@@ -246,19 +246,7 @@ static int sink(bc_gz *g, const unsigned char *p, size_t n, bc_err *e)
         g->mem_len += n;
         return BC_OK;
     }
-    while (n > 0) {
-        ssize_t k = write(g->fd, p, n);
-        if (k < 0) {
-            if (errno == EINTR)
-                continue;
-            int err = errno;
-            return bc__fail(e, BC_EIO, err, "cannot write the compressed output: %s",
-                            strerror(err));
-        }
-        p += k;
-        n -= (size_t)k;
-    }
-    return BC_OK;
+    return bc__out_write(g, p, n, e);
 }
 
 /* ---- the pool ---- */
@@ -458,7 +446,7 @@ int bc_pool_free(bc_pool *p)
 /* ---- the pipe ---- */
 
 int bc__gz_open(bc_gz *g, int codec, int level, int threads, bc_pool *pool, int fd,
-                int hash_out, int hash_in, bc_err *e)
+                int hash_out, int hash_in, int direct, bc_err *e)
 {
     memset(g, 0, sizeof *g);
     g->fd = fd;
@@ -503,7 +491,7 @@ int bc__gz_open(bc_gz *g, int codec, int level, int threads, bc_pool *pool, int 
     }
     g->crc = 0;
     g->header_pending = codec == BC_CODEC_GZIP;
-    return BC_OK;
+    return bc__out_open(g, direct, e);
 }
 
 /* Under g->mu: hash and write finished pieces in order, unless another thread is at it. */
@@ -658,7 +646,7 @@ int bc__gz_finish(bc_gz *g, bc_err *e)
     if (rc)
         return rc;
     if (g->codec != BC_CODEC_GZIP)
-        return BC_OK; /* each zstd frame is complete */
+        return g->fd >= 0 ? bc__out_finish(g, e) : BC_OK; /* each zstd frame is complete */
     unsigned char tail[10];
     /* An empty final block with fixed codes: BFINAL=1, BTYPE=01, end-of-block. */
     tail[0] = 0x03;
@@ -667,7 +655,10 @@ int bc__gz_finish(bc_gz *g, bc_err *e)
         tail[2 + i] = (unsigned char)(g->crc >> (8 * i));
         tail[6 + i] = (unsigned char)(g->in_total >> (8 * i));
     }
-    return sink(g, tail, sizeof tail, e);
+    rc = sink(g, tail, sizeof tail, e);
+    if (rc)
+        return rc;
+    return g->fd >= 0 ? bc__out_finish(g, e) : BC_OK;
 }
 
 void bc__gz_close(bc_gz *g)
@@ -710,6 +701,7 @@ void bc__gz_close(bc_gz *g)
         pthread_mutex_destroy(&g->mu);
         pthread_cond_destroy(&g->cv_done);
     }
+    bc__out_close(g);
     free(g->mem);
     memset(g, 0, sizeof *g);
     g->fd = -1;
@@ -723,7 +715,7 @@ int bc_compress_buffer(const unsigned char *data, size_t len, int codec, int lev
     bc_err e = {{0}, 0};
     *out = NULL;
     *out_len = 0;
-    int rc = bc__gz_open(&g, codec, level, threads, NULL, -1, 0, 0, &e);
+    int rc = bc__gz_open(&g, codec, level, threads, NULL, -1, 0, 0, BC_DIRECT_NEVER, &e);
     while (rc == BC_OK && len > 0) {
         unsigned char *p;
         size_t avail;

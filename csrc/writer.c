@@ -442,6 +442,7 @@ int bc_writer_finish(bc_writer *w, bc_result *res)
         return broke(w, rc);
     res->compressed_size = w->gz.out_total;
     res->uncompressed_size = w->usize;
+    res->direct_bytes = w->gz.direct_bytes;
     w->finished = 1;
     return BC_OK;
 }
@@ -458,14 +459,17 @@ int bc_writer_new(bc_writer **out, int fd, const bc_buf *prefixes, size_t nprefi
             snprintf(err, errlen, "out of memory");
         return BC_ENOMEM;
     }
-    if (flags & ~BC_WRITER_DIFF_ID) {
+    if (flags & ~(BC_WRITER_DIFF_ID | BC_WRITER_DIRECT | BC_WRITER_DIRECT_ANY)) {
         if (err && errlen)
             snprintf(err, errlen, "unknown writer flags %#x", (unsigned)flags);
         free(w);
         return BC_EINVAL;
     }
+    int direct = !(flags & BC_WRITER_DIRECT)    ? BC_DIRECT_NEVER
+                 : (flags & BC_WRITER_DIRECT_ANY) ? BC_DIRECT_ANY
+                                                  : BC_DIRECT_LOCAL;
     int rc = bc__gz_open(&w->gz, codec, level, threads, pool, fd, 1,
-                         (flags & BC_WRITER_DIFF_ID) != 0, &w->err);
+                         (flags & BC_WRITER_DIFF_ID) != 0, direct, &w->err);
     if (rc == BC_OK)
         rc = bc__scanner_init(&w->scan, prefixes, nprefixes, &w->err);
     if (rc) {

@@ -4,7 +4,8 @@
 the pure-Python twin; ``cffi`` insists on the C core; ``python`` forces the twin (tests use it to
 compare the two). Both expose the same names:
 
-    TarWriter(out, *, prefixes, level, threads, codec="gzip"|"zstd", pool=None, diff_id=True)
+    TarWriter(out, *, prefixes, level, threads, codec="gzip"|"zstd", pool=None, diff_id=True,
+              direct_io="never"|"local"|"any")
                                                   .add_dir/.add_symlink/.add_hardlink/
                                                   .add_file/.add_bytes -> FileScan, .finish -> TarResult
     scan_buffer(data, prefixes) -> [(prefix_index, offset)]

@@ -18,9 +18,9 @@ if os.environ.get("BINCACHE_SANITIZE", "") not in ("", "0"):
     from ._lib_asan import ffi, lib
 else:
     from ._lib import ffi, lib
-from ._pure import KIND_BINARY, KIND_ELF, KIND_TEXT, FileScan, TarResult
+from ._pure import KIND_BINARY, KIND_ELF, KIND_TEXT, FileScan, TarResult, check_direct_io
 
-_ABI_VERSION = 6
+_ABI_VERSION = 7
 if lib.bc_abi_version() != _ABI_VERSION:
     raise NativeError(
         f"the compiled C core is stale (ABI {lib.bc_abi_version()}, this code needs "
@@ -146,7 +146,11 @@ class TarWriter:
     (levels 1-19), when the core was built with libzstd. ``pool``: compress on a
     :class:`CompressPool`'s threads (``threads`` is then ignored). ``diff_id=False`` skips the
     SHA-256 of the uncompressed stream (only OCI layers need it): the result's ``diff_id`` is
-    then "".
+    then "". ``direct_io`` (output to a descriptor of a regular file): ``"local"`` writes it
+    with O_DIRECT, around the page cache, when the file is on a local disk file system
+    (ext2/3/4, xfs, btrfs), ``"any"`` on any file system that takes O_DIRECT, ``"never"``
+    through the page cache; the bytes are the same, and the result's ``direct_bytes`` says how
+    many went out directly.
     """
 
     def __init__(
@@ -159,7 +163,9 @@ class TarWriter:
         codec: str = "gzip",
         pool: CompressPool | None = None,
         diff_id: bool = True,
+        direct_io: str = "never",
     ):
+        check_direct_io(direct_io)
         if isinstance(out, int):
             fd, self._out = out, None
         else:
@@ -172,6 +178,8 @@ class TarWriter:
         if pool is not None and pool._p is None:
             raise NativeError("the compression pool is closed")
         flags = lib.BC_WRITER_DIFF_ID if diff_id else 0
+        if direct_io != "never" and fd >= 0:
+            flags |= lib.BC_WRITER_DIRECT | (lib.BC_WRITER_DIRECT_ANY if direct_io == "any" else 0)
         rc = lib.bc_writer_new(
             handle, fd, arr, len(keep), codec_id, level, int(threads),
             pool._p if pool is not None else ffi.NULL, flags, err, _ERRLEN, se
@@ -267,6 +275,7 @@ class TarWriter:
             ffi.string(res.digest).decode(),
             int(res.compressed_size),
             int(res.uncompressed_size),
+            int(res.direct_bytes),
         )
 
 

@@ -74,6 +74,7 @@ class TarResult:
     digest: str  # sha256 hex of the gzip stream
     compressed_size: int
     uncompressed_size: int
+    direct_bytes: int = 0  # of compressed_size, written around the page cache (O_DIRECT)
 
 
 def classify(data: bytes) -> str:
@@ -241,6 +242,16 @@ def _raw_header(
     return bytes(h)
 
 
+#: TarWriter(direct_io=...): write a descriptor's output with O_DIRECT never, on a local disk
+#: file system only (ext2/3/4, xfs, btrfs), or on any file system that takes it.
+DIRECT_IO = ("never", "local", "any")
+
+
+def check_direct_io(direct_io: str) -> None:
+    if direct_io not in DIRECT_IO:
+        raise NativeError(f"direct_io must be one of {', '.join(DIRECT_IO)}, not {direct_io!r}")
+
+
 class CompressPool:
     """The C core's shared compression threads; the twin compresses on the calling thread."""
 
@@ -267,7 +278,9 @@ class TarWriter:
     """
 
     def __init__(self, out, *, prefixes: list[bytes], level: int | None = None, threads: int = 0,
-                 codec: str = "gzip", pool: CompressPool | None = None, diff_id: bool = True):
+                 codec: str = "gzip", pool: CompressPool | None = None, diff_id: bool = True,
+                 direct_io: str = "never"):
+        check_direct_io(direct_io)  # the twin always writes through the page cache
         available, default, _lo, _hi = codec_info(codec)
         if not available:
             raise NativeError("zstd needs the zstandard module (pip install zstandard)")

@@ -58,6 +58,29 @@ def test_create_twice_gives_identical_bytes(stack, tmp_path):
     assert len(_manifests(m1)) == 3
 
 
+def test_tarballs_written_around_the_page_cache_or_through_it_are_the_same(stack, tmp_path):
+    # auto (the default) writes a local mirror's tarballs with O_DIRECT, 0 never, 1 wherever
+    # the file system takes it: the mirror is the same, and installs.
+    snaps = {}
+    for setting in ("auto", "0", "1"):
+        mirror = str(tmp_path / f"m-{setting}")
+        run_cli("--root", stack.root, "create", "--unsigned", mirror, "--rebuild-index",
+                env={"BINCACHE_DIRECT_IO": setting}, check=True)
+        snaps[setting] = _snapshot(mirror)
+    assert snaps["auto"] == snaps["0"] == snaps["1"]
+    dest = str(tmp_path / "dest")
+    run_cli("--root", dest, "install", "--unsigned", "--mirror", str(tmp_path / "m-auto"), "hello",
+            check=True)
+    (hello,) = glob.glob(os.path.join(dest, "*", "hello-*", "bin", "hello"))
+    assert subprocess.run([hello], capture_output=True, text=True, check=True).stdout
+    p = run_cli("--root", stack.root, "create", "--unsigned", str(tmp_path / "m-bad"),
+                env={"BINCACHE_DIRECT_IO": "yes"})
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert p.stderr.strip() == ("error: BINCACHE_DIRECT_IO='yes': use 0 (never), 1 (always) "
+                                "or auto")
+    assert not os.path.exists(tmp_path / "m-bad" / "blobs")
+
+
 def test_every_gzip_reader_accepts_the_tarball_and_links_and_modes_come_back(stack, tmp_path):
     mirror = str(tmp_path / "mirror")
     run_cli("--root", stack.root, "create", "--unsigned", mirror, "hello", check=True)
