@@ -10,12 +10,10 @@ package). bincache appends each record as one line to ``.spack-db/bincache-journ
 * when ``index.json`` does not exist yet (its version is then chosen);
 * at the end of every install (:meth:`TreeDatabase.settle` with ``always``), so Spack, which
   reads only ``index.json``, lists every package an install put in any tree once the command
-  ends. An install has parsed ``index.json`` when it opened the tree; that document (journal
-  applied) is kept with the identity of the file it came from (inode, size, mtime), so the fold
-  parses nothing: the records the new lines changed are rewritten in the file's text
-  (:func:`_spliced`), or the document is dumped whole, unless another process replaced the file
-  meanwhile (then it is read again). The cost is copying bytes (~4 MB at 10,000 records), not a
-  parse or a dump: install into a tree of N stays within the growth bound;
+  ends. The fold parses nothing: the records the new lines touch are found in ``index.json``'s
+  text and rewritten there (:mod:`bincache.treetext`), new ones put first; a text that cannot
+  be edited exactly is parsed and dumped whole. The cost is copying bytes (21 MB at 50,000
+  records), not a parse or a dump: install into a tree of N stays within the growth bound;
 * at the end of a ``register`` in a tree Spack uses (Spack leaves its ``.spack-db/lock``
   there). ``register`` runs once per prefix and never parses ``index.json``; folding there
   would make N registers O(N^2) again. So only a tree that Spack never opened and that only
@@ -40,14 +38,18 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .atomic import write_atomic
+from .atomic import atomic_file, write_atomic
 from .errors import SpecError
 from .locks import dir_lock
+from .treetext import DatabaseText, Unsure
 
 INDEX = "index.json"
 JOURNAL = "bincache-journal.jsonl"
 SPACK_LOCK = "lock"  # Spack's lock file: Spack has opened this database
 COMPACT_RATIO = 8
+#: Records looked up in the text, each a search of the whole of it; past this many, one parse
+#: of the document costs less (a DAG of hundreds of packages into a big tree).
+TEXT_LOOKUPS = 32
 
 
 class TreeDatabase:
@@ -59,6 +61,11 @@ class TreeDatabase:
         self.journal_path = os.path.join(db_dir, JOURNAL)
         # The document read or written last: a fold reuses it, parsing nothing.
         self._kept: _Kept | None = None
+        self._text: DatabaseText | None = None  # index.json's bytes, for lookups and folds
+        self._lookups = 0
+        # The whole document parsed for lookups the text could not answer: (identity of
+        # index.json, journal size, installs).
+        self._whole: tuple[tuple | None, int, dict] | None = None
 
     def exists(self) -> bool:
         return os.path.exists(self.index_path) or _size(self.journal_path) > 0
@@ -112,8 +119,61 @@ class TreeDatabase:
         # index.json before it empties the journal): the journal's first len(raw) bytes are
         # then applied to it, the later ones not yet.
         if identity is not None and identity == before and (not raw or raw.endswith(b"\n")):
-            self._kept = _Kept(identity, db, len(raw), pristine=not entries)
+            self._kept = _Kept(identity, db, len(raw))
         return db
+
+    def text(self) -> DatabaseText | None:
+        """index.json's bytes, read once (again when the file was replaced); None: no file."""
+        identity = _identity_of(self.index_path)
+        if identity is None:
+            self._text = None
+        elif self._text is None or self._text.identity != identity:
+            try:
+                self._text = DatabaseText.read(self.index_path)
+            except OSError as e:
+                raise SpecError(f"{self.index_path}: cannot read the database ({e.strerror})") from None
+        return self._text
+
+    def lookup(self, h: str) -> dict | None:
+        """The record of ``h`` (journal applied), reading only the records involved: see
+        :mod:`bincache.treetext`. The whole document is parsed only when the text cannot tell,
+        or after TEXT_LOOKUPS lookups."""
+        raw = self._journal_bytes()  # first: see the module's note on concurrent compaction
+        entries = _lines(raw)
+        # The hash, and those whose lines count a reference to it (to know whether each line
+        # was applied already, their records are needed too).
+        hashes = {h} | {e["hash"] for e in entries if h in (e.get("deps") or ())}
+        relevant = [e for e in entries if e["hash"] in hashes or h in (e.get("deps") or ())]
+        try:
+            if self._lookups >= TEXT_LOOKUPS:
+                raise Unsure("many lookups")
+            text = self.text()
+            installs = {}
+            for x in hashes:
+                rec = text.record(x) if text is not None else None
+                if rec is not None:
+                    installs[x] = rec
+            self._lookups += len(hashes)
+        except Unsure:
+            return self._whole_installs(len(raw)).get(h)
+        _apply(installs, relevant)
+        return installs.get(h)
+
+    def _whole_installs(self, journal_size: int) -> dict:
+        identity = _identity_of(self.index_path)
+        if self._whole is None or self._whole[:2] != (identity, journal_size):
+            self._whole = (identity, journal_size, self.read()["database"]["installs"])
+        return self._whole[2]
+
+    def known_paths(self) -> set[str]:
+        """The prefixes the database records (a superset: any ``"path"`` in its text), so a scan
+        of the tree skips them."""
+        records = [e["record"] for e in self._journal_lines()]
+        text = self.text()
+        known = text.paths() if text is not None and text.compact else set()
+        if text is not None and not text.compact:
+            records += self._whole_installs(_size(self.journal_path)).values()
+        return known | {p for r in records if isinstance(r, dict) and isinstance(p := r.get("path"), str)}
 
     def _kept_index(self) -> _Kept | None:
         """The kept document, if index.json is still the file it was read from or written as
@@ -161,6 +221,8 @@ class TreeDatabase:
             self._compact_locked()
 
     def _compact_locked(self, extra: bytes = b"") -> None:
+        if os.path.exists(self.index_path) and self._fold_text(extra):
+            return
         kept = self._kept_index()
         if kept is not None:
             db = kept.db
@@ -176,35 +238,50 @@ class TreeDatabase:
         database = db.setdefault("database", {})
         if entries:
             database.setdefault("version", entries[0].get("version", "7"))
-        installs = database.setdefault("installs", {})
-        # The records as index.json has them, of every hash the new lines touch.
-        touched = list(dict.fromkeys(h for e in entries for h in (e["hash"], *(e.get("deps") or ()))))
-        before = {h: copy.deepcopy(installs[h]) for h in touched if installs.get(h)}
-        _apply(installs, entries)
-        text = None
-        if kept is not None and kept.pristine:
-            text = self._pristine_text(kept)
-            if text is not None:
-                text = _spliced(text, installs, touched, before)
-        if text is None:
-            text = json.dumps(db, separators=(",", ":"))
-        write_atomic(self.index_path, text.encode())
+        _apply(database.setdefault("installs", {}), entries)
+        write_atomic(self.index_path, json.dumps(db, separators=(",", ":")).encode())
         if os.path.exists(self.journal_path):
             # Emptied, not removed: an appender holding the lock next finds the file as it is.
             os.truncate(self.journal_path, 0)
         identity = _identity_of(self.index_path)
-        self._kept = _Kept(identity, db, 0, pristine=True) if identity is not None else None
+        self._kept = _Kept(identity, db, 0) if identity is not None else None
 
-    def _pristine_text(self, kept: _Kept) -> str | None:
-        """index.json's text, if it is still the file the kept document was parsed from (read
-        again rather than held: a tree of 50,000 is 20 MB of it, for every command)."""
+    def _fold_text(self, extra: bytes) -> bool:
+        """The journal folded into index.json's text: only the records the lines change are
+        decoded and rewritten, new ones put first (call under the lock). False: the text
+        cannot be edited exactly (then the document is parsed and dumped)."""
+        text = self.text()
+        if text is None or not text.compact:
+            return False
+        entries = self._journal_lines()
+        if extra:
+            entries += [json.loads(line) for line in extra.splitlines() if line.strip()]
+        touched = list(dict.fromkeys(h for e in entries for h in (e["hash"], *(e.get("deps") or ()))))
         try:
-            with open(self.index_path, "rb") as f:
-                if _identity(os.fstat(f.fileno())) != kept.identity:
-                    return None
-                return f.read().decode()
-        except (OSError, UnicodeDecodeError):
-            return None
+            found = {h: text.span(h) for h in touched}
+        except Unsure:
+            return False
+        before = {h: f[2] for h, f in found.items() if f is not None and f[2]}
+        installs = copy.deepcopy(before)
+        _apply(installs, entries)
+        changes: dict[str, tuple[int, int] | None] = {}
+        for h in touched:
+            rec = installs.get(h)
+            if h in before:
+                if rec != before[h]:
+                    changes[h] = found[h][:2]  # type: ignore[index]
+            elif isinstance(rec, dict) and rec:
+                changes[h] = None
+        if changes:
+            with atomic_file(self.index_path) as f:
+                for piece in text.spliced(changes, installs):
+                    f.write(piece)
+        if os.path.exists(self.journal_path):
+            os.truncate(self.journal_path, 0)  # emptied, not removed: see _compact_locked
+        self._text = None
+        self._kept = None
+        self._whole = None
+        return True
 
     def version(self, default: str) -> str:
         """The database's version (``default`` for a new one), without parsing the records:
@@ -252,74 +329,12 @@ def _apply(installs: dict, entries: list[dict]) -> None:
 
 @dataclass
 class _Kept:
-    """A document in memory: the identity of the index.json it came from, the journal bytes
-    applied to it since, and whether it is still exactly that file (no line applied: a fold
-    then rewrites only the records that changed, in the file's text)."""
+    """A document in memory (parsed where the text could not be edited): the identity of the
+    index.json it came from and the journal bytes applied to it since."""
 
     identity: tuple[int, int, int]
     db: dict
     applied: int
-    pristine: bool
-
-
-# Where the records begin, in the compact form bincache and Spack write.
-_INSTALLS = re.compile(r'\{"database":\{(?:"version":"\d+",)?"installs":\{')
-_DECODER = json.JSONDecoder()
-
-
-def _spliced(text: str, installs: dict, touched: list[str], before: dict) -> str | None:
-    """``text`` (index.json as it is) with the records of ``touched`` as ``installs`` now has
-    them: a changed record rewritten where it is, a new one put first; None when the text is
-    not in the compact form or a record is not found as it was parsed (then dump it whole).
-
-    A record is taken only where its key is followed by exactly the record parsed from this
-    text, so a nested object that happens to carry a record's key is never edited instead."""
-    m = _INSTALLS.match(text)
-    if m is None:
-        return None
-    start = m.end()
-    edits: list[tuple[int, int, str]] = []
-    new: list[str] = []
-    for h in touched:
-        rec = installs.get(h)
-        key = json.dumps(h) + ":"
-        if h not in before:
-            if isinstance(rec, dict) and rec:
-                new.append(key + json.dumps(rec, separators=(",", ":")))
-            continue
-        if rec == before[h]:
-            continue
-        span = _find_record(text, start, key, before[h])
-        if span is None:
-            return None
-        edits.append((*span, json.dumps(rec, separators=(",", ":"))))
-    edits.sort()
-    if any(a[1] > b[0] for a, b in zip(edits, edits[1:])):
-        return None
-    pieces = [text[:start]]
-    if new:
-        pieces.append(",".join(new) + ("" if text[start] == "}" else ","))
-    at = start
-    for begin, end, value in edits:
-        pieces += [text[at:begin], value]
-        at = end
-    pieces.append(text[at:])
-    return "".join(pieces)
-
-
-def _find_record(text: str, start: int, key: str, expected: dict) -> tuple[int, int] | None:
-    p = text.find(key, start)
-    while p >= 0:
-        value = p + len(key)
-        if text.startswith("{", value):
-            try:
-                obj, end = _DECODER.raw_decode(text, value)
-            except ValueError:
-                obj, end = None, value
-            if obj == expected:
-                return value, end
-        p = text.find(key, p + 1)
-    return None
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int]:
