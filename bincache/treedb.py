@@ -42,6 +42,7 @@ from .atomic import atomic_file, write_atomic
 from .errors import SpecError
 from .locks import dir_lock
 from .treetext import DatabaseText, Unsure
+from .unbuffered import UnbufferedWriter
 
 INDEX = "index.json"
 JOURNAL = "bincache-journal.jsonl"
@@ -122,6 +123,21 @@ class TreeDatabase:
             self._kept = _Kept(identity, db, len(raw))
         return db
 
+    def journal_records(self) -> dict[str, dict]:
+        """hash -> the record its last journal line holds."""
+        return {e["hash"]: e["record"] for e in self._journal_lines()}
+
+    def index_text(self) -> str | None:
+        """index.json as text (None: there is none)."""
+        try:
+            with open(self.index_path, encoding="utf-8") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise SpecError(f"{self.index_path}: not a readable Spack database ({e}); "
+                            "restore it or remove it (a scan then finds the prefixes)") from None
+
     def text(self) -> DatabaseText | None:
         """index.json's bytes, read once (again when the file was replaced); None: no file."""
         identity = _identity_of(self.index_path)
@@ -165,15 +181,16 @@ class TreeDatabase:
             self._whole = (identity, journal_size, self.read()["database"]["installs"])
         return self._whole[2]
 
-    def known_paths(self) -> set[str]:
-        """The prefixes the database records (a superset: any ``"path"`` in its text), so a scan
-        of the tree skips them."""
+    def known_paths(self) -> set[bytes]:
+        """The prefixes the database records, as bytes (a superset: any ``"path"`` in its
+        text), so a scan of the tree skips them."""
         records = [e["record"] for e in self._journal_lines()]
         text = self.text()
         known = text.paths() if text is not None and text.compact else set()
         if text is not None and not text.compact:
             records += self._whole_installs(_size(self.journal_path)).values()
-        return known | {p for r in records if isinstance(r, dict) and isinstance(p := r.get("path"), str)}
+        return known | {os.fsencode(p) for r in records
+                        if isinstance(r, dict) and isinstance(p := r.get("path"), str)}
 
     def _kept_index(self) -> _Kept | None:
         """The kept document, if index.json is still the file it was read from or written as
@@ -273,9 +290,15 @@ class TreeDatabase:
             elif isinstance(rec, dict) and rec:
                 changes[h] = None
         if changes:
+            # Unbuffered: a fresh 21 MB file through the page cache cost 0.12-0.22 s here (new
+            # pages), against ~0.02 s direct plus ~0.02 s for its next reader to read it cold.
             with atomic_file(self.index_path) as f:
-                for piece in text.spliced(changes, installs):
-                    f.write(piece)
+                out = UnbufferedWriter(f.fileno())
+                try:
+                    for piece in text.spliced(changes, installs):
+                        out.write(piece)
+                finally:
+                    out.close()
         if os.path.exists(self.journal_path):
             os.truncate(self.journal_path, 0)  # emptied, not removed: see _compact_locked
         self._text = None

@@ -24,6 +24,8 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterator
+from json.decoder import scanstring  # type: ignore[attr-defined]  # (C; typeshed omits it)
 
 CHUNK = 1 << 18  # depth marks every 256 KiB
 WINDOW = 4096  # bytes decoded first for a record (most are well under 1 KiB)
@@ -32,6 +34,8 @@ WINDOW = 4096  # bytes decoded first for a record (most are well under 1 KiB)
 _HEAD = re.compile(rb'\{"database":\{(?:"version":"\d+",)?"installs":\{')
 _TAIL = re.compile(rb'\}(?:,"version":"\d+")?\}\}\s*\Z')
 _DECODER = json.JSONDecoder()
+_HEAD_TEXT = re.compile(_HEAD.pattern.decode())
+_TAIL_TEXT = re.compile(_TAIL.pattern.decode())
 
 
 class Unsure(Exception):
@@ -52,6 +56,7 @@ class DatabaseText:
         self.compact = head is not None and tail is not None and self.start <= self.end \
             and b"\\" not in data
         self._marks: list[int] | None = None
+        self._spans: dict[str, int | None] = {}  # where each record looked up starts
 
     @classmethod
     def read(cls, path: str) -> DatabaseText | None:
@@ -82,6 +87,9 @@ class DatabaseText:
         Raises Unsure when the text cannot tell (see the module's note)."""
         if not self.compact:
             raise Unsure("not in the compact form")
+        if h in self._spans:  # decoded again: the caller may change the record it gets
+            at = self._spans[h]
+            return None if at is None else self._decode(at)
         needle = b'"' + h.encode() + b'"'
         found = None
         p = self.data.find(needle, self.start, self.end)
@@ -94,6 +102,7 @@ class DatabaseText:
             elif nxt not in (b",", b"}", b"]"):
                 raise Unsure("a key not in the compact form")
             p = self.data.find(needle, after, self.end)
+        self._spans[h] = None if found is None else found[0]
         return found
 
     def record(self, h: str) -> dict | None:
@@ -124,11 +133,10 @@ class DatabaseText:
                 raise Unsure("a record that is not an object")
             return at, stop, obj
 
-    def paths(self) -> set[str]:
-        """Every ``"path"`` value in the text: the records' prefixes (and possibly more, an
-        external's path for one), for a scan to skip what the database knows."""
-        return {m.decode("utf-8", "surrogateescape")
-                for m in re.findall(rb'"path":"([^"]*)"', self.data)}
+    def paths(self) -> set[bytes]:
+        """Every ``"path"`` value in the text, as bytes: the records' prefixes (and possibly
+        more, an external's path for one), for a scan to skip what the database knows."""
+        return set(re.findall(rb'"path":"([^"]*)"', self.data))
 
     def spliced(self, changes: dict[str, tuple[int, int] | None],
                 records: dict[str, dict]) -> list[bytes | memoryview]:
@@ -149,3 +157,38 @@ class DatabaseText:
             at = end
         pieces.append(view[at:])
         return pieces
+
+
+def records(text: str) -> Iterator[tuple[str, dict, int]]:
+    """(hash, record, where the record starts in ``text``) of every record of the installs map,
+    in order, one record decoded at a time: a tree of 50,000 never holds the 80 MB of the whole
+    document's objects. Raises Unsure (possibly after some records) for a text not in the
+    compact form: parse it whole then."""
+    head = _HEAD_TEXT.match(text)
+    if head is None or _TAIL_TEXT.search(text, max(0, len(text) - 64)) is None:
+        raise Unsure("not in the compact form")
+    at = head.end()
+    if text.startswith("}", at):
+        return
+    while True:
+        if not text.startswith('"', at):
+            raise Unsure("not in the compact form")
+        key, at = scanstring(text, at + 1)
+        if not text.startswith(":{", at):
+            raise Unsure("not in the compact form")
+        try:
+            rec, end = _DECODER.raw_decode(text, at + 1)
+        except ValueError:
+            raise Unsure("a record that does not decode") from None
+        yield key, rec, at + 1
+        if text.startswith(",", end):
+            at = end + 1
+        elif _TAIL_TEXT.match(text, end):
+            return
+        else:
+            raise Unsure("not in the compact form")
+
+
+def record_at(text: str, at: int) -> dict:
+    """The record that starts at ``at`` (as :func:`records` gave it)."""
+    return _DECODER.raw_decode(text, at)[0]

@@ -193,3 +193,58 @@ def test_an_install_tree_answers_a_lookup_from_one_record_and_finds_a_stray_pref
     assert tree.get(f"{5:032d}") is None and tree.get("z" * 32) is None
     monkeypatch.undo()
     assert set(InstallTree(str(root)).specs()) == {recorded.hash, stray.hash}
+
+
+def _tree_of(tmp_path, n: int, **dump):
+    """A tree of ``n`` prefixes (a spec file each) recorded in index.json, one depending on
+    another, plus an external; written with ``dump``'s json.dump arguments."""
+    from bincache.spec import make_node
+    from bincache.tree import register_prefix
+
+    root = tmp_path / "tree"
+    root.mkdir()
+    installs = {}
+    prev = None
+    for i in range(n):
+        (root / f"p{i}").mkdir()
+        inst = register_prefix(str(root / f"p{i}"), f"p{i}", "1", deps=[prev] if prev else [])
+        node = {k: v for k, v in inst.spec.node.items() if k != "hash"}
+        installs[inst.hash] = {"spec": node, "path": inst.prefix, "installed": True, "ref_count": 0,
+                               "explicit": True, "installation_time": float(i)}
+        prev = inst.prefix
+    ext = make_node("glibc", "2.36", [], None)
+    ext["external"] = {"path": "/usr", "module": None, "extra_attributes": {}}
+    installs["e" * 32] = {"spec": ext, "path": "/usr", "installed": True, "ref_count": 1,
+                          "explicit": False, "installation_time": 0.0}
+    (root / ".spack-db").mkdir()
+    (root / ".spack-db" / "index.json").write_text(
+        json.dumps({"database": {"version": "8", "installs": installs}}, **(dump or {"separators": (",", ":")})))
+    return root, installs
+
+
+def test_opening_a_tree_decodes_one_record_at_a_time_and_nodes_when_asked_for(tmp_path, monkeypatch):
+    from bincache.tree import InstallTree
+
+    root, installs = _tree_of(tmp_path, 30)
+    moved = next(iter(installs))  # the journal's record replaces index.json's
+    (root / "moved").mkdir()
+    installs[moved] = dict(installs[moved], path=str(root / "moved"), installation_time=99.0)
+    db = TreeDatabase(str(root / ".spack-db"))
+    db.append([entry(moved, installs[moved], [], "8")])
+    assert db.pending()
+    whole = InstallTree(str(root))
+    monkeypatch.setattr(TreeDatabase, "read", lambda self: pytest.fail("parsed the whole document"))
+    specs = InstallTree(str(root)).specs()
+    monkeypatch.undo()
+    assert set(specs) == set(installs)  # the external too, with its path
+    assert specs["e" * 32].spec.is_external and specs["e" * 32].prefix == "/usr"
+    for h, inst in specs.items():
+        assert inst.spec.node == dict(installs[h]["spec"], hash=h)  # decoded again when asked for
+        assert inst.prefix == installs[h]["path"]
+    # The same as a tree whose database is not in the compact form (parsed whole).
+    db.compact()
+    (root / ".spack-db" / "index.json").write_text(json.dumps({"database": {"version": "8", "installs": installs}}, indent=1))
+    pretty = InstallTree(str(root)).specs()
+    assert pretty == specs and whole.specs() == specs
+    assert [i.spec.node for i in pretty.values()] == [i.spec.node for i in specs.values()]
+    assert InstallTree(str(root)).closure([specs[h] for h in specs if h != "e" * 32])
