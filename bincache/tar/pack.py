@@ -55,9 +55,31 @@ def pack_prefix(writer, prefix: str, prefixes: list[str], tick: Callable[[int], 
         writer.add_dir(parent, 0o755)
     if not os.path.isdir(prefix):
         raise PrefixError(f"prefix {prefix} does not exist or is not a directory")
-    inodes: dict[tuple[int, int], str] = {}
-    _walk(writer, prefix, prefix, prefixes, report, inodes, tick or (lambda _n: None))
+    _walk(writer, prefix, prefix, prefixes, report, _Links(), tick or (lambda _n: None))
     return report
+
+
+class _Links:
+    """The files with several links packed so far: their other names become hard links.
+
+    Which entry may be one is told by its inode number from the directory (d_ino, no stat):
+    only an entry whose number is that of such a file is stat'ed for its device. Should a file
+    system give d_ino other than st_ino, every file is stat'ed once one with links was seen.
+    """
+
+    def __init__(self) -> None:
+        self.first: dict[tuple[int, int], str] = {}  # (st_dev, st_ino) -> the path packed
+        self.numbers: set[int] = set()
+        self.dirent_ino_ok = True
+
+    def must_stat(self, entry: os.DirEntry) -> bool:
+        return bool(self.first) and (not self.dirent_ino_ok or entry.inode() in self.numbers)
+
+    def packed(self, entry: os.DirEntry, inode: tuple[int, int], path: str) -> None:
+        if inode[1] != entry.inode():
+            self.dirent_ino_ok = False
+        self.first.setdefault(inode, path)
+        self.numbers.add(inode[1])
 
 
 def spack_mode(st_mode: int) -> int:
@@ -68,7 +90,7 @@ def spack_mode(st_mode: int) -> int:
 
 
 def _walk(writer, prefix: str, directory: str, prefixes: list[str], report: PackReport,
-          inodes: dict[tuple[int, int], str], tick: Callable[[int], None]) -> None:
+          links: _Links, tick: Callable[[int], None]) -> None:
     try:
         entries = sorted(os.scandir(directory), key=lambda e: os.fsencode(e.name))
     except OSError as e:
@@ -83,14 +105,14 @@ def _walk(writer, prefix: str, directory: str, prefixes: list[str], report: Pack
             continue  # written anew, last
         # The entry's type comes from the directory itself (d_type): no stat per file. The
         # writer's own fstat gives the mode and the link count, so a stat is needed only
-        # once a file with several links was seen (this one may be another name of it).
+        # for what may be another name of a file with several links (see _Links).
         try:
             if entry.is_dir(follow_symlinks=False):
                 subdirs.append(path)
                 continue
             is_link = entry.is_symlink()
             is_file = not is_link and entry.is_file(follow_symlinks=False)
-            st = entry.stat(follow_symlinks=False) if (inodes and is_file) or not (
+            st = entry.stat(follow_symlinks=False) if (is_file and links.must_stat(entry)) or not (
                 is_link or is_file) else None
         except OSError as e:
             raise PrefixError(f"cannot stat {path}: {e.strerror}") from None
@@ -100,8 +122,8 @@ def _walk(writer, prefix: str, directory: str, prefixes: list[str], report: Pack
             if any(p in target for p in prefixes):
                 report.links.append(rel)
         elif is_file:
-            if st is not None and (st.st_dev, st.st_ino) in inodes:
-                first = inodes[(st.st_dev, st.st_ino)]
+            if st is not None and (st.st_dev, st.st_ino) in links.first:
+                first = links.first[(st.st_dev, st.st_ino)]
                 writer.add_hardlink(_member(path), _member(first), spack_mode(st.st_mode))
                 report.hardlinks[rel] = first[cut:]
                 continue
@@ -110,7 +132,7 @@ def _walk(writer, prefix: str, directory: str, prefixes: list[str], report: Pack
             except NativeError as e:
                 raise PrefixError(str(e)) from None
             if scan.links > 1:
-                inodes.setdefault(scan.inode, path)
+                links.packed(entry, scan.inode, path)
             report.files += 1
             report.bytes_in += scan.size
             _record(report, rel, scan)
@@ -122,7 +144,7 @@ def _walk(writer, prefix: str, directory: str, prefixes: list[str], report: Pack
                     else "device file")
             raise PrefixError(f"{path} is a {kind}; a binary package cannot hold one. Remove it from the prefix")
     for sub in subdirs:
-        _walk(writer, prefix, sub, prefixes, report, inodes, tick)
+        _walk(writer, prefix, sub, prefixes, report, links, tick)
 
 
 def _record(report: PackReport, rel: str, scan) -> None:
