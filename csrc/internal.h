@@ -161,6 +161,20 @@ struct bc_pool {
 BC_HIDDEN int bc__pool_init(bc_pool *p, int threads, bc_err *e);
 BC_HIDDEN void bc__pool_destroy(bc_pool *p);
 
+/* The thread that writes a pipe's full direct-output buffers, one at a time. */
+typedef struct bc_flusher {
+    pthread_t tid;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int tried; /* started, or could not be: full buffers are then written by the pipe */
+    int sync_ready;
+    int running;
+    int stop;
+    unsigned char *buf; /* handed over and not written yet; NULL: idle */
+    int rc;             /* its first failure, reported at the next hand-over or at the end */
+    bc_err err;
+} bc_flusher;
+
 typedef struct bc_gz {
     int codec;
     int level;
@@ -189,15 +203,19 @@ typedef struct bc_gz {
     uint64_t in_total;
     uint64_t out_total;
     int fd; /* -1: keep output in mem */
-    /* Output to fd without the page cache (a fresh page-cache page costs 3-11 us on a VM whose
-     * host takes freed pages back: buffered writes ran at 90-285 MB/s where O_DIRECT ran at
-     * 1.4 GB/s). direct: O_DIRECT is set on fd and output collects in dbuf; it drops back to
-     * buffered writes for good when the file system refuses a write, and for the tail. */
+    /* Output to fd without the page cache (output.c). collect: output collects in dbuf, and
+     * each full one is written by the flusher thread while the next fills (a direct write
+     * waits for the disk: on the compressing thread it held up the pieces behind it). direct:
+     * O_DIRECT is on; it drops back to buffered writes for good when the file system refuses a
+     * write, and for the tail. */
+    int collect;
     int direct;
     int direct_set; /* this pipe set O_DIRECT on fd (and clears it) */
     unsigned char *dbuf;
+    unsigned char *dbuf_spare;
     size_t dbuf_len;
     uint64_t direct_bytes;
+    bc_flusher fl;
     int header_pending;
     unsigned char *mem;
     size_t mem_len;
