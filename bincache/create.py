@@ -169,15 +169,12 @@ def tarball_direct_io(cache: BuildCache) -> str:
     when an upload reads them back (S3, OCI), or on a network file system (direct writes are
     synchronous there). ``1``: around it on any file system that allows it; ``0``: never.
     """
-    value = os.environ.get("BINCACHE_DIRECT_IO", "auto")
-    if value == "0":
-        return "never"
-    if value == "1":
-        return "any"
-    if value not in ("", "auto"):
-        raise UsageError(f"BINCACHE_DIRECT_IO={value!r}: use 0 (never), 1 (always) or auto")
-    local = cache.backend is not None and cache.backend.root is not None
-    return "local" if local else "never"
+    from .unbuffered import direct_io_setting
+
+    setting = direct_io_setting()
+    if setting != "local":
+        return setting
+    return "local" if cache.backend is not None and cache.backend.root is not None else "never"
 
 
 def _buildcache_specfile(nodes, tarball_digest: str) -> bytes:

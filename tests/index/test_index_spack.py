@@ -10,6 +10,7 @@ import os
 import pytest
 
 from bincache import index as ix
+from bincache.errors import UsageError
 from bincache.mirror.directory import DirectoryBackend
 from bincache.mirror.layout_v3 import INDEX_MANIFEST, LayoutV3Cache
 from bincache.unbuffered import CHUNK, UnbufferedWriter
@@ -97,6 +98,46 @@ def test_unbuffered_writes_leave_exactly_the_bytes_written(tmp_path, size):
         os.close(fd)
     assert path.read_bytes() == data
     assert h.hexdigest() == hashlib.sha256(data).hexdigest() and w.size == size
+
+
+def _write(path, data, direct_io=None):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        w = UnbufferedWriter(fd, direct_io=direct_io)
+        w.write(data)
+        w.close()
+    finally:
+        os.close(fd)
+    return w.direct
+
+
+def _tmpfs_dir():
+    with open("/proc/mounts") as f:
+        for line in f:
+            dev, where, kind = line.split()[:3]
+            if kind == "tmpfs" and where == "/dev/shm" and os.access(where, os.W_OK):
+                return where
+    pytest.skip("no writable tmpfs at /dev/shm")
+
+
+def test_unbuffered_writes_go_around_the_page_cache_as_create_s_tarballs_do(tmp_path, monkeypatch):
+    # The same rule as create (BINCACHE_DIRECT_IO, local disk file systems only): an install
+    # tree on NFS or Lustre does not get synchronous direct writes of its index.json.
+    data = os.urandom(CHUNK + 12_345)
+    shm = os.path.join(_tmpfs_dir(), f"bincache-test-{os.getpid()}")
+    try:
+        assert _write(shm, data) is False  # tmpfs: not a local disk file system
+        _write(shm, data, direct_io="any")  # taken or refused, the bytes are the same
+        with open(shm, "rb") as f:
+            assert f.read() == data
+    finally:
+        os.unlink(shm)
+    monkeypatch.setenv("BINCACHE_DIRECT_IO", "0")
+    assert _write(tmp_path / "never", data) is False
+    assert (tmp_path / "never").read_bytes() == data
+    monkeypatch.setenv("BINCACHE_DIRECT_IO", "sometimes")
+    with pytest.raises(UsageError, match="BINCACHE_DIRECT_IO"):
+        _write(tmp_path / "bad", data)
 
 
 def test_a_failing_source_leaves_no_file(tmp_path):
