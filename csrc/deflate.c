@@ -320,7 +320,7 @@ static int resolve_threads(int *threads, bc_err *e)
 
 /* A mutex and its condition, both or neither (the caller's teardown destroys them only once
  * both exist, which its sync_ready flag records). */
-static int sync_init(pthread_mutex_t *mu, pthread_cond_t *cv, bc_err *e)
+int bc__sync_init(pthread_mutex_t *mu, pthread_cond_t *cv, bc_err *e)
 {
     if (pthread_mutex_init(mu, NULL))
         return bc__fail(e, BC_ENOMEM, ENOMEM, "cannot create thread locks");
@@ -343,7 +343,7 @@ int bc__pool_init(bc_pool *p, int threads, bc_err *e)
     p->tids = calloc((size_t)threads, sizeof *p->tids);
     if (p->tids == NULL)
         return bc__fail(e, BC_ENOMEM, ENOMEM, "out of memory");
-    if ((rc = sync_init(&p->mu, &p->cv, e)))
+    if ((rc = bc__sync_init(&p->mu, &p->cv, e)))
         return rc;
     p->sync_ready = 1;
     return BC_OK;
@@ -474,7 +474,7 @@ int bc__gz_open(bc_gz *g, int codec, int level, int threads, bc_pool *pool, int 
     g->slots = calloc(g->nslots, sizeof *g->slots);
     if (g->slots == NULL)
         return bc__fail(e, BC_ENOMEM, ENOMEM, "out of memory");
-    if ((rc = sync_init(&g->mu, &g->cv_done, e)))
+    if ((rc = bc__sync_init(&g->mu, &g->cv_done, e)))
         return rc;
     g->sync_ready = 1;
     g->hash_out = hash_out;

@@ -179,12 +179,8 @@ static int start_flusher(bc_gz *g)
     f->tried = 1;
     if (posix_memalign(&spare, BC_DIRECT_ALIGN, BC_DIRECT_BUF) != 0)
         return 0;
-    if (pthread_mutex_init(&f->mu, NULL) != 0) {
-        free(spare);
-        return 0;
-    }
-    if (pthread_cond_init(&f->cv, NULL) != 0) {
-        pthread_mutex_destroy(&f->mu);
+    bc_err ignored = {{0}, 0}; /* no thread: the full buffers are written here instead */
+    if (bc__sync_init(&f->mu, &f->cv, &ignored) != BC_OK) {
         free(spare);
         return 0;
     }
