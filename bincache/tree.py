@@ -167,8 +167,7 @@ class InstallTree:
 
     def specs(self) -> dict[str, InstalledSpec]:
         if self._specs is None:
-            if not os.path.isdir(self.root):
-                raise SpecError(f"install tree {self.root} does not exist; give one with --root or BINCACHE_ROOT")
+            self._require_root()
             self._specs = self._from_db()
             # Every record is an InstalledSpec now, and get() reads those: the raw records
             # (20 MB at 50,000 packages) are not looked at again.
@@ -199,16 +198,12 @@ class InstallTree:
         at a time, each spec holding where its node is in the text rather than the node
         (:meth:`Spec.lazy`): at 50,000 packages ~50 MB instead of the whole document's 80 MB
         of objects plus 40 MB of nodes. None: the text is not in the compact form."""
-        if not os.path.isdir(self.root):
-            raise SpecError(f"install tree {self.root} does not exist; give one with --root or BINCACHE_ROOT")
         journal = self.database.journal_records()  # first: see treedb's note on compaction
         text = self.database.index_text()
         found: dict[str, InstalledSpec] = {}
         known: set[bytes] = set()
         if text is not None:
-            if not self._format_read:
-                self._node_format = DB_NODE_FORMAT.get(self.database.version("?"), SPECFILE_VERSION)
-                self._format_read = True
+            self._read_node_format()
             try:
                 for h, rec, at in records(text):
                     if h in journal:
@@ -235,14 +230,23 @@ class InstallTree:
         self._made = {}  # (get() reads the specs from now on)
         return found
 
+    def _require_root(self) -> None:
+        if not os.path.isdir(self.root):
+            raise SpecError(f"install tree {self.root} does not exist; give one with --root or BINCACHE_ROOT")
+
+    def _read_node_format(self) -> None:
+        """The node format of the database's version, read once without parsing the records."""
+        if not self._format_read:
+            self._node_format = DB_NODE_FORMAT.get(self.database.version("?"), SPECFILE_VERSION)
+            self._format_read = True
+
     def _load(self) -> None:
         """The records alone: a prefix's spec file is read only when its DAG is asked for
         (InstalledSpec.nodes), and a record becomes an InstalledSpec only when looked up, so
         opening a tree of 50,000 parses one JSON document, not 50,000 files."""
         if self._records is not None:
             return
-        if not os.path.isdir(self.root):
-            raise SpecError(f"install tree {self.root} does not exist; give one with --root or BINCACHE_ROOT")
+        self._require_root()
         records: dict = {}
         if self.database.exists():
             try:
@@ -318,15 +322,12 @@ class InstallTree:
             inst = self._make(h, rec) if rec is not None else None
             return inst if inst is not None else self._unrecorded.get(h)
         if h not in self._made:
-            if not os.path.isdir(self.root):
-                raise SpecError(f"install tree {self.root} does not exist; give one with --root or BINCACHE_ROOT")
+            self._require_root()
             rec = self.database.lookup(h) if self.database.exists() else None
             if rec is None:
                 self._made[h] = None
             else:
-                if not self._format_read:
-                    self._node_format = DB_NODE_FORMAT.get(self.database.version("?"), SPECFILE_VERSION)
-                    self._format_read = True
+                self._read_node_format()
                 self._make(h, rec)
         inst = self._made.get(h)
         return inst if inst is not None else self._lazy_unrecorded().get(h)
