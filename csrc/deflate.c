@@ -258,6 +258,7 @@ static void *pool_main(void *arg)
     bc_pool *p = arg;
     bc_comp comp;
     int ready = 0;
+    bc__name_thread("bc-deflate");
     memset(&comp, 0, sizeof comp);
     pthread_mutex_lock(&p->mu);
     for (;;) {

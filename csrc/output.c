@@ -147,6 +147,7 @@ static void *flusher_main(void *arg)
 {
     bc_gz *g = arg;
     bc_flusher *f = &g->fl;
+    bc__name_thread("bc-flush");
     pthread_mutex_lock(&f->mu);
     for (;;) {
         while (!f->stop && f->buf == NULL)

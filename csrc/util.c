@@ -4,6 +4,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
 
 #include "internal.h"
 
@@ -17,6 +20,17 @@ int bc__fail(bc_err *e, int rc, int sys_errno, const char *fmt, ...)
         e->sys_errno = sys_errno;
     }
     return rc;
+}
+
+/* Named threads show as such in `top -H`, py-spy and /proc/PID/task/N/comm, where a user looking
+ * at a busy create (and a test counting the pool's threads) can tell them from the interpreter's. */
+void bc__name_thread(const char *name)
+{
+#ifdef __linux__
+    (void)prctl(PR_SET_NAME, name, 0, 0, 0);
+#else
+    (void)name;
+#endif
 }
 
 void bc__copy_err(const bc_err *e, char *buf, size_t len)
