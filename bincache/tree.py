@@ -153,6 +153,7 @@ class InstallTree:
         self._unrecorded: dict[str, InstalledSpec] = {}
         self._unrecorded_scanned: dict[str, InstalledSpec] | None = None  # (get without _load)
         self._made: dict[str, InstalledSpec | None] = {}
+        self._at: dict[tuple[str, str], InstalledSpec | None] = {}  # get(h, at=) of a miss
         self._database: TreeDatabase | None = None
 
     @property
@@ -312,9 +313,16 @@ class InstallTree:
         walk(os.fsencode(self.root), 0)
         return found
 
-    def get(self, h: str) -> InstalledSpec | None:
+    def get(self, h: str, at: str | None = None) -> InstalledSpec | None:
         """One installed spec by hash: its record alone is read (:meth:`TreeDatabase.lookup`),
-        and a scan of the tree runs only for a hash the database does not know."""
+        and a scan of the tree runs only for a hash the database does not know.
+
+        ``at``: where an install would put ``h``. A hash the database does not know is then
+        looked for there only (a prefix whose spec file names it), not by a scan of the whole
+        tree (45-70 ms at 50,000 prefixes): installing one package touches its DAG's prefixes,
+        whatever the size of the tree. A prefix placed by hand elsewhere in the tree is not
+        seen that way; Spack, which reads only its database, does not see it either, and
+        :meth:`specs` (list, create) still finds it."""
         if self._specs is not None:
             return self._specs.get(h)
         if self._records is not None:
@@ -330,7 +338,26 @@ class InstallTree:
                 self._read_node_format()
                 self._make(h, rec)
         inst = self._made.get(h)
-        return inst if inst is not None else self._lazy_unrecorded().get(h)
+        if inst is not None:
+            return inst
+        if at is not None and self._unrecorded_scanned is None:
+            return self._prefix_at(h, at)
+        return self._lazy_unrecorded().get(h)
+
+    def _prefix_at(self, h: str, prefix: str) -> InstalledSpec | None:
+        """The unrecorded prefix ``prefix`` if it holds ``h`` (what the scan would find there)."""
+        if (h, prefix) not in self._at:
+            found = None
+            if not os.path.basename(prefix).startswith(".") and _is_dir(os.fsencode(prefix)) \
+                    and os.path.isfile(os.path.join(prefix, SPEC_DIR, SPEC_JSON)):
+                try:
+                    nodes = read_prefix_specfile(prefix)
+                except SpecError:
+                    nodes = []
+                if nodes and nodes[0].hash == h:
+                    found = InstalledSpec(nodes[0], prefix, tuple(nodes))
+            self._at[(h, prefix)] = found
+        return self._at[(h, prefix)]
 
     def _lazy_unrecorded(self) -> dict[str, InstalledSpec]:
         """Prefixes in the tree the database does not record (found once, by a scan)."""

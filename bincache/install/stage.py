@@ -26,7 +26,7 @@ import os
 import stat
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from ..atomic import write_atomic
@@ -137,9 +137,18 @@ class _Installer:
                 except OSError:
                     break  # not empty: an install landed there
 
-    def installed(self) -> Mapping[str, InstalledSpec]:
+    def installed(self) -> _Lookup:
         """What the tree has, looked up by hash (a DAG's worth of records, not the tree's)."""
-        return _Lookup(self.tree) if os.path.isdir(self.root) else {}
+        return _Lookup(self.tree if os.path.isdir(self.root) else None, self.expected_prefix)
+
+    def expected_prefix(self, spec: object) -> str | None:
+        """Where this install would put ``spec`` (None: not known from what is given)."""
+        if not isinstance(spec, Spec):
+            return None
+        try:
+            return self.target(spec)
+        except BincacheError:
+            return None
 
     # -- planning --------------------------------------------------------------------------
     def resolve(self, selectors: Sequence[str], mirrors: Sequence, scratch: str,
@@ -161,7 +170,11 @@ class _Installer:
         def visit(h: str, name: str, needed_by: str | None, node: Spec | None = None) -> None:
             if h in plans or h in skipped or h in visiting:
                 return
-            inst = installed.get(h)
+            entry = catalog.lookup(h, name)
+            # What the mirror says the package is tells where it would go: an unrecorded prefix
+            # is looked for there; the whole tree is scanned only when no mirror has it.
+            known = node if node is not None else entry[0] if entry is not None else None
+            inst = installed.find(h, known if entry is not None else None)
             if inst is not None and not (self.force and h in explicit):
                 skipped[h] = inst
                 return
@@ -173,7 +186,6 @@ class _Installer:
                 else:
                     missing_externals.setdefault(h, (name, path, []))[2].append(needed_by)
                 return
-            entry = catalog.lookup(h, name)
             if entry is None:
                 problems.append((f"{name}/{h[:7]} (needed by {needed_by}) is neither installed "
                                  f"in {self.root} nor in any mirror", SpecError))
@@ -231,7 +243,8 @@ class _Installer:
                 continue
             seen.add(h)
             entry = catalog.lookup(h, name)
-            if entry is None or (h in installed and not (self.force and h in explicit)):
+            if entry is None or (installed.find(h, entry[0]) is not None and
+                                 not (self.force and h in explicit)):
                 continue
             item = entry[0]
             if not isinstance(item, Spec):
@@ -544,26 +557,20 @@ def _install(specs, *, mirrors, root, unsigned, force, jobs, allow_unrelocated, 
     return result
 
 
-class _Lookup(Mapping):
-    """The install tree as a mapping hash -> InstalledSpec, each record made when asked for."""
+class _Lookup:
+    """The install tree looked up by hash, each record made when asked for (None: no tree)."""
 
-    def __init__(self, tree: InstallTree):
+    def __init__(self, tree: InstallTree | None, where: Callable[[object], str | None]):
         self.tree = tree
+        self.where = where
 
-    def __getitem__(self, h: str) -> InstalledSpec:
-        found = self.tree.get(h)
-        if found is None:
-            raise KeyError(h)
-        return found
-
-    def __contains__(self, h: object) -> bool:
-        return isinstance(h, str) and self.tree.get(h) is not None
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.tree.specs())
-
-    def __len__(self) -> int:
-        return len(self.tree.specs())
+    def find(self, h: str, spec: object = None) -> InstalledSpec | None:
+        """The installed ``h``; ``spec`` (what it is, when known) tells where this install
+        would put it, the one place an unrecorded prefix of it is looked for
+        (:meth:`InstallTree.get`); without it, the whole tree is scanned for one."""
+        if self.tree is None:
+            return None
+        return self.tree.get(h, self.where(spec))
 
 
 def _dag_dir(spec: Spec) -> str:

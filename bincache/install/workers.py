@@ -213,10 +213,10 @@ def stage_all(inst: Installer, plans: list[PackagePlan]) -> None:
             problems.append((problem, InstallError))
     installed = inst.installed()
     new_prefixes = {}
-    for h in {n.hash for plan in plans for n in plan.nodes}:
-        found = installed.get(h)
+    for n in {n.hash: n for plan in plans for n in plan.nodes}.values():
+        found = installed.find(n.hash, n)
         if found is not None:
-            new_prefixes[h] = found.prefix
+            new_prefixes[n.hash] = found.prefix
     new_prefixes.update({p.spec.hash: p.prefix for p in plans})
 
     if inst.jobs > 1 and len(plans) > 1:

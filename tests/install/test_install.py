@@ -277,6 +277,20 @@ def test_already_installed_is_skipped_and_force_reinstalls(cache, tmp_path):
     assert "value 43" in run(f"{installed(root)['prog']}/bin/prog")
 
 
+def test_unrecorded_prefix_where_the_install_would_put_it_counts_as_installed(cache, tmp_path):
+    # The database lost (removed by hand): the dependency's prefix is found where this
+    # install would put it, from its own spec file, and is used, not installed again.
+    c = cache[True]
+    root = str(tmp_path / "sw")
+    api.install(["liba"], mirrors=[c["mirror"]], root=root, unsigned=True)
+    a = installed(root)["liba"]
+    shutil.rmtree(os.path.join(root, ".spack-db"))
+    again = api.install(["prog"], mirrors=[c["mirror"]], root=root, unsigned=True)
+    assert [(s.name, s.prefix) for s in again.skipped] == [("liba", a)]
+    assert sorted(p.spec.name for p in again.installed) == ["libb", "prog"]
+    assert "value 43" in run(f"{installed(root)['prog']}/bin/prog")
+
+
 def test_unsigned_packages_need_unsigned(cache, tmp_path):
     root = str(tmp_path / "sw")
     with pytest.raises(SignatureError, match="not signed"):
