@@ -15,6 +15,7 @@ compare the two). Both expose the same names:
     codec_info(codec) -> (available, default level, lowest, highest)
     CompressPool(threads)  # compression threads shared by writers: .close() after them
     Inflater(fd|fileobj, *, offset=0, digest=False)  # gzip reader: .read/.readinto/.hexdigest()
+    list_dirs(path, skip_prefix="") -> [(name, st_ctime)]  # the subdirectories, in one call
     BACKEND, DEFAULT_LEVEL, FileScan, TarResult
 """
 
@@ -57,6 +58,7 @@ apply_patches = _impl.apply_patches
 compress_buffer = _impl.compress_buffer
 codec_info = _impl.codec_info
 Inflater = _impl.Inflater
+list_dirs = _impl.list_dirs
 BACKEND: str = _impl.BACKEND
 DEFAULT_LEVEL: int = _impl.DEFAULT_LEVEL
 CODECS = ("gzip", "zstd")

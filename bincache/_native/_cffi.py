@@ -20,7 +20,7 @@ else:
     from ._lib import ffi, lib
 from ._pure import KIND_BINARY, KIND_ELF, KIND_TEXT, FileScan, TarResult, check_direct_io
 
-_ABI_VERSION = 7
+_ABI_VERSION = 8
 if lib.bc_abi_version() != _ABI_VERSION:
     raise NativeError(
         f"the compiled C core is stale (ABI {lib.bc_abi_version()}, this code needs "
@@ -68,6 +68,7 @@ __all__ = [
     "apply_patches",
     "codec_info",
     "compress_buffer",
+    "list_dirs",
     "relocate_buffer",
     "scan_buffer",
 ]
@@ -364,6 +365,38 @@ def compress_buffer(data: bytes, level: int | None = None, threads: int = 0,
         return ffi.buffer(out[0], n[0])[:]
     finally:
         lib.bc_free(out[0])
+
+
+def list_dirs(path: str | bytes | os.PathLike, skip_prefix: str = "") -> list[tuple[str, float]]:
+    """[(name, st_ctime)] of the directories right below ``path`` (not symlinks to them), in
+    the directory's order; names starting with ``skip_prefix`` left out. One call, the GIL
+    released: readdir, and a stat only of entries whose d_type may be a directory."""
+    p = os.fsencode(path)
+    if b"\0" in p:
+        raise NativeError(f"cannot list {os.fsdecode(p)!r}: the path holds a NUL byte")
+    names, names_len = ffi.new("char **"), ffi.new("size_t *")
+    ctimes, count = ffi.new("double **"), ffi.new("size_t *")
+    se = ffi.new("int *")
+    err = ffi.new("char[]", _ERRLEN)
+    rc = lib.bc_list_dirs(p, _name(skip_prefix), names, names_len, ctimes, count, se, err, _ERRLEN)
+    if rc != 0:
+        _raise_os(rc, ffi.string(err).decode("utf-8", "replace"), se[0], p)
+    try:
+        n = count[0]
+        if not n:
+            return []
+        text = ffi.buffer(names[0], names_len[0] - 1)[:]
+        return list(zip(os.fsdecode(text).split("\0"), ffi.unpack(ctimes[0], n)))
+    finally:
+        lib.bc_free(names[0])
+        lib.bc_free(ctimes[0])
+
+
+def _raise_os(rc: int, message: str, sys_errno: int, path: bytes) -> None:
+    """A system call's failure as the OSError Python's own call would raise (the twin's)."""
+    if rc == lib.BC_EIO and sys_errno:
+        raise OSError(sys_errno, os.strerror(sys_errno), os.fsdecode(path))
+    _raise(rc, message, sys_errno)
 
 
 class Inflater:

@@ -151,6 +151,27 @@ def apply_patches(path: str, patches: list[tuple[int, bytes, bytes]]) -> None:
         f.write(data)
 
 
+def list_dirs(path, skip_prefix: str = "") -> list[tuple[str, float]]:
+    """[(name, st_ctime)] of the directories right below ``path`` (not symlinks to them), in
+    the directory's order; names starting with ``skip_prefix`` left out, and an entry removed
+    while listing."""
+    out = []
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name in os.listdir(fd):
+            if skip_prefix and name.startswith(skip_prefix):
+                continue
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                out.append((name, st.st_ctime))
+    finally:
+        os.close(fd)
+    return out
+
+
 def compress_buffer(data: bytes, level: int | None = None, threads: int = 0,
                     codec: str = "gzip") -> bytes:
     """One whole gzip member (or zstd frame) of ``data`` (single-threaded; ``threads`` is

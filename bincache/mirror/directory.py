@@ -6,7 +6,6 @@ import errno
 import hashlib
 import os
 import shutil
-import stat
 from typing import TYPE_CHECKING, ClassVar
 
 from ..atomic import atomic_file, link_or_copy_atomic, new_file_in, unlink_quiet
@@ -177,6 +176,8 @@ class DirectoryBackend:
         The clock is read from the same file system (a touch of ``rel_dir``), so a server whose
         clock differs from this host's does not matter.
         """
+        from .._native import list_dirs  # here: other commands on a directory need no C core
+
         base = self._path(rel_dir)
         try:
             try:
@@ -192,18 +193,9 @@ class DirectoryBackend:
             raise _os_error("list", base, e) from None
         try:
             now = os.fstat(fd).st_ctime
-            out = []
-            # Names, then one stat each relative to the directory: the least a listing of
-            # 50,000 directories costs in Python (no path joins, no DirEntry objects).
-            for name in os.listdir(fd):
-                if name.startswith(".tmp-"):
-                    continue
-                try:
-                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                except FileNotFoundError:
-                    continue  # removed while listing: its absence is what counts
-                if stat.S_ISDIR(st.st_mode):
-                    out.append((name, st.st_ctime))
+            # One native call (readdir, a stat per directory, the GIL released): Python's
+            # listdir and a stat each cost 0.2 s at 50,000 directories, most of an update.
+            out = list_dirs(base, ".tmp-")
         except OSError as e:
             raise _os_error("list", base, e) from None
         finally:
