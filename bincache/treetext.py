@@ -22,6 +22,7 @@ strings whose braces are unbalanced before it and balanced again after it.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import re
 from collections.abc import Iterator
@@ -43,9 +44,15 @@ class Unsure(Exception):
 
 
 class DatabaseText:
-    """The bytes of one ``index.json`` and the records found in them."""
+    """The bytes of one ``index.json`` and the records found in them.
 
-    def __init__(self, data: bytes, identity: tuple[int, int, int] | None = None):
+    ``data`` is the file mapped (read only), not read: a lookup searches the page cache's
+    pages where they are, and a fold copies the unchanged ranges file to file (:meth:`spliced`),
+    so Python never holds the 21 MB of a tree of 50,000 (reading them into a fresh buffer cost
+    15-20 ms, more than the search). Every bincache and Spack writer replaces the file by a
+    rename, so the mapped bytes never change under a reader."""
+
+    def __init__(self, data: bytes | mmap.mmap, identity: tuple[int, int, int] | None = None):
         self.data = data
         self.identity = identity
         head = _HEAD.match(data)
@@ -54,32 +61,36 @@ class DatabaseText:
         self.start = head.end() if head else -1
         self.end = tail.start() if tail else -1
         self.compact = head is not None and tail is not None and self.start <= self.end \
-            and b"\\" not in data
+            and data.find(b"\\") < 0
         self._marks: list[int] | None = None
         self._spans: dict[str, int | None] = {}  # where each record looked up starts
 
     @classmethod
     def read(cls, path: str) -> DatabaseText | None:
-        """The file's text, or None when there is none."""
+        """The file's text (mapped), or None when there is none."""
         try:
             with open(path, "rb") as f:
-                data = f.read()
                 st = os.fstat(f.fileno())
+                data: bytes | mmap.mmap = \
+                    mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if st.st_size else b""
         except FileNotFoundError:
             return None
         return cls(data, (st.st_ino, st.st_size, st.st_mtime_ns))
 
     def _depth(self, pos: int) -> int:
+        # Counted a slice at a time: a mapped file has no count().
         if self._marks is None:
             marks, depth, data = [], 0, self.data
             for at in range(0, len(data), CHUNK):
                 marks.append(depth)
-                depth += data.count(b"{", at, at + CHUNK) - data.count(b"}", at, at + CHUNK)
+                chunk = data[at:at + CHUNK]
+                depth += chunk.count(b"{") - chunk.count(b"}")
             if depth != 0:
                 raise Unsure("the braces do not add up")
             self._marks = marks
         at = pos // CHUNK * CHUNK
-        return self._marks[pos // CHUNK] + self.data.count(b"{", at, pos) - self.data.count(b"}", at, pos)
+        part = self.data[at:pos]
+        return self._marks[pos // CHUNK] + part.count(b"{") - part.count(b"}")
 
     def span(self, h: str) -> tuple[int, int, dict] | None:
         """(start, end, record) of the installs map's value for ``h``; None: not a key of it.
@@ -139,24 +150,25 @@ class DatabaseText:
         return set(re.findall(rb'"path":"([^"]*)"', self.data))
 
     def spliced(self, changes: dict[str, tuple[int, int] | None],
-                records: dict[str, dict]) -> list[bytes | memoryview]:
+                records: dict[str, dict]) -> list[bytes | tuple[int, int]]:
         """The text with ``records`` put in: each hash of ``changes`` rewritten at its span, or
-        put first when its span is None. Pieces to write one after the other (views of the
-        text, not copies: it is 20 MB at 50,000 records)."""
-        view = memoryview(self.data)
+        put last in the installs map when its span is None. Pieces to write one after the
+        other: new bytes, or a (start, end) range of this text to copy as it is (20 MB at
+        50,000 records, before the new record: a copy file to file, see treedb)."""
         new = [json.dumps(h) + ":" + json.dumps(records[h], separators=(",", ":"))
                for h, span in changes.items() if span is None]
         edits = sorted((span[0], span[1], h) for h, span in changes.items() if span is not None)
-        pieces: list[bytes | memoryview] = [view[:self.start]]
-        if new:
-            empty = self.data[self.start:self.start + 1] == b"}"
-            pieces.append((",".join(new) + ("" if empty else ",")).encode())
-        at = self.start
+        pieces: list[bytes | tuple[int, int]] = []
+        at = 0
         for begin, end, h in edits:
-            pieces += [view[at:begin], json.dumps(records[h], separators=(",", ":")).encode()]
+            pieces += [(at, begin), json.dumps(records[h], separators=(",", ":")).encode()]
             at = end
-        pieces.append(view[at:])
-        return pieces
+        if new:
+            empty = self.end == self.start
+            pieces += [(at, self.end), (("" if empty else ",") + ",".join(new)).encode()]
+            at = self.end
+        pieces.append((at, len(self.data)))
+        return [p for p in pieces if not isinstance(p, tuple) or p[1] > p[0]]
 
 
 def records(text: str) -> Iterator[tuple[str, dict, int]]:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+
+import pytest
 
 from bincache.treedb import JOURNAL, SPACK_LOCK, TreeDatabase, entry
 
@@ -168,3 +171,36 @@ def test_a_fold_rewrites_only_changed_records_and_never_a_lookalike_inside_one(t
     expected = dict(installs, **{target: dict(installs[target], ref_count=1)},
                     **{"n" * 32: dict(_rec("/p/n", 5.0), ref_count=0)})
     assert after == expected
+
+
+@pytest.mark.parametrize("kernel_copy", [True, False], ids=["copy_file_range", "no-kernel-copy"])
+def test_a_fold_keeps_every_byte_it_does_not_change(tmp_path, monkeypatch, kernel_copy):
+    # The unchanged ranges are copied file to file; on a file system that cannot (a copy
+    # across file systems, no kernel support) the same bytes are written from the mapping.
+    if not kernel_copy:
+        def refuse(*_a, **_k):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        monkeypatch.setattr(os, "copy_file_range", refuse)
+    d = str(tmp_path / ".spack-db")
+    _big_tree(d, 2000)
+    path = os.path.join(d, "index.json")
+    with open(path, "rb") as f:
+        before = f.read()
+    db = TreeDatabase(d)
+    db.append([entry("n" * 32, _rec("/p/n", 5.0), [f"{1500:032d}"], "8")])
+    db.settle(always=True)
+    with open(path, "rb") as f:
+        after = f.read()
+    old = b'"ref_count":0'
+    at = before.index(b'"%s":' % f"{1500:032d}".encode())
+    # Everything before the dependency's counter and between it and the end of the map is the
+    # old text; the new record is last, and the document ends as it did.
+    counter = before.index(old, at)
+    assert after[:counter] == before[:counter] and after[counter:counter + 13] == b'"ref_count":1'
+    tail = b"}}}"
+    assert after.endswith(tail) and before.endswith(tail)
+    end = len(before) - len(tail)
+    assert after[counter + 13:end] == before[counter + 13:end]
+    new = json.loads(b"{" + after[end + 1:-len(tail)] + b"}")
+    assert new == {"n" * 32: dict(_rec("/p/n", 5.0), ref_count=0)}
+    assert len(_index(d)) == 2001
