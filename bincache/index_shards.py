@@ -18,11 +18,12 @@ lock on a directory): a concurrent update that lost the race starts again from t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -32,6 +33,7 @@ from .index_db import Index, IndexEntry, choose_db_version, fetch_entries, recor
 from .index_listing import Listing, changed_names, read_listing, write_listing
 from .index_spack import (
     Fragment,
+    OldIndex,
     OldIndexChanged,
     check_old,
     cut,
@@ -367,6 +369,7 @@ class _Update:
     shards: dict[str, Shard] = field(default_factory=dict)
     root: Root | None = None
     body: bytes = b""  # the root as _commit wrote it
+    old_index: OldIndex | None = None  # the previous index.json of a directory mirror (the root's)
 
     def shard(self, key: str) -> Shard:
         s = self.shards.get(key)
@@ -473,8 +476,6 @@ def _write_spack_index(up: _Update, old: Root | None, keys: list[str],
     """Spack's index.json: the fragments of the shards written now, every other shard's cut
     from the previous index.json (streamed from its file on a directory mirror), else from
     each shard's blob."""
-    from .mirror.layout_v3 import BlobRecord
-
     cache, v = up.cache, up.db_version
     media = f"{MT_INDEX_PREFIX}{v}+json"
     if old is None or all(k in fragments for k in keys):
@@ -483,10 +484,9 @@ def _write_spack_index(up: _Update, old: Root | None, keys: list[str],
         checksum, size = old.spack_index
         at, mid, tail = old_layout(old.db_version, {k: i.spans for k, i in old.shards.items()})
         parts = pieces(v, keys, fragments, at)
-        path = cache.backend.local_path(BlobRecord(size, media, "none", checksum).path)
         try:
-            if path is not None:
-                return cache.put_blob_chunks(spliced_chunks(path, checksum, size, parts, mid, tail), media)
+            if up.old_index is not None and up.old_index.checksum == checksum:
+                return cache.put_blob_chunks(spliced_chunks(up.old_index, parts, mid, tail), media)
             data = read_blob(cache, checksum, size)
             check_old(data, mid, tail)
             return cache.put_blob_bytes(joined(parts, data), media)
@@ -523,39 +523,58 @@ def update(cache, *, jobs: int = 8, warn: Callable[[str], None] | None = None, p
             raw = cache.backend.read_tagged(ROOT_PATH, MAX_MANIFEST)
             got = (None, raw[1], raw[0]) if raw else None
         root = got[0] if got else None
-        sweep = cache.spec_dirs()
-        listing = read_listing(cache, got[2]) if got and sweep is not None and not full else None
-        if root is None or (db_version and db_version != root.db_version):
-            refs = cache.list_package_refs()
-            base = _base_index(cache, root, local, warn, read_spack_index)
-            v = choose_db_version(base, db_version, "layout-v3")
-            up = _Update(cache, v, local)
-            _seed(up, base)
-            up.root = None
-            old, names = None, None
-        else:
-            up = _Update(cache, root.db_version, local, root=root)
-            old = root
-            names = None if listing is None or sweep is None else _sweep(up, listing, sweep)
-            refs = cache.list_package_refs() if names is None else cache.list_package_refs_of(names)
-        missing = _changed(up, refs, old) if names is None else _changed_names(up, refs, names)
-        fetch_entries(cache, missing, fetched, jobs, progress)
-        for r in missing:
-            found = fetched[r.hash]
-            if found is not None:
-                up.add_specfile(*found)
-        if old is not None and not any(s.dirty for s in up.shards.values()):
-            if sweep is not None and got is not None and (names is None or names):
-                write_listing(cache, got[2], sweep)  # the next update lists less
-            return ShardedView(cache, old, local), 0
-        if _commit(up, old, got[1] if got else None, signer):
-            assert up.root is not None  # _commit wrote it
-            if sweep is not None:
-                write_listing(cache, up.body, sweep)
-            return ShardedView(cache, up.root, local), len(missing)
+        usable = root is not None and (not db_version or db_version == root.db_version)
+        with _previous_spack_index(cache, root if usable else None) as old_index:
+            sweep = cache.spec_dirs()
+            listing = read_listing(cache, got[2]) if got and sweep is not None and not full else None
+            if root is None or (db_version and db_version != root.db_version):
+                refs = cache.list_package_refs()
+                base = _base_index(cache, root, local, warn, read_spack_index)
+                v = choose_db_version(base, db_version, "layout-v3")
+                up = _Update(cache, v, local)
+                _seed(up, base)
+                up.root = None
+                old, names = None, None
+            else:
+                up = _Update(cache, root.db_version, local, root=root, old_index=old_index)
+                old = root
+                names = None if listing is None or sweep is None else _sweep(up, listing, sweep)
+                refs = cache.list_package_refs() if names is None else cache.list_package_refs_of(names)
+            missing = _changed(up, refs, old) if names is None else _changed_names(up, refs, names)
+            fetch_entries(cache, missing, fetched, jobs, progress)
+            for r in missing:
+                found = fetched[r.hash]
+                if found is not None:
+                    up.add_specfile(*found)
+            if old is not None and not any(s.dirty for s in up.shards.values()):
+                if sweep is not None and got is not None and (names is None or names):
+                    write_listing(cache, got[2], sweep)  # the next update lists less
+                return ShardedView(cache, old, local), 0
+            if _commit(up, old, got[1] if got else None, signer):
+                assert up.root is not None  # _commit wrote it
+                if sweep is not None:
+                    write_listing(cache, up.body, sweep)
+                return ShardedView(cache, up.root, local), len(missing)
         log.info("%s: another index update committed first; starting again (%d)", cache.url, attempt + 1)
     raise MirrorError(f"{cache.url}: the index kept changing under {RETRIES} attempts to update it; "
                       "run bincache update-index again")
+
+
+@contextlib.contextmanager
+def _previous_spack_index(cache, root: Root | None) -> Iterator[OldIndex | None]:
+    """The root's index.json when it is a local file, its check started (before the sweep)."""
+    from .mirror.layout_v3 import BlobRecord
+
+    path = None
+    if root is not None and root.spack_index is not None:
+        checksum, size = root.spack_index
+        path = cache.backend.local_path(BlobRecord(size, "", "none", checksum).path)
+    old = OldIndex(path, checksum, size) if path is not None else None
+    try:
+        yield old
+    finally:
+        if old is not None:
+            old.close()
 
 
 def _base_index(cache, root, local, warn, read_spack_index) -> Index:

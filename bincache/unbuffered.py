@@ -18,6 +18,7 @@ import errno
 import fcntl
 import mmap
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 CHUNK = 1 << 20
@@ -75,6 +76,7 @@ class UnbufferedWriter:
         self._buf = mmap.mmap(-1, CHUNK)
         self._view = memoryview(self._buf)
         self._fill = 0
+        self._hash_pool: ThreadPoolExecutor | None = None
 
     def write(self, data: Any) -> None:
         src = memoryview(data).cast("B")
@@ -88,8 +90,24 @@ class UnbufferedWriter:
                 self._flush(CHUNK)
 
     def _flush(self, length: int) -> None:
+        hashing = None
         if self.hasher is not None:
-            self.hasher.update(self._view[:self._fill])
+            if length == CHUNK:
+                # A whole buffer is hashed on a second thread while it is written (both out of
+                # the GIL): a 20 MB index.json costs the larger of the two, not their sum.
+                if self._hash_pool is None:
+                    self._hash_pool = ThreadPoolExecutor(1, thread_name_prefix="bincache-hash")
+                hashing = self._hash_pool.submit(self.hasher.update, self._view[:self._fill])
+            else:
+                self.hasher.update(self._view[:self._fill])
+        try:
+            self._write(length)
+        finally:
+            if hashing is not None:
+                hashing.result()  # the buffer is refilled next
+        self._fill = 0
+
+    def _write(self, length: int) -> None:
         self.size += self._fill
         done = 0
         while done < length:
@@ -101,7 +119,6 @@ class UnbufferedWriter:
                     raise
                 self.direct = _set_direct(self.fd, False)
                 length = self._fill
-        self._fill = 0
 
     def close(self) -> None:
         """Write what is buffered; with O_DIRECT the tail block is written whole, then cut."""
@@ -117,6 +134,8 @@ class UnbufferedWriter:
             if self.direct:
                 os.ftruncate(self.fd, self.size)
         finally:
+            if self._hash_pool is not None:
+                self._hash_pool.shutdown()
             self._view.release()
             self._buf.close()
 
