@@ -150,3 +150,38 @@ def test_a_failing_source_leaves_no_file(tmp_path):
     with pytest.raises(Exception, match="Input/output error"):
         backend.put_hashed("blobs/sha256", chunks(), lambda d: f"blobs/sha256/{d[:2]}/{d}")
     assert os.listdir(tmp_path / "m" / "blobs" / "sha256") == []
+
+
+def test_a_previous_index_json_written_to_while_it_is_read_is_not_spliced_from(tmp_path):
+    # Its digest is checked before the splice reads it (index_spack.OldIndex, beside the sweep
+    # of the directories): a write in between, even of the same bytes, moves its ctime.
+    from bincache.index_spack import OldIndex, OldIndexChanged, old_layout, pieces, shard_bytes, spliced_chunks
+
+    installs, sizes = '"h1":{"spec":{"name":"a"}}', '"h1":12'
+    data = shard_bytes("8", installs, sizes)
+    path = tmp_path / "index.json"
+    path.write_bytes(data)
+    at, mid, tail = old_layout("8", {"00": (len(installs), len(sizes))})
+    parts = pieces("8", ["00"], {}, at)
+
+    def splice() -> bytes:
+        old = OldIndex(str(path), hashlib.sha256(data).hexdigest(), len(data))
+        try:
+            old.file()  # checked
+            if rewrite:
+                tick()  # past the clock tick of the file's own write
+                with open(path, "r+b") as f:
+                    f.write(data[:1])
+            return b"".join(bytes(c) for c in spliced_chunks(old, parts, mid, tail))
+        finally:
+            old.close()
+
+    rewrite = False
+    assert splice() == data
+    rewrite = True
+    with pytest.raises(OldIndexChanged, match="changed while it was read"):
+        splice()
+    path.write_bytes(data.replace(b'"a"', b'"b"'))  # same size, other bytes
+    rewrite = False
+    with pytest.raises(OldIndexChanged, match="checksum mismatch"):
+        splice()
