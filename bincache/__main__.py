@@ -1,3 +1,3 @@
-from bincache.cli.main import main
+from bincache.cli.main import run
 
-raise SystemExit(main())
+run()

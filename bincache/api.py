@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
+from .lazy import exports
 from .root import optional_root, resolve_root
 
 if TYPE_CHECKING:
@@ -31,15 +32,7 @@ _EXPORTED = {"AutopushResult": "autopush", "PushInterrupted": "create", "PushPro
              "InstalledSpec": "tree", "InstallTree": "tree", "register_prefix": "tree"}
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTED.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f".{module}", __package__), name)
-    globals()[name] = value
-    return value
+__getattr__ = exports(globals(), _EXPORTED)
 
 __all__ = ["register", "push", "push_prefix", "update_index", "list_mirror", "install", "download",
            "on_build_finished", "check", "migrate", "write_cache_page", "prune", "sync", "resolve_root", "UsageError", "PushInterrupted", "PushProgress",

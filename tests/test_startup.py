@@ -52,3 +52,29 @@ def test_each_command_imports_what_it_runs(tmp_path):
                           "--mirror", mirror, "tiny")
     assert "bincache.install.stage" in installed and not installed & PACKER
     assert os.path.isfile(os.path.join(str(tmp_path / "new"), ".spack-db", "index.json"))
+
+
+def test_a_command_builds_only_its_verbs_parsers_and_errors_read_as_before(tmp_path):
+    import argparse
+    import importlib
+
+    from bincache.cli import main as cli
+
+    # The table a command picks its verb's module from is what the modules register.
+    for module in cli.VERB_MODULES:
+        sub = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(module).register(sub)
+        assert {v for v, m in cli.VERBS.items() if m == module} == set(sub.choices), module
+
+    env = dict(os.environ, PYTHONPATH=REPO, HOME=str(tmp_path / "home"))
+    imported = _imported(tmp_path, "--root", str(tmp_path), "create", "--help")
+    assert "bincache.cli.create" in imported and "bincache.cli.lifecycle" not in imported
+    # Usage errors read as the whole parser gives them (its usage line, every verb named).
+    p = subprocess.run([sys.executable, "-m", "bincache", "create", "--no-such-flag", "m"],
+                       capture_output=True, text=True, env=env)
+    assert p.returncode == 2
+    assert p.stderr.splitlines()[-1] == "error: unrecognized arguments: --no-such-flag"
+    assert p.stderr.startswith("usage: bincache [-h]")
+    p = subprocess.run([sys.executable, "-m", "bincache", "--root", "demo", "creat"],
+                       capture_output=True, text=True, env=env)
+    assert p.returncode == 2 and "invalid choice: 'creat'" in p.stderr and "'sync'" in p.stderr

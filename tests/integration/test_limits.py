@@ -24,13 +24,15 @@ from tests.conftest import REPO, run_cli
 from tests.fixtures.hostile import Package, blob_path, buildinfo, member, node, tree, write_package
 
 OLD = "/opt/old/bomb-1.0-x"
-_MEASURED = ("import runpy, sys\n"
-             "sys.argv = ['bincache'] + sys.argv[1:]\n"
-             "try:\n    runpy.run_module('bincache', run_name='__main__')\n"
-             "finally:\n"
-             # VmHWM, not ru_maxrss: the latter keeps the parent's pages from before exec.
+# At exit (the command leaves through os._exit once its atexit handlers ran: no finally of
+# ours runs after it). VmHWM, not ru_maxrss: the latter keeps the parent's pages from before exec.
+_MEASURED = ("import atexit, runpy, sys\n"
+             "def peak():\n"
              "    hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
-             "    print('maxrss_kb', hwm.split()[1], file=sys.stderr)\n")
+             "    print('maxrss_kb', hwm.split()[1], file=sys.stderr, flush=True)\n"
+             "atexit.register(peak)\n"
+             "sys.argv = ['bincache'] + sys.argv[1:]\n"
+             "runpy.run_module('bincache', run_name='__main__')\n")
 
 
 def _measured(*args) -> tuple[subprocess.CompletedProcess, int]:
