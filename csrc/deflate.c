@@ -342,7 +342,10 @@ int bc__pool_init(bc_pool *p, int threads, bc_err *e)
         threads = 64;
     p->nthreads = threads;
     p->tids = calloc((size_t)threads, sizeof *p->tids);
-    if (p->tids == NULL)
+    /* The slots of two pipes at once (a push packs -j packages; more are freed). */
+    p->spare_cap = 2 * (2 * (size_t)threads + 2);
+    p->spare = calloc(p->spare_cap, sizeof *p->spare);
+    if (p->tids == NULL || p->spare == NULL)
         return bc__fail(e, BC_ENOMEM, ENOMEM, "out of memory");
     if ((rc = bc__sync_init(&p->mu, &p->cv, e)))
         return rc;
@@ -410,6 +413,14 @@ void bc__pool_destroy(bc_pool *p)
         pthread_mutex_destroy(&p->mu);
         pthread_cond_destroy(&p->cv);
     }
+    for (size_t i = 0; i < p->nspare; i++) {
+        free(p->spare[i].in);
+        free(p->spare[i].dict);
+        free(p->spare[i].out);
+    }
+    free(p->spare);
+    for (size_t i = 0; i < p->ndspare; i++)
+        free(p->dspare[i]);
     free(p->tids);
     memset(p, 0, sizeof *p);
 }
@@ -442,6 +453,69 @@ int bc_pool_free(bc_pool *p)
     bc__pool_destroy(p);
     free(p);
     return BC_OK;
+}
+
+/* A finished pipe's slot buffers go back to its pool (its threads are done with them). */
+static void pool_keep(bc_pool *p, bc_slot *slots, size_t n)
+{
+    pthread_mutex_lock(&p->mu);
+    for (size_t i = 0; i < n; i++) {
+        bc_slot *s = &slots[i];
+        if (s->in == NULL || p->nspare == p->spare_cap)
+            continue; /* freed with the pipe */
+        bc_spare *k = &p->spare[p->nspare++];
+        k->in = s->in;
+        k->dict = s->dict;
+        k->out = s->out;
+        k->out_cap = s->out_cap;
+        s->in = s->dict = s->out = NULL;
+        s->out_cap = 0;
+    }
+    pthread_mutex_unlock(&p->mu);
+}
+
+unsigned char *bc__pool_take_dbuf(bc_pool *p)
+{
+    unsigned char *buf = NULL;
+    if (p == NULL)
+        return NULL;
+    pthread_mutex_lock(&p->mu);
+    if (p->ndspare > 0)
+        buf = p->dspare[--p->ndspare];
+    pthread_mutex_unlock(&p->mu);
+    return buf;
+}
+
+void bc__pool_keep_dbuf(bc_pool *p, unsigned char *buf)
+{
+    if (buf == NULL)
+        return;
+    if (p != NULL) {
+        pthread_mutex_lock(&p->mu);
+        if (p->ndspare < sizeof p->dspare / sizeof p->dspare[0]) {
+            p->dspare[p->ndspare++] = buf;
+            buf = NULL;
+        }
+        pthread_mutex_unlock(&p->mu);
+    }
+    free(buf);
+}
+
+/* Buffers for an empty slot from the pool's spares; 0 if it has none. */
+static int pool_take(bc_pool *p, bc_slot *s)
+{
+    int got = 0;
+    pthread_mutex_lock(&p->mu);
+    if (p->nspare > 0) {
+        bc_spare *k = &p->spare[--p->nspare];
+        s->in = k->in;
+        s->dict = k->dict;
+        s->out = k->out;
+        s->out_cap = k->out_cap;
+        got = 1;
+    }
+    pthread_mutex_unlock(&p->mu);
+    return got;
 }
 
 /* ---- the pipe ---- */
@@ -601,7 +675,7 @@ int bc__gz_space(bc_gz *g, unsigned char **p, size_t *avail, bc_err *e)
             if (rc)
                 return rc;
         }
-        if (s->in == NULL) {
+        if (s->in == NULL && (g->pool == NULL || !pool_take(g->pool, s))) {
             s->in = malloc(BC_CHUNK);
             s->dict = malloc(BC_DICT);
             if (s->in == NULL || s->dict == NULL)
@@ -635,6 +709,22 @@ int bc__gz_commit(bc_gz *g, size_t n, bc_err *e)
     return BC_OK;
 }
 
+/* Every piece is written: once no pool thread is left in this pipe's books, its slot
+ * buffers serve the pool's next pipe. The pool is alive here; at bc__gz_close it may not be. */
+static int finished(bc_gz *g, int rc)
+{
+    if (rc != BC_OK || g->pool == NULL)
+        return rc;
+    pthread_mutex_lock(&g->mu);
+    while (g->inflight > 0)
+        pthread_cond_wait(&g->cv_done, &g->mu);
+    pthread_mutex_unlock(&g->mu);
+    pool_keep(g->pool, g->slots, g->nslots);
+    if (g->fd >= 0)
+        bc__out_release(g);
+    return rc;
+}
+
 int bc__gz_finish(bc_gz *g, bc_err *e)
 {
     int rc;
@@ -646,8 +736,8 @@ int bc__gz_finish(bc_gz *g, bc_err *e)
     rc = drain(g, g->submitted, e);
     if (rc)
         return rc;
-    if (g->codec != BC_CODEC_GZIP)
-        return g->fd >= 0 ? bc__out_finish(g, e) : BC_OK; /* each zstd frame is complete */
+    if (g->codec != BC_CODEC_GZIP) /* each zstd frame is complete */
+        return finished(g, g->fd >= 0 ? bc__out_finish(g, e) : BC_OK);
     unsigned char tail[10];
     /* An empty final block with fixed codes: BFINAL=1, BTYPE=01, end-of-block. */
     tail[0] = 0x03;
@@ -659,7 +749,7 @@ int bc__gz_finish(bc_gz *g, bc_err *e)
     rc = sink(g, tail, sizeof tail, e);
     if (rc)
         return rc;
-    return g->fd >= 0 ? bc__out_finish(g, e) : BC_OK;
+    return finished(g, g->fd >= 0 ? bc__out_finish(g, e) : BC_OK);
 }
 
 void bc__gz_close(bc_gz *g)

@@ -64,8 +64,8 @@ int bc__out_open(bc_gz *g, int direct, bc_err *e)
             return BC_OK; /* refused (EINVAL): buffered */
         g->direct_set = 1;
     }
-    void *buf = NULL;
-    if (posix_memalign(&buf, BC_DIRECT_ALIGN, BC_DIRECT_BUF) != 0) {
+    void *buf = bc__pool_take_dbuf(g->pool);
+    if (buf == NULL && posix_memalign(&buf, BC_DIRECT_ALIGN, BC_DIRECT_BUF) != 0) {
         bc__out_close(g);
         return bc__fail(e, BC_ENOMEM, ENOMEM, "out of memory");
     }
@@ -176,9 +176,9 @@ static void *flusher_main(void *arg)
 static int start_flusher(bc_gz *g)
 {
     bc_flusher *f = &g->fl;
-    void *spare = NULL;
+    void *spare = bc__pool_take_dbuf(g->pool);
     f->tried = 1;
-    if (posix_memalign(&spare, BC_DIRECT_ALIGN, BC_DIRECT_BUF) != 0)
+    if (spare == NULL && posix_memalign(&spare, BC_DIRECT_ALIGN, BC_DIRECT_BUF) != 0)
         return 0;
     bc_err ignored = {{0}, 0}; /* no thread: the full buffers are written here instead */
     if (bc__sync_init(&f->mu, &f->cv, &ignored) != BC_OK) {
@@ -288,6 +288,14 @@ int bc__out_finish(bc_gz *g, bc_err *e)
         rc = write_all(g->fd, g->dbuf + whole, g->dbuf_len - whole, e);
     g->dbuf_len = 0;
     return rc;
+}
+
+void bc__out_release(bc_gz *g)
+{
+    bc__pool_keep_dbuf(g->pool, g->dbuf);
+    bc__pool_keep_dbuf(g->pool, g->dbuf_spare);
+    g->dbuf = NULL;
+    g->dbuf_spare = NULL;
 }
 
 void bc__out_close(bc_gz *g)

@@ -182,3 +182,24 @@ def test_many_buffers_handed_to_the_flusher_keep_their_order(native, disk_dir, w
             assert open(f.name, "rb").read() == mem.getvalue()
         assert res.compressed_size == len(mem.getvalue())
         assert res.direct_bytes in (0, len(mem.getvalue()) // 4096 * 4096)
+
+
+def test_writers_one_after_another_on_a_pool_write_what_a_lone_writer_does(native, disk_dir):
+    # A push's pool keeps the piece and direct-output buffers of each finished writer for the
+    # next one: what a larger package left in them never reaches a smaller one's bytes.
+    sizes = [BIG, 5 << 20, 100_000, BIG + 4097, 0]
+    with native.CompressPool(2) as pool:
+        for n, level in zip(sizes, [2, 1, 2, 6, 2]):
+            path = os.path.join(disk_dir, f"out-{n}.tar.gz")
+            with open(path, "wb") as f:
+                w = native.TarWriter(f.fileno(), prefixes=[b"/opt/spack"], level=level,
+                                     pool=pool, direct_io="any")
+                w.add_bytes("share/data.bin", _content(n), 0o644)
+                res = w.finish()
+            alone = io.BytesIO()
+            lone = native.TarWriter(alone, prefixes=[b"/opt/spack"], level=level, threads=1)
+            lone.add_bytes("share/data.bin", _content(n), 0o644)
+            lone.finish()
+            with open(path, "rb") as f:
+                assert f.read() == alone.getvalue(), (n, level)
+            assert res.direct_bytes > 0 or n < (1 << 20)
