@@ -38,8 +38,8 @@ def record_listing(mirror: str) -> None:
     got = cache.backend.read_tagged(index_shards.ROOT_PATH)
     if got is None or got[0] is None:
         return
-    clock, dirs = cache.spec_dirs() or (0.0, [])
-    newest = max((t for _, t in dirs), default=0.0)
+    sweep = cache.spec_dirs()
+    clock, newest = (sweep.clock, sweep.newest) if sweep else (0.0, 0.0)
     listing = index_listing.read_listing(cache, got[0])
     if listing is not None and listing.listed_at - index_listing.CLOCK_SLACK > newest:
         return  # recorded already, after every directory's last change

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -49,16 +50,22 @@ def read_listing(cache: LayoutV3Cache, root_bytes: bytes) -> Listing | None:
 def write_listing(cache: LayoutV3Cache, root_bytes: bytes, sweep: DirListing) -> None:
     """Written after the root it names (a crash between them leaves an older listing, which
     only makes the next update list more)."""
-    doc = {"root": hashlib.sha256(root_bytes).hexdigest(), "listed_at": sweep[0], "dirs": len(sweep[1])}
+    doc = {"root": hashlib.sha256(root_bytes).hexdigest(), "listed_at": sweep.clock, "dirs": sweep.count}
     try:
         cache.backend.write(LISTING_PATH, json.dumps(doc).encode())
     except MirrorError as e:
         log.warning("%s: cannot record the listing (%s); the next update lists every directory", cache.url, e)
 
 
+def since(listing: Listing | None) -> float:
+    """The change time from which a sweep must name the directories, for ``listing``."""
+    return listing.listed_at - CLOCK_SLACK if listing is not None else math.inf
+
+
 def changed_names(listing: Listing, sweep: DirListing, indexed: Callable[[str], bool]) -> set[str] | None:
     """The names whose manifest directories changed since ``listing``; None
-    when every directory has to be listed (a directory was removed, or too many changed).
+    when every directory has to be listed (a directory was removed, or too many changed, or
+    the sweep does not name every directory changed since then).
 
     A directory whose change time is older than that listing (by more than CLOCK_SLACK, for
     the clock's granularity) holds what the listing saw, which the shards hold. A new
@@ -67,11 +74,13 @@ def changed_names(listing: Listing, sweep: DirListing, indexed: Callable[[str], 
     the unchanged ones and the changed ones that were there already (``indexed``: their shards
     name them), must be none.
     """
-    since = listing.listed_at - CLOCK_SLACK
-    changed = {n for n, t in sweep[1] if t >= since}
-    if len(changed) > max(64, len(sweep[1]) // 8):
+    start = since(listing)
+    if sweep.since > start:
+        return None
+    changed = {n for n, t in sweep.changed if t >= start}
+    if len(changed) > max(64, sweep.count // 8):
         return None  # most shards would be read (a copied mirror): the whole listing costs less
     existed = sum(1 for n in changed if indexed(n))
-    if listing.dirs - (len(sweep[1]) - len(changed)) - existed != 0:
+    if listing.dirs - (sweep.count - len(changed)) - existed != 0:
         return None
     return changed

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from .errors import BincacheError, BlobNotFound, IntegrityError, MirrorError, SignatureError
 from .index_db import Index, IndexEntry, choose_db_version, fetch_entries, record_fragment
-from .index_listing import Listing, changed_names, read_listing, write_listing
+from .index_listing import Listing, changed_names, read_listing, since, write_listing
 from .index_spack import (
     Fragment,
     OldIndex,
@@ -525,8 +525,11 @@ def update(cache, *, jobs: int = 8, warn: Callable[[str], None] | None = None, p
         root = got[0] if got else None
         usable = root is not None and (not db_version or db_version == root.db_version)
         with _previous_spack_index(cache, root if usable else None) as old_index:
-            sweep = cache.spec_dirs()
-            listing = read_listing(cache, got[2]) if got and sweep is not None and not full else None
+            # The listing first: the sweep brings back only the names changed since it.
+            local_dirs = cache.backend.root is not None
+            listing = read_listing(cache, got[2]) if got and local_dirs and not full else None
+            sweep = cache.spec_dirs(since(listing))
+            listing = listing if sweep is not None else None
             if root is None or (db_version and db_version != root.db_version):
                 refs = cache.list_package_refs()
                 base = _base_index(cache, root, local, warn, read_spack_index)

@@ -16,7 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define BC_ABI_VERSION 8
+#define BC_ABI_VERSION 9
 
 /* BC_CDEF_BEGIN */
 enum {
@@ -177,13 +177,17 @@ int bc_inflater_error(const bc_inflater *h, const char **message, int *sys_errno
 int bc_inflater_digest(bc_inflater *h, char *hex65);
 int bc_inflater_stats(const bc_inflater *h, uint64_t *compressed, uint64_t *uncompressed,
                       uint64_t *members, int *finished);
-/* The directories right below path (symlinks to directories are not), each with its change
- * time: *names holds their names, each NUL-terminated, one after another (*names_len bytes
- * in all), *ctimes their st_ctime in seconds (as Python's os.stat), *count of each; names
- * starting with skip_prefix (NULL or "": none) are left out, and so is an entry removed while
- * listing. Both arrays are allocated (free each with bc_free), in the directory's order. */
-int bc_list_dirs(const char *path, const char *skip_prefix, char **names, size_t *names_len,
-                 double **ctimes, size_t *count, int *sys_errno, char *err, size_t errlen);
+/* The directories right below path (symlinks to directories are not), by their change times
+ * (st_ctime in seconds, as Python's os.stat): *count of them and the newest time, *newest (0
+ * without any); of those changed at or after since, the names in *names, each NUL-terminated,
+ * one after another (*names_len bytes in all), and their times in *ctimes, *nchanged of each,
+ * in the directory's order (both allocated: free each with bc_free). Names starting with
+ * skip_prefix (NULL or "": none) are left out, and so is an entry removed while listing.
+ * threads: how many share the stats (0: one per online CPU; fewer when there are fewer than
+ * 4,096 entries each). */
+int bc_list_dirs(const char *path, const char *skip_prefix, double since, int threads,
+                 size_t *count, double *newest, char **names, size_t *names_len,
+                 double **ctimes, size_t *nchanged, int *sys_errno, char *err, size_t errlen);
 /* BC_CDEF_END */
 
 #endif

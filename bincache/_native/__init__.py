@@ -15,7 +15,8 @@ compare the two). Both expose the same names:
     codec_info(codec) -> (available, default level, lowest, highest)
     CompressPool(threads)  # compression threads shared by writers: .close() after them
     Inflater(fd|fileobj, *, offset=0, digest=False)  # gzip reader: .read/.readinto/.hexdigest()
-    list_dirs(path, skip_prefix="") -> [(name, st_ctime)]  # the subdirectories, in one call
+    list_dirs(path, skip_prefix="", since=-inf, threads=1)  # the subdirectories, in one call:
+                                                  -> (count, newest ctime, [(name, ctime >= since)])
     BACKEND, DEFAULT_LEVEL, FileScan, TarResult
 """
 

@@ -8,6 +8,7 @@ cffi releases the GIL during each call, so threads that pack different packages 
 from __future__ import annotations
 
 import errno as _errno
+import math
 import os
 from typing import BinaryIO
 
@@ -20,7 +21,7 @@ else:
     from ._lib import ffi, lib
 from ._pure import KIND_BINARY, KIND_ELF, KIND_TEXT, FileScan, TarResult, check_direct_io
 
-_ABI_VERSION = 8
+_ABI_VERSION = 9
 if lib.bc_abi_version() != _ABI_VERSION:
     raise NativeError(
         f"the compiled C core is stale (ABI {lib.bc_abi_version()}, this code needs "
@@ -367,26 +368,32 @@ def compress_buffer(data: bytes, level: int | None = None, threads: int = 0,
         lib.bc_free(out[0])
 
 
-def list_dirs(path: str | bytes | os.PathLike, skip_prefix: str = "") -> list[tuple[str, float]]:
-    """[(name, st_ctime)] of the directories right below ``path`` (not symlinks to them), in
-    the directory's order; names starting with ``skip_prefix`` left out. One call, the GIL
-    released: readdir, and a stat only of entries whose d_type may be a directory."""
+def list_dirs(path: str | bytes | os.PathLike, skip_prefix: str = "", since: float = -math.inf,
+              threads: int = 1) -> tuple[int, float, list[tuple[str, float]]]:
+    """(how many directories are right below ``path``, not counting symlinks to them; their
+    newest st_ctime, 0 without any; [(name, st_ctime)] of those changed at or after ``since``,
+    in the directory's order). Names starting with ``skip_prefix`` are left out. One call, the
+    GIL released: readdir, a stat only of entries whose d_type may be a directory, shared by
+    ``threads`` (0: one per CPU), and only the changed names come back to Python."""
     p = os.fsencode(path)
     if b"\0" in p:
         raise NativeError(f"cannot list {os.fsdecode(p)!r}: the path holds a NUL byte")
+    count, newest = ffi.new("size_t *"), ffi.new("double *")
     names, names_len = ffi.new("char **"), ffi.new("size_t *")
-    ctimes, count = ffi.new("double **"), ffi.new("size_t *")
+    ctimes, nchanged = ffi.new("double **"), ffi.new("size_t *")
     se = ffi.new("int *")
     err = ffi.new("char[]", _ERRLEN)
-    rc = lib.bc_list_dirs(p, _name(skip_prefix), names, names_len, ctimes, count, se, err, _ERRLEN)
+    rc = lib.bc_list_dirs(p, _name(skip_prefix), float(since), int(threads), count, newest, names,
+                          names_len, ctimes, nchanged, se, err, _ERRLEN)
     if rc != 0:
         _raise_os(rc, ffi.string(err).decode("utf-8", "replace"), se[0], p)
     try:
-        n = count[0]
-        if not n:
-            return []
-        text = ffi.buffer(names[0], names_len[0] - 1)[:]
-        return list(zip(os.fsdecode(text).split("\0"), ffi.unpack(ctimes[0], n)))
+        n = nchanged[0]
+        changed = []
+        if n:
+            text = ffi.buffer(names[0], names_len[0] - 1)[:]
+            changed = list(zip(os.fsdecode(text).split("\0"), ffi.unpack(ctimes[0], n)))
+        return int(count[0]), float(newest[0]), changed
     finally:
         lib.bc_free(names[0])
         lib.bc_free(ctimes[0])

@@ -7,6 +7,7 @@ property tests compare the C code with.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import stat
@@ -151,11 +152,13 @@ def apply_patches(path: str, patches: list[tuple[int, bytes, bytes]]) -> None:
         f.write(data)
 
 
-def list_dirs(path, skip_prefix: str = "") -> list[tuple[str, float]]:
-    """[(name, st_ctime)] of the directories right below ``path`` (not symlinks to them), in
-    the directory's order; names starting with ``skip_prefix`` left out, and an entry removed
-    while listing."""
-    out = []
+def list_dirs(path, skip_prefix: str = "", since: float = -math.inf,
+              threads: int = 1) -> tuple[int, float, list[tuple[str, float]]]:
+    """(how many directories are right below ``path``, not counting symlinks to them; their
+    newest st_ctime, 0 without any; [(name, st_ctime)] of those changed at or after ``since``,
+    in the directory's order); names starting with ``skip_prefix`` left out, and an entry
+    removed while listing. ``threads``: the C core's (here one)."""
+    count, newest, changed = 0, 0.0, []
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         for name in os.listdir(fd):
@@ -166,10 +169,13 @@ def list_dirs(path, skip_prefix: str = "") -> list[tuple[str, float]]:
             except FileNotFoundError:
                 continue
             if stat.S_ISDIR(st.st_mode):
-                out.append((name, st.st_ctime))
+                count += 1
+                newest = max(newest, st.st_ctime)
+                if st.st_ctime >= since:
+                    changed.append((name, st.st_ctime))
     finally:
         os.close(fd)
-    return out
+    return count, newest, changed
 
 
 def compress_buffer(data: bytes, level: int | None = None, threads: int = 0,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import math
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -184,8 +185,15 @@ class Signer(Protocol):
 
 
 # -- byte backends ---------------------------------------------------------------------------
-#: (the store's clock, [(name, change time)] of the directories right below a directory).
-DirListing = tuple[float, list[tuple[str, float]]]
+@dataclass
+class DirListing:
+    """What a store's list_dirs saw of the directories right below a directory."""
+
+    clock: float  # the store's clock just before it listed
+    count: int  # how many directories there were
+    newest: float  # the newest change time among them (0 without any)
+    since: float  # the time ``changed`` goes back to
+    changed: list[tuple[str, float]]  # (name, change time) of those changed at or after since
 
 
 @runtime_checkable
@@ -213,10 +221,11 @@ class ByteBackend(Protocol):
     def put_file(self, rel: str, src: str) -> None: ...
     def list_stat(self, rel_dir: str) -> list[tuple[str, float, int]]: ...  # list + (mtime, size)
     def list(self, rel_dir: str) -> list[str]: ...  # http: MirrorError (cannot list)
-    def list_dirs(self, rel_dir: str) -> DirListing | None:
-        """(the store's clock now, [(name, change time)] of the directories right below
-        ``rel_dir``), so an update lists only those changed since its last listing; None where
-        a store has no directories (s3, http) or ``rel_dir`` does not exist."""
+    def list_dirs(self, rel_dir: str, since: float = -math.inf) -> DirListing | None:
+        """The directories right below ``rel_dir``, by change time (the names only of those
+        changed at or after ``since``), so an update lists only those changed since its last
+        listing; None where a store has no directories (s3, http) or ``rel_dir`` does not
+        exist."""
         ...
 
     def delete(self, rel: str) -> None: ...  # a missing file is no error; http: MirrorError

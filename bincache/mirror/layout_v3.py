@@ -12,6 +12,7 @@ import contextlib
 import gzip
 import hashlib
 import json
+import math
 import os
 import re
 import tempfile
@@ -290,10 +291,11 @@ class LayoutV3Cache:
         listing, for an update that knows which directories changed)."""
         return _refs(rel for n in sorted(names) for rel in self.backend.list(f"{SPEC_MANIFESTS}/{n}"))
 
-    def spec_dirs(self) -> DirListing | None:
-        """(the store's clock, [(name, change time)]) of the per-name manifest directories;
-        None where the store has no directories (s3, http): see ByteBackend.list_dirs."""
-        return self.backend.list_dirs(SPEC_MANIFESTS)
+    def spec_dirs(self, since: float = -math.inf) -> DirListing | None:
+        """The per-name manifest directories by change time (names of those changed at or
+        after ``since``); None where the store has no directories (s3, http): see
+        ByteBackend.list_dirs."""
+        return self.backend.list_dirs(SPEC_MANIFESTS, since)
 
     # -- index ---------------------------------------------------------------------------------
     def read_index_bytes(self) -> bytes | None:

@@ -8,6 +8,7 @@ readers see the old object or the new one, never a part.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections import Counter
@@ -290,7 +291,7 @@ class S3Backend:
             raise self._fail("list", rel_dir, e) from None
         return sorted(out)
 
-    def list_dirs(self, rel_dir: str) -> DirListing | None:
+    def list_dirs(self, rel_dir: str, since: float = -math.inf) -> DirListing | None:
         return None  # keys, not directories: no change time to compare
 
     def list(self, rel_dir: str) -> list[str]:

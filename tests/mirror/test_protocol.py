@@ -201,9 +201,11 @@ def test_conditional_reads_and_writes_behave_alike_on_every_backend(tmp_path):
     d = backends[0]
     d.write("spec/zlib/m.json", b"{}")
     d.write("spec/curl/m.json", b"{}")
-    clock, dirs = d.list_dirs("spec")
-    assert sorted(n for n, _ in dirs) == ["curl", "zlib"]
-    assert all(t <= clock for _, t in dirs)
+    sweep = d.list_dirs("spec")
+    assert sorted(n for n, _ in sweep.changed) == ["curl", "zlib"] and sweep.count == 2
+    assert all(t <= sweep.newest <= sweep.clock for _, t in sweep.changed)
+    later = d.list_dirs("spec", since=sweep.newest + 1)
+    assert later.count == 2 and later.changed == []  # counted, not named: nothing changed since
     http = HttpBackend("http://127.0.0.1:1/cache")
     with pytest.raises(MirrorError, match=r"http\(s\) mirrors are read-only"):
         http.write_if("i/root", b"x", None)

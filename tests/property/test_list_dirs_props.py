@@ -1,10 +1,12 @@
 """Property tests: the C core's directory sweep (list_dirs, what an index update of a directory
-mirror uses to find the per-name directories changed since its last listing) names exactly the
-directories a plain os.scandir walk finds, with the change times os.stat gives, whatever else
-the directory holds (files, symlinks to directories, dangling links, FIFOs, odd names)."""
+mirror uses to find the per-name directories changed since its last listing) counts exactly the
+directories a plain os.scandir walk finds and names those changed since the time asked, with
+the change times os.stat gives, whatever else the directory holds (files, symlinks to
+directories, dangling links, FIFOs, odd names) and however many threads stat them."""
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -53,28 +55,41 @@ def _make(root: bytes, found: dict[bytes, str]) -> None:
             os.mkfifo(path)
 
 
+def expect(root: str, skip: str, since: float) -> tuple[int, float, list[tuple[str, float]]]:
+    dirs = reference(root, skip)
+    return len(dirs), max((t for _, t in dirs), default=0.0), [d for d in dirs if d[1] >= since]
+
+
+def sort(got: tuple[int, float, list[tuple[str, float]]]) -> tuple[int, float, list[tuple[str, float]]]:
+    return got[0], got[1], sorted(got[2])
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(found=entries, skip=st.sampled_from([SKIP, ""]))
-def test_list_dirs_finds_what_a_python_walk_finds(tmp_path_factory, found, skip):
-    root = os.fsencode(tmp_path_factory.mktemp("sweep"))
-    _make(root, found)
-    want = reference(os.fsdecode(root), skip)
-    assert sorted(native.list_dirs(os.fsdecode(root), skip)) == want
-    assert sorted(pure.list_dirs(os.fsdecode(root), skip)) == want
+@given(found=entries, skip=st.sampled_from([SKIP, ""]), threads=st.sampled_from([1, 2, 0]),
+       cut=st.sampled_from([-math.inf, 0, 1, math.inf]))
+def test_list_dirs_finds_what_a_python_walk_finds(tmp_path_factory, found, skip, threads, cut):
+    root = os.fsdecode(tmp_path_factory.mktemp("sweep"))
+    _make(os.fsencode(root), found)
+    # Some directories older than the time the sweep names from (since), some not.
+    dirs = reference(root, skip)
+    since = cut if math.isinf(cut) or not dirs else sorted(t for _, t in dirs)[len(dirs) // 2] + cut - 1
+    want = expect(root, skip, since)
+    assert sort(native.list_dirs(root, skip, since, threads)) == want
+    assert sort(pure.list_dirs(root, skip, since)) == want
     made = {os.fsdecode(n) for n, k in found.items() if k == "dir"}
-    assert {n for n, _ in want} == {n for n in made if not (skip and n.startswith(skip))} | {".target"}
+    assert {n for n, _ in dirs} == {n for n in made if not (skip and n.startswith(skip))} | {".target"}
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(count=st.integers(0, 3000))
-def test_list_dirs_of_many_directories_keeps_every_name(tmp_path_factory, count):
-    """Past the first buffers the core grows (names and times are collected in one each)."""
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(count=st.integers(0, 10000), threads=st.sampled_from([1, 2, 3, 0]))
+def test_list_dirs_of_many_directories_keeps_every_name(tmp_path_factory, count, threads):
+    """Past the first buffers the core grows, and over the entries each thread stats (4,096)."""
     root = tmp_path_factory.mktemp("many")
     for i in range(count):
         os.mkdir(root / f"pkg{i:05d}-{'x' * (i % 200)}")
-    got = native.list_dirs(str(root))
-    assert sorted(got) == reference(str(root), "")
-    assert len(got) == count
+    got = native.list_dirs(str(root), "", -math.inf, threads)
+    assert sort(got) == expect(str(root), "", -math.inf)
+    assert got[0] == len(got[2]) == count
 
 
 @pytest.mark.parametrize("impl", [native, pure], ids=["native", "pure"])
