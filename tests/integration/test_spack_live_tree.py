@@ -100,7 +100,9 @@ def test_spack_lists_and_installs_after_bincache_updates_its_index(built, cli, t
 def test_spack_finds_what_bincache_installed_into_its_store(built, cli, tmp_path):
     """An install records into the tree's `.spack-db/index.json` (bincache's journal is folded
     into Spack's text at the end of each install): Spack's own `find` lists the packages, at
-    their paths, in a store Spack made and in one it never opened."""
+    their paths, in a store Spack made and in one it never opened. The second install splices
+    its record into the text the first one wrote (last in the map, its dependency's count
+    rewritten where it is)."""
     mirror = os.path.join(built["out"], "mirror-unsigned")
     for opened_by_spack in (True, False):
         scope = str(tmp_path / f"scope-{opened_by_spack}")
@@ -111,6 +113,7 @@ def test_spack_finds_what_bincache_installed_into_its_store(built, cli, tmp_path
         if opened_by_spack:
             spack(built, scope, "reindex")  # Spack makes the store: its lock and database
             assert os.path.exists(os.path.join(store, ".spack-db", "lock"))
+        cli("--root", store, "install", "--unsigned", "--mirror", mirror, "libgreet", check=True)
         cli("--root", store, "install", "--unsigned", "--mirror", mirror, "hello", check=True)
         found = spack(built, scope, "find", "-p", "hello", "libgreet").stdout
         (hello_dir,) = glob.glob(os.path.join(store, "**", "hello-1.0-*"), recursive=True)
