@@ -30,6 +30,7 @@ from json.decoder import scanstring  # type: ignore[attr-defined]  # (C; typeshe
 
 CHUNK = 1 << 18  # depth marks every 256 KiB
 WINDOW = 4096  # bytes decoded first for a record (most are well under 1 KiB)
+SEARCH_WINDOW = 1 << 22  # a mapped text is searched 4 MiB at a time
 
 # The compact form: where the records begin, and the end of the document after them.
 _HEAD = re.compile(rb'\{"database":\{(?:"version":"\d+",)?"installs":\{')
@@ -61,7 +62,7 @@ class DatabaseText:
         self.start = head.end() if head else -1
         self.end = tail.start() if tail else -1
         self.compact = head is not None and tail is not None and self.start <= self.end \
-            and data.find(b"\\") < 0
+            and self._find(b"\\", 0, len(data)) < 0
         self._marks: list[int] | None = None
         self._spans: dict[str, int | None] = {}  # where each record looked up starts
 
@@ -85,6 +86,7 @@ class DatabaseText:
                 marks.append(depth)
                 chunk = data[at:at + CHUNK]
                 depth += chunk.count(b"{") - chunk.count(b"}")
+                self._release(at, at + CHUNK)
             if depth != 0:
                 raise Unsure("the braces do not add up")
             self._marks = marks
@@ -103,7 +105,7 @@ class DatabaseText:
             return None if at is None else self._decode(at)
         needle = b'"' + h.encode() + b'"'
         found = None
-        p = self.data.find(needle, self.start, self.end)
+        p = self._find(needle, self.start, self.end)
         while p >= 0:
             after = p + len(needle)
             nxt = self.data[after:after + 1]
@@ -112,9 +114,30 @@ class DatabaseText:
                     found = self._decode(after + 1)  # a repeated key: the last one wins, as in json
             elif nxt not in (b",", b"}", b"]"):
                 raise Unsure("a key not in the compact form")
-            p = self.data.find(needle, after, self.end)
+            p = self._find(needle, after, self.end)
         self._spans[h] = None if found is None else found[0]
         return found
+
+    def _find(self, needle: bytes, start: int, end: int) -> int:
+        """``data.find``; in a mapped file a window at a time, each window's pages unmapped
+        once searched (they stay in the page cache): a search of the whole text would otherwise
+        count all of its pages in the process's memory (21 MB at 50,000 records)."""
+        if not isinstance(self.data, mmap.mmap):
+            return self.data.find(needle, start, end)
+        at = start
+        while at < end:
+            stop = min(end, at + SEARCH_WINDOW)
+            p = self.data.find(needle, at, min(end, stop + len(needle) - 1))
+            self._release(at, stop)
+            if p >= 0:
+                return p
+            at = stop
+        return -1
+
+    def _release(self, start: int, end: int) -> None:
+        if isinstance(self.data, mmap.mmap):
+            first = start // mmap.PAGESIZE * mmap.PAGESIZE
+            self.data.madvise(mmap.MADV_DONTNEED, first, min(end, len(self.data)) - first)
 
     def record(self, h: str) -> dict | None:
         found = self.span(h)
