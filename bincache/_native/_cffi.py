@@ -246,13 +246,21 @@ class TarWriter:
         return self._filescan()
 
     def add_file(self, name: str, path: str | bytes | os.PathLike, mode: int) -> FileScan:
+        # Once per file of a package (50,000 in the 1 GiB benchmark tree): the checks and the
+        # scan's fields inline, not through _check, _drain and _filescan.
         n = _name(name)
         p = os.fsencode(path)
         if b"\0" in p:
             raise NativeError(f"cannot read {os.fsdecode(p)!r}: the path holds a NUL byte")
-        self._check(lib.bc_writer_add_file(self._w, n, len(n), p, mode, self._scan))
-        self._drain()
-        return self._filescan()
+        s = self._scan
+        rc = lib.bc_writer_add_file(self._w, n, len(n), p, mode, s)
+        if rc:
+            self._check(rc)
+        if self._out is not None:
+            self._drain()
+        nhits = s.nhits
+        return FileScan(_KINDS[s.kind], s.size, _hits(s.hits, nhits) if nhits else [], s.links,
+                        (s.dev, s.ino))
 
     def cancel(self) -> None:
         """From any thread: a running ``add_file`` stops after the block it reads (NativeError)."""
