@@ -291,6 +291,25 @@ def test_unrecorded_prefix_where_the_install_would_put_it_counts_as_installed(ca
     assert "value 43" in run(f"{installed(root)['prog']}/bin/prog")
 
 
+def test_a_dependency_no_mirror_has_is_found_anywhere_in_the_tree(cache, tmp_path):
+    # liba is in the tree only as a prefix moved by hand away from where an install would put
+    # it, unrecorded, and the mirror lacks it: the tree is scanned for it, and prog uses it.
+    c = cache[True]
+    mirror = str(tmp_path / "no-liba")
+    api.push(mirror, ["prog"], root=c["root"], include_deps=False, signed=False, update_index=True)
+    api.push(mirror, ["libb"], root=c["root"], include_deps=False, signed=False, update_index=True)
+    root = str(tmp_path / "sw")
+    api.install(["liba"], mirrors=[c["mirror"]], root=root, unsigned=True)
+    moved = os.path.join(root, "by-hand", "liba")
+    os.makedirs(os.path.dirname(moved))
+    os.rename(installed(root)["liba"], moved)
+    shutil.rmtree(os.path.join(root, ".spack-db"))
+    result = api.install(["prog"], mirrors=[mirror], root=root, unsigned=True)
+    assert [(s.name, s.prefix) for s in result.skipped] == [("liba", moved)]
+    assert sorted(p.spec.name for p in result.installed) == ["libb", "prog"]
+    assert "value 43" in run(f"{installed(root)['prog']}/bin/prog")
+
+
 def test_unsigned_packages_need_unsigned(cache, tmp_path):
     root = str(tmp_path / "sw")
     with pytest.raises(SignatureError, match="not signed"):
