@@ -78,3 +78,19 @@ def test_a_command_builds_only_its_verbs_parsers_and_errors_read_as_before(tmp_p
     p = subprocess.run([sys.executable, "-m", "bincache", "--root", "demo", "creat"],
                        capture_output=True, text=True, env=env)
     assert p.returncode == 2 and "invalid choice: 'creat'" in p.stderr and "'sync'" in p.stderr
+
+
+def test_a_profiled_command_still_writes_its_profile(tmp_path):
+    """The command leaves without the interpreter's teardown, but not under a profiler, whose
+    results are written after the program ends (`python -m cProfile -o OUT -m bincache ...`)."""
+    import pstats
+
+    env = dict(os.environ, PYTHONPATH=REPO, HOME=str(tmp_path / "home"))
+    out, mirror = tmp_path / "list.prof", tmp_path / "mirror"
+    mirror.mkdir()
+    p = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(out), "-m", "bincache",
+                        "list", str(mirror)], capture_output=True, text=True, env=env,
+                       stdin=subprocess.DEVNULL)
+    assert p.returncode == 0 and "no packages" in p.stdout
+    names = {func for (_file, _line, func) in pstats.Stats(str(out)).stats}
+    assert "main" in names

@@ -169,9 +169,10 @@ def run() -> None:
     without the interpreter's teardown of every module and object (20 ms of a create of 1 s,
     after its work is done). The atexit handlers run and the output is flushed first, as at
     any exit; should a thread still run, or the flush fail (a closed pipe), the exit is the
-    usual one, which reports it as before."""
+    usual one, which reports it as before. So is it under a profiler or a tracer (cProfile,
+    coverage), which write their results after the program, in the teardown skipped here."""
     rc = main()
-    if threading.active_count() > 1:
+    if threading.active_count() > 1 or sys.getprofile() is not None or sys.gettrace() is not None:
         raise SystemExit(rc)
     atexit._run_exitfuncs()
     try:
