@@ -312,10 +312,8 @@ static int resolve_threads(int *threads, bc_err *e)
 {
     if (*threads < 0)
         return bc__fail(e, BC_EINVAL, 0, "threads must be >= 0, not %d", *threads);
-    if (*threads == 0) {
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
-        *threads = n > 0 ? (int)n : 1;
-    }
+    if (*threads == 0)
+        *threads = bc__online_cpus();
     return BC_OK;
 }
 

@@ -177,6 +177,8 @@ struct bc_pool {
 BC_HIDDEN int bc__pool_init(bc_pool *p, int threads, bc_err *e);
 /* A mutex and its condition, both or neither. */
 BC_HIDDEN int bc__sync_init(pthread_mutex_t *mu, pthread_cond_t *cv, bc_err *e);
+/* What "0 threads" means everywhere in the core: one per online CPU (at least 1). */
+BC_HIDDEN int bc__online_cpus(void);
 /* Best effort (Linux: 15 characters), never fails. */
 BC_HIDDEN void bc__name_thread(const char *name);
 BC_HIDDEN void bc__pool_destroy(bc_pool *p);

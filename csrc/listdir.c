@@ -136,10 +136,8 @@ static int stat_all(const char *path, const names_buf *b, double *ctimes, int th
     pthread_t tids[MAX_THREADS];
     int started[MAX_THREADS] = {0};
     size_t n = b->count;
-    if (threads <= 0) {
-        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-        threads = cpus > 0 ? (int)cpus : 1;
-    }
+    if (threads <= 0)
+        threads = bc__online_cpus();
     if (threads > MAX_THREADS)
         threads = MAX_THREADS;
     if ((size_t)threads > n / MIN_PER_THREAD)

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #ifdef __linux__
 #include <sys/prctl.h>
 #endif
@@ -31,6 +32,12 @@ void bc__name_thread(const char *name)
 #else
     (void)name;
 #endif
+}
+
+int bc__online_cpus(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
 }
 
 void bc__copy_err(const bc_err *e, char *buf, size_t len)
