@@ -6,10 +6,11 @@
 Each shard holds the same two fragments in the same shape (bincache.index_shards), so an
 update writes the fragments of the shards that changed and takes every other one from the
 previous index.json, by the byte lengths the root records per shard ("spans"). On a directory
-mirror the previous file is read and the new one written in one pass, in chunks: the old
-file's digest is checked first, on a thread beside the update's sweep (OldIndex: only the
-bytes the root named are spliced in), and the new one's computed as it is written, unbuffered
-(bincache.unbuffered).
+mirror the new file is written in chunks, unbuffered (bincache.unbuffered), its digest computed
+on the way. The previous file is read twice, on purpose: its digest is checked first, on a
+thread beside the update's sweep (OldIndex: only the bytes the root named are spliced in), then
+its pieces are read again, from the page cache, as they are spliced; one pass that hashed while
+splicing put the 20 MB digest after the sweep instead of beside it.
 """
 
 from __future__ import annotations
@@ -191,7 +192,8 @@ def _identity(st: os.stat_result) -> tuple[int, ...]:
 
 def spliced_chunks(old: OldIndex, parts: list[Piece], mid: int,
                    tail: int) -> Iterator[bytes | memoryview]:
-    """The new index.json in chunks, the previous one (``old``) read once, in order, on the way.
+    """The new index.json in chunks, the previous one (``old``, already checked) read in order
+    on the way.
     A chunk that is a view of the read buffer is valid until the next one is asked for (a
     writer copies it at once). Raises OldIndexChanged when the previous file was not what the
     root named, at the end when it changed while read: what was written from it must then be
