@@ -140,7 +140,6 @@ def push(mirror: str | MirrorRef, specs: Sequence[str] | str = (), *, root: str 
     """
     _refuse_unknown("push", unknown, _PUSH_OPTIONS)
     from . import create as _create
-    from . import index as _index
     from .create import PushInterrupted
     from .mirror import open_cache
     from .tree import InstallTree
@@ -163,6 +162,9 @@ def push(mirror: str | MirrorRef, specs: Sequence[str] | str = (), *, root: str 
     _publish_key(cache, signer, result)
     cache.finish_push(result)  # OCI: --tag covers every selected package, pushed or present
     if update_index:
+        # Imported here, not with the rest: a push without --rebuild-index never loads it.
+        from . import index as _index
+
         _index.update_index(cache, signer=signer)  # a signed push signs the index root
         result.index_updated = True
     return result

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -273,6 +272,8 @@ class Config:
                 "(the site scope is <root>/etc)"
             )
         names = [s.name for s in self.scopes]
+        import difflib  # only for a mistake's message: not at every start
+
         close = difflib.get_close_matches(name, names, n=1)
         hint = f' Did you mean "{close[0]}"?' if close else ""
         raise UsageError(f'no configuration scope "{name}".{hint} Scopes: {", ".join(names)}')

@@ -7,7 +7,6 @@ warning (a scope may be shared with Spack); a key neither defines is an error.
 
 from __future__ import annotations
 
-import difflib
 import re
 import warnings
 from collections.abc import Callable, Iterable
@@ -160,6 +159,8 @@ class Mapping(_Schema):
             elif key in self.spack:
                 _warn_ignored(where, sub)
             else:
+                import difflib  # only for a mistake's message: not at every start
+
                 close = difflib.get_close_matches(str(key), [*self.keys, *self.spack], n=1)
                 hint = f' (did you mean "{close[0]}"?)' if close else ""
                 known = ", ".join(self.keys)
@@ -305,6 +306,8 @@ def register_section(name: str, schema: _Schema, default: Any = None) -> None:
 
 def _check_section(section: str) -> None:
     if section not in SCHEMAS:
+        import difflib  # only for a mistake's message: not at every start
+
         close = difflib.get_close_matches(section, list(SCHEMAS), n=1)
         hint = f' Did you mean "{close[0]}"?' if close else ""
         raise UsageError(

@@ -19,7 +19,6 @@ the scope that wrote them, variables from the environment of that moment.
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 import re
@@ -308,6 +307,8 @@ def get_mirror(name: str, cfg: _config.Config | None = None) -> MirrorConfig:
 
 
 def _not_found_message(name: str, names: list[str]) -> str:
+    import difflib  # only for a mistake's message: not at every start
+
     close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
     if close:
         options = " or ".join(f'"{c}"' for c in close)
