@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 INDEX_FILES = ("v3/manifests/index/index.manifest.json",
-               "v3/manifests/index/bincache-index.manifest.json", "v3/.bincache-listing.json")
+               "v3/manifests/index/bincache-index.manifest.json", "v3/.bincache-listing.json",
+               "v3/.bincache-blobs")
 
 
 def record_listing(mirror: str) -> None:
@@ -30,7 +31,7 @@ def record_listing(mirror: str) -> None:
     minutes' wait for a mirror just made), so it records a listing every directory predates
     (once per cached mirror)."""
     from bincache import index as ix
-    from bincache import index_listing, index_shards
+    from bincache import index_blobs, index_listing, index_shards
     from bincache.mirror.directory import DirectoryBackend
     from bincache.mirror.layout_v3 import LayoutV3Cache
 
@@ -41,7 +42,9 @@ def record_listing(mirror: str) -> None:
     sweep = cache.spec_dirs()
     clock, newest = (sweep.clock, sweep.newest) if sweep else (0.0, 0.0)
     listing = index_listing.read_listing(cache, got[0])
-    if listing is not None and listing.listed_at - index_listing.CLOCK_SLACK > newest:
+    blobs = index_blobs.goes_with(index_blobs.read_state(cache), got[0])
+    if (listing is not None and listing.listed_at - index_listing.CLOCK_SLACK > newest
+            and blobs is not None and not blobs.again):
         return  # recorded already, after every directory's last change
     # Wait until the newest directory is older than the slack, as in a mirror in use.
     time.sleep(max(0.0, newest + index_listing.CLOCK_SLACK + 1 - clock))

@@ -168,3 +168,21 @@ def fetch_entries(cache: Any, refs: list[Any], fetched: dict[str, Any], jobs: in
             fetched[r.hash] = found
             if progress:
                 progress(done, len(todo))
+
+
+def json_indent0(obj) -> str:
+    """``json.dumps(obj, indent=0, separators=(",", ":"))``, the same text: an indent makes
+    json use its pure-Python encoder, 20 ms for a root of 256 shards in a 0.15 s update; here
+    the scalars go through the C one."""
+    if isinstance(obj, dict):
+        if not obj:
+            return "{}"
+        return "{\n" + ",\n".join(f"{_scalar(str(k))}:{json_indent0(v)}" for k, v in obj.items()) + "\n}"
+    if isinstance(obj, (list, tuple)):
+        if not obj:
+            return "[]"
+        return "[\n" + ",\n".join(json_indent0(v) for v in obj) + "\n]"
+    return _scalar(obj)
+
+
+_scalar = json.JSONEncoder(separators=(",", ":")).encode

@@ -18,18 +18,25 @@ lock on a directory): a concurrent update that lost the race starts again from t
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import hashlib
-import json
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from . import index_blobs
 from .errors import BincacheError, BlobNotFound, IntegrityError, MirrorError, SignatureError
-from .index_db import Index, IndexEntry, choose_db_version, fetch_entries, record_fragment
+from .index_db import (
+    Index,
+    IndexEntry,
+    choose_db_version,
+    fetch_entries,
+    json_indent0,
+    record_fragment,
+)
 from .index_listing import Listing, changed_names, read_listing, since, write_listing
 from .index_spack import (
     Fragment,
@@ -41,6 +48,7 @@ from .index_spack import (
     joined,
     old_layout,
     pieces,
+    previous_index,
     shard_bytes,
     spliced_chunks,
 )
@@ -112,7 +120,7 @@ class Root:
                "bincache_index": {"version": ROOT_VERSION, "db_version": self.db_version,
                                   "shard_key": SHARD_KEY, "packages": self.packages}}
         # indent=0: short lines, which GnuPG's clearsign keeps intact.
-        return json.dumps(doc, indent=0, separators=(",", ":")).encode()
+        return json_indent0(doc).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes, origin: str) -> Root:
@@ -524,60 +532,66 @@ def update(cache, *, jobs: int = 8, warn: Callable[[str], None] | None = None, p
             got = (None, raw[1], raw[0]) if raw else None
         root = got[0] if got else None
         usable = root is not None and (not db_version or db_version == root.db_version)
-        with _previous_spack_index(cache, root if usable else None) as old_index:
-            # The listing first: the sweep brings back only the names changed since it.
-            local_dirs = cache.backend.root is not None
-            listing = read_listing(cache, got[2]) if got and local_dirs and not full else None
-            sweep = cache.spec_dirs(since(listing))
-            listing = listing if sweep is not None else None
-            if root is None or (db_version and db_version != root.db_version):
-                refs = cache.list_package_refs()
-                base = _base_index(cache, root, local, warn, read_spack_index)
-                v = choose_db_version(base, db_version, "layout-v3")
-                up = _Update(cache, v, local)
-                _seed(up, base)
-                up.root = None
-                old, names = None, None
-            else:
+        local_dirs = cache.backend.root is not None
+        # The file system's clock before anything is looked at: what changes after it is the
+        # next update's.
+        now = index_blobs.clock(cache) if local_dirs else None
+        prior = index_blobs.read_state(cache) if now is not None else None
+        blobs = index_blobs.goes_with(prior, got[2]) if got and usable and not full else None
+        spack_index = root.spack_index if usable and root is not None else None
+        with previous_index(cache, spack_index, blobs.spack if blobs else ()) as old_index:
+            found = None
+            if blobs is not None and root is not None and now is not None:
                 up = _Update(cache, root.db_version, local, root=root, old_index=old_index)
-                old = root
-                names = None if listing is None or sweep is None else _sweep(up, listing, sweep)
-                refs = cache.list_package_refs() if names is None else cache.list_package_refs_of(names)
+                found = index_blobs.scan(cache, blobs, now, _root_blobs(root),
+                                         functools.partial(_indexed, up),
+                                         functools.partial(_name_indexed, up))
+            sweep = listing = None
+            if found is not None:
+                old, names = root, found.names
+                refs = cache.list_package_refs_of(names)
+            else:
+                # The listing first: the sweep brings back only the names changed since it.
+                listing = read_listing(cache, got[2]) if got and local_dirs and not full else None
+                sweep = cache.spec_dirs(since(listing))
+                listing = listing if sweep is not None else None
+                if root is None or (db_version and db_version != root.db_version):
+                    refs = cache.list_package_refs()
+                    base = _base_index(cache, root, local, warn, read_spack_index)
+                    v = choose_db_version(base, db_version, "layout-v3")
+                    up = _Update(cache, v, local)
+                    _seed(up, base)
+                    up.root = None
+                    old, names = None, None
+                else:
+                    up = _Update(cache, root.db_version, local, root=root, old_index=old_index)
+                    old = root
+                    names = None if listing is None or sweep is None else _sweep(up, listing, sweep)
+                    refs = cache.list_package_refs() if names is None else cache.list_package_refs_of(names)
             missing = _changed(up, refs, old) if names is None else _changed_names(up, refs, names)
             fetch_entries(cache, missing, fetched, jobs, progress)
             for r in missing:
-                found = fetched[r.hash]
-                if found is not None:
-                    up.add_specfile(*found)
+                found_entry = fetched[r.hash]
+                if found_entry is not None:
+                    up.add_specfile(*found_entry)
             if old is not None and not any(s.dirty for s in up.shards.values()):
                 if sweep is not None and got is not None and (names is None or names):
                     write_listing(cache, got[2], sweep)  # the next update lists less
+                if now is not None and got is not None and (found is None or found.read):
+                    index_blobs.record(cache, got[2], now, blobs, found, old_index.verified() if old_index else (),
+                                       functools.partial(_indexed, up), prior)
                 return ShardedView(cache, old, local), 0
             if _commit(up, old, got[1] if got else None, signer):
                 assert up.root is not None  # _commit wrote it
                 if sweep is not None:
                     write_listing(cache, up.body, sweep)
+                if now is not None:
+                    index_blobs.record(cache, up.body, now, blobs, found, index_blobs.written_identity(cache, up.root, now),
+                                       functools.partial(_indexed, up), prior)
                 return ShardedView(cache, up.root, local), len(missing)
         log.info("%s: another index update committed first; starting again (%d)", cache.url, attempt + 1)
     raise MirrorError(f"{cache.url}: the index kept changing under {RETRIES} attempts to update it; "
                       "run bincache update-index again")
-
-
-@contextlib.contextmanager
-def _previous_spack_index(cache, root: Root | None) -> Iterator[OldIndex | None]:
-    """The root's index.json when it is a local file, its check started (before the sweep)."""
-    from .mirror.layout_v3 import BlobRecord
-
-    path = None
-    if root is not None and root.spack_index is not None:
-        checksum, size = root.spack_index
-        path = cache.backend.local_path(BlobRecord(size, "", "none", checksum).path)
-    old = OldIndex(path, checksum, size) if path is not None else None
-    try:
-        yield old
-    finally:
-        if old is not None:
-            old.close()
 
 
 def _base_index(cache, root, local, warn, read_spack_index) -> Index:
@@ -607,6 +621,23 @@ def _seed(up: _Update, base: Index) -> None:
         s.entries[h] = e
         if h in ref_counts:
             s.ref_counts[h] = ref_counts[h]
+
+
+def _root_blobs(root: Root) -> set[str]:
+    """The blobs a root names: an update's own, which it need not read to know what they are."""
+    out = {i.checksum for i in root.shards.values()}
+    if root.spack_index:
+        out.add(root.spack_index[0])
+    return out
+
+
+def _indexed(up: _Update, name: str, h: str) -> bool:
+    e = up.shard(shard_key(name)).entries.get(h)
+    return e is not None and e.in_buildcache
+
+
+def _name_indexed(up: _Update, name: str) -> bool:
+    return any(e.in_buildcache and e.spec.name == name for e in up.shard(shard_key(name)).entries.values())
 
 
 def _sweep(up: _Update, listing: Listing, sweep: DirListing) -> set[str] | None:

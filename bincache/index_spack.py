@@ -15,6 +15,7 @@ splicing put the 20 MB digest after the sweep instead of beside it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -127,8 +128,11 @@ class OldIndex:
     file's identity (inode, size, mtime, ctime; a write in place moves the ctime) unchanged at
     its end stands for the digest (a file renamed over the path leaves this one as it was)."""
 
-    def __init__(self, path: str, checksum: str, size: int) -> None:
+    def __init__(self, path: str, checksum: str, size: int, trusted: tuple[int, ...] = ()) -> None:
         self.path, self.checksum, self.size = path, checksum, size
+        #: The identity the file had when the last update wrote or hashed it (index_blobs):
+        #: found again, the digest is not computed again.
+        self.trusted = trusted
         self._file: io.FileIO | None = None
         self._identity: tuple[int, ...] = ()
         self._error: OldIndexChanged | None = None
@@ -146,6 +150,9 @@ class OldIndex:
             st = os.fstat(f.fileno())
             if st.st_size != self.size:
                 raise OldIndexChanged(f"{self.path} does not match the index root")
+            if self.trusted and _identity(st) == self.trusted:
+                self._file, self._identity = f, self.trusted
+                return
             digest = hashlib.sha256()
             buf = bytearray(_CHUNK)
             view = memoryview(buf)
@@ -177,6 +184,11 @@ class OldIndex:
     def check_unchanged(self) -> None:
         if _identity(os.fstat(self.file().fileno())) != self._identity:
             raise OldIndexChanged(f"{self.path} changed while it was read")
+
+    def verified(self) -> tuple[int, ...]:
+        """The file's identity once its digest matched (or its trusted identity did); ()."""
+        self._thread.join()
+        return self._identity if self._file is not None else ()
 
     def close(self) -> None:
         self._stop.set()
@@ -226,3 +238,22 @@ def spliced_chunks(old: OldIndex, parts: list[Piece], mid: int,
             off += take
             n -= take
     old.check_unchanged()
+
+
+@contextlib.contextmanager
+def previous_index(cache, spack_index: tuple[str, int] | None,
+                   trusted: tuple[int, ...] = ()) -> Iterator[OldIndex | None]:
+    """The index.json a root names ((sha256, size)) when it is a local file, its check started
+    (before the update looks at the mirror); ``trusted``: see :class:`OldIndex`."""
+    from .mirror.layout_v3 import BlobRecord
+
+    path = None
+    if spack_index is not None:
+        checksum, size = spack_index
+        path = cache.backend.local_path(BlobRecord(size, "", "none", checksum).path)
+    old = OldIndex(path, checksum, size, trusted) if path is not None else None
+    try:
+        yield old
+    finally:
+        if old is not None:
+            old.close()

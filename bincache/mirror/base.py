@@ -221,11 +221,12 @@ class ByteBackend(Protocol):
     def put_file(self, rel: str, src: str) -> None: ...
     def list_stat(self, rel_dir: str) -> list[tuple[str, float, int]]: ...  # list + (mtime, size)
     def list(self, rel_dir: str) -> list[str]: ...  # http: MirrorError (cannot list)
-    def list_dirs(self, rel_dir: str, since: float = -math.inf) -> DirListing | None:
+    def list_dirs(self, rel_dir: str, since: float = -math.inf,
+                  clock_dir: str | None = None) -> DirListing | None:
         """The directories right below ``rel_dir``, by change time (the names only of those
         changed at or after ``since``), so an update lists only those changed since its last
         listing; None where a store has no directories (s3, http) or ``rel_dir`` does not
-        exist."""
+        exist. The clock is read by a touch of ``clock_dir`` (default ``rel_dir``)."""
         ...
 
     def delete(self, rel: str) -> None: ...  # a missing file is no error; http: MirrorError

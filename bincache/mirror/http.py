@@ -117,7 +117,8 @@ class HttpBackend:
     def list_stat(self, rel_dir: str) -> list[tuple[str, float, int]]:
         return [(rel, 0.0, 0) for rel in self.list(rel_dir)]
 
-    def list_dirs(self, rel_dir: str, since: float = -math.inf) -> DirListing | None:
+    def list_dirs(self, rel_dir: str, since: float = -math.inf,
+                  clock_dir: str | None = None) -> DirListing | None:
         return None  # keys, not directories: no change time to compare
 
     def list(self, rel_dir: str) -> list[str]:

@@ -295,7 +295,9 @@ class LayoutV3Cache:
         """The per-name manifest directories by change time (names of those changed at or
         after ``since``); None where the store has no directories (s3, http): see
         ByteBackend.list_dirs."""
-        return self.backend.list_dirs(SPEC_MANIFESTS, since)
+        # The clock from the index lock's directory: a touch of the spec directory would move
+        # the change time index_blobs watches there.
+        return self.backend.list_dirs(SPEC_MANIFESTS, since, clock_dir=INDEX_MANIFEST.rsplit("/", 1)[0])
 
     # -- index ---------------------------------------------------------------------------------
     def read_index_bytes(self) -> bytes | None:

@@ -291,7 +291,8 @@ class S3Backend:
             raise self._fail("list", rel_dir, e) from None
         return sorted(out)
 
-    def list_dirs(self, rel_dir: str, since: float = -math.inf) -> DirListing | None:
+    def list_dirs(self, rel_dir: str, since: float = -math.inf,
+                  clock_dir: str | None = None) -> DirListing | None:
         return None  # keys, not directories: no change time to compare
 
     def list(self, rel_dir: str) -> list[str]:

@@ -9,6 +9,7 @@ import shutil
 
 from bincache import api
 from bincache import index as ix
+from bincache.index_blobs import STATE_PATH, BlobState
 from bincache.index_listing import LISTING_PATH
 from bincache.mirror.directory import DirectoryBackend
 from bincache.mirror.layout_v3 import SPEC_MANIFESTS, LayoutV3Cache
@@ -129,6 +130,9 @@ def test_full_lists_every_directory_whatever_the_recorded_clock(tmp_path):
     listing = json.loads(cache.backend.read(LISTING_PATH))
     listing["listed_at"] += 3600
     cache.backend.write(LISTING_PATH, json.dumps(listing).encode())
+    blobs = BlobState.from_bytes(cache.backend.read(STATE_PATH))
+    blobs.listed_at += 3600
+    cache.backend.write(STATE_PATH, blobs.to_bytes())
     put_package(cache, specs[-1], by_hash)
     assert ix.update_index(cache)[1] == 0
     assert _indexed(cache) == {s.hash for s in specs[:-1]}

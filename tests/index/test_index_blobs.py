@@ -1,0 +1,151 @@
+"""update-index on a directory mirror finds the packages pushed since the last update by the
+blobs they added (no stat of every per-name directory), and sweeps the directories instead
+whenever the mirror changed in a way those blobs do not explain."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+
+from bincache import index as ix
+from bincache.mirror.directory import DirectoryBackend
+from bincache.mirror.layout_v3 import (
+    MT_SPEC_PREFIX,
+    MT_TARBALL,
+    SPEC_MANIFESTS,
+    LayoutV3Cache,
+    gzip_bytes,
+    manifest_bytes,
+)
+from bincache.spec import specfile_bytes
+from tests.index.conftest import tick
+from tests.index.packages import closure, make_specs, put_package
+
+
+class WatchedBackend(DirectoryBackend):
+    """A directory mirror that remembers what was listed and whether every per-name
+    directory was swept."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.listed: list[str] = []
+        self.swept = 0
+
+    def list(self, rel_dir):
+        self.listed.append(rel_dir)
+        return super().list(rel_dir)
+
+    def list_dirs(self, rel_dir, since=float("-inf"), clock_dir=None):
+        self.swept += 1
+        return super().list_dirs(rel_dir, since, clock_dir)
+
+
+def _mirror(path, specs):
+    cache = LayoutV3Cache(WatchedBackend(str(path)))
+    by_hash = {s.hash: s for s in specs}
+    for s in specs:
+        put_package(cache, s, by_hash)
+    tick()
+    ix.update_index(cache)  # the first: a sweep, which records the blob directories
+    tick()
+    cache.backend.listed.clear()
+    cache.backend.swept = 0
+    return cache, by_hash
+
+
+def _indexed(cache) -> set[str]:
+    doc = json.loads(cache.read_index_bytes())["database"]["installs"]
+    return {h for h, r in doc.items() if r["in_buildcache"]}
+
+
+def _blob(cache, rec) -> str:
+    return cache.backend._path(rec.path)
+
+
+def test_a_new_package_is_found_by_its_blobs_alone(tmp_path):
+    specs = make_specs([f"pkg{i:03d}" for i in range(40)] + ["pkg007"])  # a new name, a new version
+    cache, by_hash = _mirror(tmp_path / "m", specs[:39])
+    put_package(cache, specs[39], by_hash)
+    put_package(cache, specs[40], by_hash)
+    tick()
+    view, fetched = ix.update_index(cache)
+    assert fetched == 2 and view.package_count() == 41
+    assert cache.backend.swept == 0  # no per-name directory stat'ed
+    assert sorted(cache.backend.listed) == [f"{SPEC_MANIFESTS}/pkg007", f"{SPEC_MANIFESTS}/pkg039"]
+    assert _indexed(cache) == {s.hash for s in specs}
+    cache.backend.listed.clear()
+    tick()
+    assert ix.update_index(cache)[1] == 0
+    assert cache.backend.listed == [] and cache.backend.swept == 0
+
+
+def test_a_push_caught_between_its_blobs_and_its_manifest_is_indexed_once_it_lands(tmp_path):
+    specs = make_specs(["zlib", "curl", "git", "cmake"], chain=9)
+    cache, by_hash = _mirror(tmp_path / "m", specs[:3])
+    cmake = specs[3]
+    tar = cache.put_blob_bytes(b"tarball of cmake", MT_TARBALL, "gzip")
+    data = specfile_bytes(closure(cmake, by_hash))
+    rec = cache.put_blob_bytes(gzip_bytes(data), f"{MT_SPEC_PREFIX}5+json", "gzip")
+    tick()
+    assert ix.update_index(cache)[1] == 0  # blobs there, no manifest yet
+    cache.backend.write(cache.manifest_path(cmake.name, cmake.version, cmake.hash), manifest_bytes([tar, rec]))
+    tick()
+    assert ix.update_index(cache)[1] == 1
+    assert cache.backend.swept == 0
+    assert _indexed(cache) == {s.hash for s in specs}
+
+
+def test_a_name_directory_removed_by_hand_sends_the_update_to_the_sweep(tmp_path):
+    """`rm -rf v3/manifests/spec/curl` (its blobs left): no blob says so, the count of per-name
+    directories does, and the sweep takes curl out of the index."""
+    specs = make_specs(["zlib", "curl", "git", "cmake"], chain=9)
+    cache, by_hash = _mirror(tmp_path / "m", specs)
+    shutil.rmtree(os.path.dirname(cache.backend._path(cache.manifest_path(specs[1].name, specs[1].version, specs[1].hash))))
+    tick()
+    view, _ = ix.update_index(cache)
+    assert cache.backend.swept == 1
+    assert sorted(e.spec.name for e in view.packages()) == ["cmake", "git", "zlib"]
+
+
+def test_blobs_another_writer_removed_or_wrote_unreadable_send_the_update_to_the_sweep(tmp_path):
+    """A package deleted with its blobs by another tool, and at the same time a blob nobody can
+    read (a writer that writes in place, caught mid-write) beside a new version of git: the
+    update cannot tell what changed from the blobs, sweeps, and gets the index right."""
+    specs = make_specs(["zlib", "curl", "git", "cmake", "git"], chain=9)
+    cache, by_hash = _mirror(tmp_path / "m", specs[:4])
+    curl = specs[1]
+    manifest = cache.backend._path(cache.manifest_path(curl.name, curl.version, curl.hash))
+    for d in json.loads(open(manifest, "rb").read())["data"]:
+        os.unlink(cache.backend._path(f"blobs/sha256/{d['checksum'][:2]}/{d['checksum']}"))
+    os.unlink(manifest)
+    tick()
+    view, _ = ix.update_index(cache)
+    assert cache.backend.swept == 1
+    assert sorted(e.spec.name for e in view.packages()) == ["cmake", "git", "zlib"]
+
+    cache.backend.swept = 0
+    tick()
+    put_package(cache, specs[4], by_hash)
+    torn = gzip.compress(b'{"spec":{"_meta":{"version":5},"nodes":[{"name":"half')[:20]
+    bad = "ab" * 32
+    cache.backend.write(f"blobs/sha256/{bad[:2]}/{bad}", torn)
+    tick()
+    view, fetched = ix.update_index(cache)
+    assert fetched == 1 and cache.backend.swept == 1
+    assert _indexed(cache) == {s.hash for s in specs if s is not curl}
+
+
+def test_a_manifest_removed_by_hand_needs_the_full_listing(tmp_path):
+    """What the shortcut trusts: a package leaves with its blobs or its directory. A manifest
+    deleted alone from a directory that stays is seen only by `update-index --full`."""
+    specs = make_specs(["zlib", "curl", "zlib"], chain=9)
+    cache, _ = _mirror(tmp_path / "m", specs)
+    z = specs[2]
+    os.unlink(cache.backend._path(cache.manifest_path(z.name, z.version, z.hash)))
+    tick()
+    ix.update_index(cache)
+    assert z.hash in _indexed(cache)
+    ix.update_index(cache, full=True)
+    assert _indexed(cache) == {specs[0].hash, specs[1].hash}
