@@ -76,20 +76,22 @@ def read_bounded(chunks: Iterable[bytes], limit: int, what: str, *, name: str | 
 
 def check_nesting(data, what: str, limit: int = MAX_NESTING) -> None:
     """Refuse a parsed JSON/YAML value nested deeper than ``limit`` (no recursion used)."""
-    stack = [(data, 1)]
-    while stack:
-        value, depth = stack.pop()
-        children: Iterable[Any]
-        if isinstance(value, dict):
-            children = value.values()
-        elif isinstance(value, list):
-            children = value
-        else:
-            continue
+    # One level at a time, holding only the containers of the next one: every spec file of
+    # a tree is checked before a push starts, and pushing each scalar with its depth was
+    # half of reading one (3.4 of 7.4 ms for 19 files of a chain DAG).
+    level = [data] if isinstance(data, (dict, list)) else []
+    depth = 1
+    while level:
         if depth > limit:
             raise LimitError(f"{what} is nested deeper than {limit} levels "
                              f"(limit MAX_NESTING = {limit}): refusing it")
-        stack.extend((c, depth + 1) for c in children)
+        below = []
+        for value in level:
+            for child in (value.values() if isinstance(value, dict) else value):
+                if isinstance(child, (dict, list)):
+                    below.append(child)
+        level = below
+        depth += 1
 
 
 def load_json(data: bytes | str, what: str, limit: int) -> Any:
