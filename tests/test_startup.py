@@ -65,6 +65,14 @@ def test_a_command_builds_only_its_verbs_parsers_and_errors_read_as_before(tmp_p
         sub = argparse.ArgumentParser().add_subparsers()
         importlib.import_module(module).register(sub)
         assert {v for v, m in cli.VERBS.items() if m == module} == set(sub.choices), module
+    # And a command of one verb gets a parser that parses it (create's module builds only it).
+    for verb, module in cli.VERBS.items():
+        sub = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(module).register(sub, verb)
+        assert verb in sub.choices, verb
+    sub = argparse.ArgumentParser().add_subparsers()
+    importlib.import_module("bincache.cli.create").register(sub, "push")
+    assert set(sub.choices) == {"create", "push"}
 
     env = dict(os.environ, PYTHONPATH=REPO, HOME=str(tmp_path / "home"))
     imported = _imported(tmp_path, "--root", str(tmp_path), "create", "--help")

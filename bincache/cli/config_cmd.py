@@ -11,7 +11,8 @@ if TYPE_CHECKING:
     from .. import config
 
 
-def register(sub) -> None:
+def register(sub, verb: str | None = None) -> None:
+    # ``verb``: every verb of this module is built (they are few and cheap).
     p = sub.add_parser(
         "config",
         help="show the configuration and where each value comes from",

@@ -12,7 +12,8 @@ from ..errors import BincacheError
 from .output import human_size
 
 
-def register(sub) -> None:
+def register(sub, verb: str | None = None) -> None:
+    # ``verb``: every verb of this module is built (they are few and cheap).
     p = sub.add_parser("demo", help="build an example stack, push it, install it elsewhere, run it",
                        description="Compile a small C stack with gcc into DIR/opt..., register it, "
                        "create a build cache in DIR/mirror, install it into a shorter root and run it.")

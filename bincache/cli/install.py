@@ -11,7 +11,8 @@ from ..errors import UsageError
 from .output import LiveStatus, add_verbosity, human_size, print_json, verbosity
 
 
-def register(sub) -> None:
+def register(sub, verb: str | None = None) -> None:
+    # ``verb``: every verb of this module is built (they are few and cheap).
     p = sub.add_parser(
         "install",
         help="install packages from build caches",

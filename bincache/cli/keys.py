@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     from ..signing import keyring
 
 
-def register(sub) -> None:
+def register(sub, verb: str | None = None) -> None:
+    # ``verb``: every verb of this module is built (they are few and cheap).
     keys = sub.add_parser("keys", aliases=["gpg"], help="manage the GnuPG keys that sign build caches",
                           description="Create, list, export, trust and publish the keys that sign "
                           "packages, in bincache's own GnuPG home (BINCACHE_GNUPGHOME, "

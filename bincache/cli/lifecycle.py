@@ -10,7 +10,8 @@ from ..errors import UsageError
 from .output import LiveStatus, human_size, print_json, table
 
 
-def register(sub) -> None:
+def register(sub, verb: str | None = None) -> None:
+    # ``verb``: every verb of this module is built (they are few and cheap).
     p = sub.add_parser(
         "check", help="tell which specs a mirror lacks (exit 1 when something needs a rebuild)",
         description="For each spec (default: every installed spec of --root), whether MIRROR "

@@ -98,7 +98,7 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
             if f"No module named '{name}'" in str(e):
                 continue
             raise
-        module.register(sub)
+        module.register(sub, verb if verb in VERBS else None)
     return parser
 
 

@@ -13,7 +13,8 @@ if TYPE_CHECKING:  # imported by the verbs that use them (not by every command's
     from ..mirror import config as mirrors
 
 
-def register(sub) -> None:
+def register(sub, verb: str | None = None) -> None:
+    # ``verb``: every verb of this module is built (they are few and cheap).
     p = sub.add_parser(
         "mirror",
         help="add, change, remove and list named mirrors",
