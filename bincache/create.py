@@ -21,7 +21,7 @@ from .errors import BincacheError, MirrorError, NoSpaceError, SpecError, UsageEr
 from .mirror.base import BuildCache
 from .pipeline import DependencyFailed, Pipeline
 from .presence import present
-from .spec import Spec, read_prefix_specfile, specfile_bytes
+from .spec import Spec, read_prefix_specfile, specfile_dict
 from .staging import remove_base
 from .tar.pack import buildinfo, pack_prefix, write_buildinfo
 from .tree import InstalledSpec, InstallTree, prefix_tree, recorded_dependency_prefixes
@@ -182,7 +182,9 @@ def _buildcache_specfile(nodes, tarball_digest: str) -> bytes:
 
     # The nodes stay in the format the prefix's spec file has (a v4 tree gives v4 documents);
     # a layout that needs another format converts them as Spack does (mirror/layout_v3.py).
-    doc = json.loads(specfile_bytes(nodes))
+    # The document is serialised once: it was written, parsed back and written again (the
+    # same bytes: it holds only what JSON gives; only its top level is added to here).
+    doc = specfile_dict(nodes)
     # Spack keeps these keys in spec files of build caches (layout v3 still writes 2 here).
     doc["buildcache_layout_version"] = 2
     doc["binary_cache_checksum"] = {"hash_algorithm": "sha256", "hash": tarball_digest}
