@@ -319,8 +319,9 @@ def updated_state(state: BlobState, found: Scan, root_bytes: bytes,
 def full_state(cache, now: float, root_bytes: bytes, prior: BlobState | None = None) -> BlobState:
     """Every blob directory's names, for an update that swept the per-name directories: those
     unchanged since ``prior`` (a record of any root: a directory's names do not depend on it)
-    as it has them, the others read. A blob changed within CLOCK_SLACK of ``now`` is left out
-    (the next update reads it): its push may write its manifest after the sweep looked."""
+    as it has them, the others read. A blob new since ``prior`` and changed within CLOCK_SLACK
+    of ``now`` is left out (the next update reads it): its push may write its manifest after
+    the sweep looked."""
     root = cache.backend.root
     recent = now - index_listing.CLOCK_SLACK
     before = prior.listed_at - index_listing.CLOCK_SLACK if prior is not None else -math.inf
@@ -337,7 +338,11 @@ def full_state(cache, now: float, root_bytes: bytes, prior: BlobState | None = N
             continue
         files = _blob_files(_listdir(d))
         if ctime >= recent:
+            # A blob ``prior`` recorded was explained then (or older than the slack): kept.
+            was = _prefixes(prior.names.get(k, b"")) if prior is not None else set()
             for p, n in list(files.items()):
+                if p in was:
+                    continue
                 try:
                     young = os.stat(os.path.join(d, n)).st_ctime >= recent
                 except FileNotFoundError:

@@ -10,7 +10,9 @@ mirror the new file is written in chunks, unbuffered (bincache.unbuffered), its 
 on the way. The previous file is read twice, on purpose: its digest is checked first, on a
 thread beside the update's sweep (OldIndex: only the bytes the root named are spliced in), then
 its pieces are read again, from the page cache, as they are spliced; one pass that hashed while
-splicing put the 20 MB digest after the sweep instead of beside it.
+splicing put the 20 MB digest after the sweep instead of beside it. When the file's identity is
+the one the last update recorded (bincache.index_blobs: it wrote or hashed that file), the
+digest is not computed again: a write to it would have moved its ctime.
 """
 
 from __future__ import annotations

@@ -149,3 +149,20 @@ def test_a_manifest_removed_by_hand_needs_the_full_listing(tmp_path):
     assert z.hash in _indexed(cache)
     ix.update_index(cache, full=True)
     assert _indexed(cache) == {specs[0].hash, specs[1].hash}
+
+
+def test_after_a_sweep_the_next_push_is_found_by_its_blobs_again(tmp_path):
+    """A sweep records the blob directories afresh: the shortcut is back for the next update."""
+    specs = make_specs(["zlib", "curl", "git", "cmake", "ninja"], chain=9)
+    cache, by_hash = _mirror(tmp_path / "m", specs[:4])
+    shutil.rmtree(os.path.dirname(cache.backend._path(cache.manifest_path(specs[1].name, specs[1].version, specs[1].hash))))
+    tick()
+    ix.update_index(cache)
+    assert cache.backend.swept == 1
+    cache.backend.swept = 0
+    tick()
+    put_package(cache, specs[4], by_hash)
+    tick()
+    assert ix.update_index(cache)[1] == 1
+    assert cache.backend.swept == 0
+    assert _indexed(cache) == {s.hash for s in specs if s is not specs[1]}

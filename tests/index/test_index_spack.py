@@ -11,6 +11,7 @@ import pytest
 
 from bincache import index as ix
 from bincache.errors import UsageError
+from bincache.index_blobs import STATE_PATH, BlobState
 from bincache.mirror.directory import DirectoryBackend
 from bincache.mirror.layout_v3 import INDEX_MANIFEST, LayoutV3Cache
 from bincache.unbuffered import CHUNK, UnbufferedWriter
@@ -70,7 +71,9 @@ def test_a_previous_index_json_altered_is_not_spliced_from(tmp_path):
     cache, by_hash = _mirror(tmp_path / "m", specs[:-1])
     ix.update_index(cache)
     checksum, data = _spack_blob(cache)
-    # Same size, one record's version changed: only its digest tells.
+    # The update recorded that file as the one it wrote: unchanged, it would not be hashed again.
+    assert BlobState.from_bytes(cache.backend.read(STATE_PATH)).spack[2] == len(data)
+    # Same size, one record's version changed: only its digest tells (a write moves the ctime).
     path = cache.backend._path(f"blobs/sha256/{checksum[:2]}/{checksum}")
     forged = data.replace(b'"version":"1.5"', b'"version":"9.5"', 1)
     assert forged != data and len(forged) == len(data)
@@ -155,7 +158,14 @@ def test_a_failing_source_leaves_no_file(tmp_path):
 def test_a_previous_index_json_written_to_while_it_is_read_is_not_spliced_from(tmp_path):
     # Its digest is checked before the splice reads it (index_spack.OldIndex, beside the sweep
     # of the directories): a write in between, even of the same bytes, moves its ctime.
-    from bincache.index_spack import OldIndex, OldIndexChanged, old_layout, pieces, shard_bytes, spliced_chunks
+    from bincache.index_spack import (
+        OldIndex,
+        OldIndexChanged,
+        old_layout,
+        pieces,
+        shard_bytes,
+        spliced_chunks,
+    )
 
     installs, sizes = '"h1":{"spec":{"name":"a"}}', '"h1":12'
     data = shard_bytes("8", installs, sizes)
