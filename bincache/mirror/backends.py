@@ -22,11 +22,11 @@ def _layout_cache(backend: ByteBackend, ref: MirrorRef, layout: str | None = Non
     v3 when it holds only v3 or nothing, and an error when it holds both, because either
     choice would leave one kind of client with a stale cache.
     """
-    from .layout_v2 import LayoutV2Cache, holds_v2, is_layout_v2
     from .layout_v3 import LAYOUT_JSON
+    from .v2paths import holds_v2, is_layout_v2
 
     if layout == "v2":
-        return LayoutV2Cache(backend, ref)
+        return _v2_cache(backend, ref)
     if layout == "v3":
         return LayoutV3Cache(backend, ref)
     if layout is not None:
@@ -40,10 +40,16 @@ def _layout_cache(backend: ByteBackend, ref: MirrorRef, layout: str | None = Non
             raise MirrorError(f"{backend.url} holds both a layout v2 cache (build_cache/, Spack < 1.0) "
                              "and a layout v3 cache (v3/, Spack >= 1.0): choose one with --layout v2 "
                              "or --layout v3")
-        return LayoutV2Cache(backend, ref) if v2 else LayoutV3Cache(backend, ref)
+        return _v2_cache(backend, ref) if v2 else LayoutV3Cache(backend, ref)
     if is_layout_v2(backend):
-        return LayoutV2Cache(backend, ref)
+        return _v2_cache(backend, ref)
     return LayoutV3Cache(backend, ref)
+
+
+def _v2_cache(backend: ByteBackend, ref: MirrorRef) -> BuildCache:
+    from .layout_v2 import LayoutV2Cache  # a v3 mirror never needs the v2 reader and writer
+
+    return LayoutV2Cache(backend, ref)
 
 
 def open_cache(ref: MirrorRef, layout: str | None = None, push: bool = False) -> BuildCache:

@@ -56,12 +56,20 @@ from .base import (
     refuse_options,
 )
 from .layout_v3 import (
-    LAYOUT_JSON,
     LayoutV3Cache,
     clearsigned_payload,
     is_clearsigned,
     staging_dir,
     v2_public_key_blobs,
+)
+from .v2paths import (  # noqa: F401  (re-exported: where callers have always found them)
+    BUILD_CACHE,
+    INDEX_HASH,
+    INDEX_JSON,
+    KEY_INDEX,
+    KEYS_DIR,
+    holds_v2,
+    is_layout_v2,
 )
 
 if TYPE_CHECKING:
@@ -70,11 +78,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BUILD_CACHE = "build_cache"
-INDEX_JSON = f"{BUILD_CACHE}/index.json"
-INDEX_HASH = f"{BUILD_CACHE}/index.json.hash"
-KEYS_DIR = f"{BUILD_CACHE}/_pgp"
-KEY_INDEX = f"{KEYS_DIR}/index.json"
 #: The layout version Spack 0.22-0.23 write (parent directories in the tarball).
 WRITTEN_LAYOUT = 2
 INDEX_DB_VERSION = "7"
@@ -119,28 +122,6 @@ class V2Manifest:
     @property
     def records(self) -> list[V2Record]:
         return [self.tarball, self.spec]
-
-
-def is_layout_v2(backend: ByteBackend) -> bool:
-    """A mirror holding Spack's ``build_cache/`` and no ``v3/layout.json``.
-
-    A directory is recognised by ``build_cache/`` itself; http and s3, which cannot cheaply
-    list, by ``build_cache/index.json`` or the key index. A mirror migrated to v3 in place
-    keeps both layouts and has ``v3/layout.json``: it opens as v3. Transport errors are left
-    for the v3 code path to report with its own messages.
-    """
-    try:
-        return not backend.exists(LAYOUT_JSON) and holds_v2(backend)
-    except BincacheError:
-        return False
-
-
-def holds_v2(backend: ByteBackend) -> bool:
-    """Whether a mirror holds a layout v2 cache (``build_cache/``), whatever else it holds."""
-    root = backend.root
-    if root is not None:
-        return os.path.isdir(os.path.join(root, BUILD_CACHE))
-    return backend.exists(INDEX_JSON) or backend.exists(KEY_INDEX)
 
 
 def v2_specfile_bytes(specfile: bytes, tarball_sha256: str) -> bytes:
