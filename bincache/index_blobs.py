@@ -151,7 +151,10 @@ def clock(cache) -> float | None:
 def _name_dirs(root: str) -> tuple[int, float]:
     """(per-name directories by the link count, -1 where the file system does not keep it;
     the spec directory's change time)."""
-    st = os.stat(os.path.join(root, *SPEC_MANIFESTS.split("/")))
+    try:
+        st = os.stat(os.path.join(root, *SPEC_MANIFESTS.split("/")))
+    except FileNotFoundError:
+        return 0, 0.0  # no package yet, or prune removed the last one with the directory
     # A directory's link count is 2 + its subdirectories on ext4 (below 65,000), xfs, tmpfs;
     # btrfs and ext4 past that report 1.
     return (st.st_nlink - 2 if st.st_nlink >= 2 else -1), st.st_ctime
@@ -264,7 +267,11 @@ def scan(cache, state: BlobState, now: float, known: set[str],
                 continue
             if ctime < since and k not in state.again:
                 continue  # unchanged since the last update read it (or carried it forward)
-            got = _read_dir(top, k, _prefixes(state.names.get(k, b"")), since)
+            try:
+                got = _read_dir(top, k, _prefixes(state.names.get(k, b"")), since)
+            except OSError as e:  # removed meanwhile, unreadable: the sweep says what it can
+                log.info("%s: cannot list blobs/sha256/%s (%s); sweeping", cache.url, k, e)
+                return None
             if got is None:
                 log.info("%s: blobs removed from %s since the last update; sweeping", cache.url, k)
                 return None

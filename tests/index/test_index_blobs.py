@@ -166,3 +166,12 @@ def test_after_a_sweep_the_next_push_is_found_by_its_blobs_again(tmp_path):
     assert ix.update_index(cache)[1] == 1
     assert cache.backend.swept == 0
     assert _indexed(cache) == {s.hash for s in specs if s is not specs[1]}
+
+
+def test_every_package_gone_with_the_spec_directory_empties_the_index(tmp_path):
+    specs = make_specs(["zlib", "curl"], chain=9)
+    cache, _ = _mirror(tmp_path / "m", specs)
+    shutil.rmtree(cache.backend._path(SPEC_MANIFESTS))
+    tick()
+    view, _ = ix.update_index(cache)
+    assert view.package_count() == 0 and _indexed(cache) == set()
