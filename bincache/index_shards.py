@@ -66,6 +66,7 @@ ROOT_PATH = "v3/manifests/index/bincache-index.manifest.json"
 ROOT_VERSION = 1
 SHARD_KEY = "sha256(name)[:2]"
 MT_SHARD = "application/vnd.bincache.index-shard.v1+json"
+_HEX = frozenset("0123456789abcdef")
 #: How often an update starts again after another one committed first.
 RETRIES = 20
 
@@ -132,7 +133,7 @@ class Root:
             root = cls(str(meta["db_version"]))
             for d in doc["data"]:
                 checksum, size = str(d["checksum"]), int(d["contentLength"])
-                if len(checksum) != 64 or any(c not in "0123456789abcdef" for c in checksum):
+                if len(checksum) != 64 or not _HEX.issuperset(checksum):
                     raise ValueError(f"checksum {checksum[:70]!r}")
                 if d.get("mediaType") == MT_SHARD:
                     k = str(d["shard"])
