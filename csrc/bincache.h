@@ -16,7 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define BC_ABI_VERSION 9
+#define BC_ABI_VERSION 10
 
 /* BC_CDEF_BEGIN */
 enum {
@@ -128,6 +128,11 @@ int bc_writer_add_hardlink(bc_writer *w, const char *name, size_t name_len, cons
 /* mode < 0: Spack's mode from the file's own: 0755 when its owner may execute it, else 0644. */
 int bc_writer_add_file(bc_writer *w, const char *name, size_t name_len, const char *path,
                        int mode, bc_filescan *scan);
+/* bc_writer_add_file of the entry base of the directory open as dirfd (dir: that directory's
+ * path, for messages only). A walk opens each directory once, instead of the kernel looking up
+ * every component of every file's whole path again. */
+int bc_writer_add_file_at(bc_writer *w, const char *name, size_t name_len, int dirfd,
+                          const char *dir, const char *base, int mode, bc_filescan *scan);
 int bc_writer_add_bytes(bc_writer *w, const char *name, size_t name_len,
                         const unsigned char *data, size_t len, int mode, bc_filescan *scan);
 /* Output produced since the last call (fd == -1 only); valid until the next call on w. */

@@ -38,6 +38,7 @@ struct bc_writer {
     size_t hdr_cap;
     unsigned char *name;
     size_t name_cap;
+    int atime_kept; /* O_NOATIME was refused (EPERM: not the files' owner): open without it */
 };
 
 static const unsigned char zeros[2 * BLOCK];
@@ -316,36 +317,33 @@ int bc_writer_add_bytes(bc_writer *w, const char *name, size_t name_len,
     return BC_OK;
 }
 
-int bc_writer_add_file(bc_writer *w, const char *name, size_t name_len, const char *path,
-                       int mode, bc_filescan *out)
+/* The member `name` from the open descriptor fd (closed here, whatever happens). The file is
+ * named in messages as dir, sep, base (the walk never builds a path that no error needs). */
+static int add_open_file(bc_writer *w, const char *name, size_t name_len, int fd,
+                         const char *dir, const char *sep, const char *base, int mode,
+                         bc_filescan *out)
 {
-    int rc = ready(w);
-    if (rc)
-        return rc;
-    /* O_NONBLOCK: opening a fifo must not hang; it is refused below. */
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-    if (fd < 0) {
-        int se = errno;
-        return bc__fail(&w->err, BC_EIO, se, "cannot read %s: %s", path, strerror(se));
-    }
     struct stat st;
     if (fstat(fd, &st) != 0) {
         int se = errno;
         close(fd);
-        return bc__fail(&w->err, BC_EIO, se, "cannot read %s: %s", path, strerror(se));
+        return bc__fail(&w->err, BC_EIO, se, "cannot read %s%s%s: %s", dir, sep, base,
+                        strerror(se));
     }
     if (S_ISDIR(st.st_mode)) {
         close(fd);
-        return bc__fail(&w->err, BC_EIO, EISDIR, "cannot read %s: %s", path, strerror(EISDIR));
+        return bc__fail(&w->err, BC_EIO, EISDIR, "cannot read %s%s%s: %s", dir, sep, base,
+                        strerror(EISDIR));
     }
     if (!S_ISREG(st.st_mode)) {
         close(fd);
-        return bc__fail(&w->err, BC_EIO, 0, "cannot read %s: not a regular file", path);
+        return bc__fail(&w->err, BC_EIO, 0, "cannot read %s%s%s: not a regular file", dir, sep,
+                        base);
     }
     uint64_t size = (uint64_t)st.st_size;
     if (mode < 0)
         mode = (st.st_mode & S_IXUSR) ? 0755 : 0644;
-    rc = build_header(w, (const unsigned char *)name, name_len, '0', mode, size, NULL, 0);
+    int rc = build_header(w, (const unsigned char *)name, name_len, '0', mode, size, NULL, 0);
     if (rc) {
         close(fd);
         return rc;
@@ -362,7 +360,8 @@ int bc_writer_add_file(bc_writer *w, const char *name, size_t name_len, const ch
         unsigned char *dst;
         size_t avail;
         if (w->cancelled) {
-            rc = bc__fail(&w->err, BC_ECANCELED, 0, "cancelled while reading %s", path);
+            rc = bc__fail(&w->err, BC_ECANCELED, 0, "cancelled while reading %s%s%s", dir, sep,
+                          base);
             break;
         }
         rc = bc__gz_space(&w->gz, &dst, &avail, &w->err);
@@ -376,13 +375,15 @@ int bc_writer_add_file(bc_writer *w, const char *name, size_t name_len, const ch
             if (errno == EINTR)
                 continue;
             int se = errno;
-            rc = bc__fail(&w->err, BC_EIO, se, "cannot read %s: %s", path, strerror(se));
+            rc = bc__fail(&w->err, BC_EIO, se, "cannot read %s%s%s: %s", dir, sep, base,
+                          strerror(se));
             break;
         }
         if (k == 0) {
             rc = bc__fail(&w->err, BC_EIO, 0,
-                          "cannot read %s: the file shrank while it was read (%llu of %llu bytes)",
-                          path, (unsigned long long)done, (unsigned long long)size);
+                          "cannot read %s%s%s: the file shrank while it was read (%llu of %llu "
+                          "bytes)",
+                          dir, sep, base, (unsigned long long)done, (unsigned long long)size);
             break;
         }
         size_t n = (size_t)k;
@@ -415,6 +416,50 @@ int bc_writer_add_file(bc_writer *w, const char *name, size_t name_len, const ch
     out->dev = (uint64_t)st.st_dev;
     out->ino = (uint64_t)st.st_ino;
     return BC_OK;
+}
+
+/* open/openat of a file to pack. O_NONBLOCK: opening a fifo must not hang; it is refused by
+ * add_open_file. O_NOATIME: reading a package must not write every file's inode back (where
+ * relatime still would); the kernel allows it to the files' owner only, so on the first EPERM
+ * the writer stops asking. */
+static int open_member(bc_writer *w, int dirfd, const char *path)
+{
+    int flags = O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK;
+    if (!w->atime_kept) {
+        int fd = openat(dirfd, path, flags | O_NOATIME);
+        if (fd >= 0 || errno != EPERM)
+            return fd;
+        w->atime_kept = 1;
+    }
+    return openat(dirfd, path, flags);
+}
+
+int bc_writer_add_file(bc_writer *w, const char *name, size_t name_len, const char *path,
+                       int mode, bc_filescan *out)
+{
+    int rc = ready(w);
+    if (rc)
+        return rc;
+    int fd = open_member(w, AT_FDCWD, path);
+    if (fd < 0) {
+        int se = errno;
+        return bc__fail(&w->err, BC_EIO, se, "cannot read %s: %s", path, strerror(se));
+    }
+    return add_open_file(w, name, name_len, fd, path, "", "", mode, out);
+}
+
+int bc_writer_add_file_at(bc_writer *w, const char *name, size_t name_len, int dirfd,
+                          const char *dir, const char *base, int mode, bc_filescan *out)
+{
+    int rc = ready(w);
+    if (rc)
+        return rc;
+    int fd = open_member(w, dirfd, base);
+    if (fd < 0) {
+        int se = errno;
+        return bc__fail(&w->err, BC_EIO, se, "cannot read %s/%s: %s", dir, base, strerror(se));
+    }
+    return add_open_file(w, name, name_len, fd, dir, "/", base, mode, out);
 }
 
 int bc_writer_take_output(bc_writer *w, const unsigned char **data, size_t *len)

@@ -21,7 +21,7 @@ else:
     from ._lib import ffi, lib
 from ._pure import KIND_BINARY, KIND_ELF, KIND_TEXT, FileScan, TarResult, check_direct_io
 
-_ABI_VERSION = 9
+_ABI_VERSION = 10
 if lib.bc_abi_version() != _ABI_VERSION:
     raise NativeError(
         f"the compiled C core is stale (ABI {lib.bc_abi_version()}, this code needs "
@@ -254,6 +254,23 @@ class TarWriter:
             raise NativeError(f"cannot read {os.fsdecode(p)!r}: the path holds a NUL byte")
         s = self._scan
         rc = lib.bc_writer_add_file(self._w, n, len(n), p, mode, s)
+        if rc:
+            self._check(rc)
+        if self._out is not None:
+            self._drain()
+        nhits = s.nhits
+        return FileScan(_KINDS[s.kind], s.size, _hits(s.hits, nhits) if nhits else [], s.links,
+                        (s.dev, s.ino))
+
+    def add_file_at(self, name: str, dirfd: int, directory: str, base: str, mode: int) -> FileScan:
+        """``add_file`` of the entry ``base`` of the directory open as ``dirfd`` (``directory``
+        names it in messages): the walk's form, without a whole path looked up per file."""
+        n = _name(name)
+        b = _name(base)
+        if b"\0" in b:
+            raise NativeError(f"cannot read {directory}/{os.fsdecode(b)!r}: the name holds a NUL byte")
+        s = self._scan
+        rc = lib.bc_writer_add_file_at(self._w, n, len(n), dirfd, _name(directory), b, mode, s)
         if rc:
             self._check(rc)
         if self._out is not None:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 from ..errors import CannotGrowString, IntegrityError, NativeError
 
+_O_NOATIME = getattr(os, "O_NOATIME", 0)  # Linux only; elsewhere the open goes without it
+
 KIND_TEXT = "text"
 KIND_BINARY = "binary"
 KIND_ELF = "elf"
@@ -333,6 +335,7 @@ class TarWriter:
         self._crc = 0
         self._finished = False
         self._cancelled = False
+        self._atime_kept = False  # O_NOATIME refused once (EPERM): not asked again
         if self._gzip:
             self._emit(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff")
 
@@ -388,21 +391,35 @@ class TarWriter:
         return FileScan(classify(data), len(data), scan_buffer(data, self._prefixes))
 
     def add_file(self, name: str, path: str, mode: int) -> FileScan:
+        return self._add_open(name, path, None, os.fsdecode(path), mode)
+
+    def add_file_at(self, name: str, dirfd: int, directory: str, base: str, mode: int) -> FileScan:
+        return self._add_open(name, base, dirfd, f"{directory}/{os.fsdecode(base)}", mode)
+
+    def _add_open(self, name: str, path, dirfd: int | None, shown: str, mode: int) -> FileScan:
+        # O_NONBLOCK: opening a fifo must not hang; it is refused below. O_NOATIME as the C
+        # core asks it, and without it once the kernel refuses (not the files' owner).
+        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            # O_NONBLOCK: opening a fifo must not hang; it is refused below (as in the C core).
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            try:
+                if self._atime_kept:
+                    raise PermissionError
+                fd = os.open(path, flags | _O_NOATIME, dir_fd=dirfd)
+            except PermissionError:
+                self._atime_kept = True
+                fd = os.open(path, flags, dir_fd=dirfd)
         except OSError as e:
-            raise NativeError(f"cannot read {os.fsdecode(path)}: {e.strerror}") from None
+            raise NativeError(f"cannot read {shown}: {e.strerror}") from None
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             why = "Is a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-            raise NativeError(f"cannot read {os.fsdecode(path)}: {why}")
+            raise NativeError(f"cannot read {shown}: {why}")
         with open(fd, "rb") as f:
             try:
                 data = f.read()
             except OSError as e:
-                raise NativeError(f"cannot read {os.fsdecode(path)}: {e.strerror}") from None
+                raise NativeError(f"cannot read {shown}: {e.strerror}") from None
         if mode < 0:
             mode = 0o755 if st.st_mode & stat.S_IXUSR else 0o644
         scan = self.add_bytes(name, data, mode)

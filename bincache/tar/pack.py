@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from ..errors import NativeError, PrefixError
 
 BUILDINFO = ".spack/binary_distribution"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 @dataclass
@@ -89,19 +90,39 @@ def spack_mode(st_mode: int) -> int:
 
 def _walk(writer, prefix: str, directory: str, prefixes: list[str], report: PackReport,
           links: _Links, tick: Callable[[int], None]) -> None:
+    # The directory is opened once and its entries are read, stat'ed and opened relative to
+    # it: the kernel no longer looks up every component of every file's whole path (20,000
+    # files in the 415 MB benchmark tree), nor does this loop build a path per file.
     try:
-        entries = sorted(os.scandir(directory), key=lambda e: os.fsencode(e.name))
+        dirfd = os.open(directory, _DIR_FLAGS)
+    except OSError as e:
+        raise PrefixError(f"cannot read directory {directory}: {e.strerror}") from None
+    try:
+        subdirs = _walk_entries(writer, prefix, directory, dirfd, prefixes, report, links, tick)
+    finally:
+        os.close(dirfd)  # before the subdirectories: a deep tree holds one descriptor at a time
+    for sub in subdirs:
+        _walk(writer, prefix, sub, prefixes, report, links, tick)
+
+
+def _walk_entries(writer, prefix: str, directory: str, dirfd: int, prefixes: list[str],
+                  report: PackReport, links: _Links, tick: Callable[[int], None]) -> list[str]:
+    try:
+        entries = sorted(os.scandir(dirfd), key=lambda e: os.fsencode(e.name))
     except OSError as e:
         raise PrefixError(f"cannot read directory {directory}: {e.strerror}") from None
     writer.add_dir(_member(directory), 0o755)  # whatever its mode, as Spack writes directories
     subdirs = []
-    cut = len(prefix) + 1  # entry paths are prefix + "/" + rel: cheaper than os.path.relpath
+    base = directory if directory.endswith("/") else directory + "/"
+    member_dir = _member(base)
+    rel_dir = base[len(prefix) + 1:]  # "" for the prefix itself
+    cut = len(prefix) + 1  # a path is prefix + "/" + rel
     # Once per file (50,000 in the 1 GiB benchmark tree): what is looked up once is kept here.
-    add_file, first_links = writer.add_file, links.first
+    add_file_at, first_links = writer.add_file_at, links.first
     files = nbytes = 0
     for entry in entries:
-        path = entry.path
-        rel = path[cut:]
+        name = entry.name
+        rel = rel_dir + name
         if rel == BUILDINFO:
             continue  # written anew, last
         # The entry's type comes from the directory itself (d_type): no stat per file. The
@@ -109,31 +130,34 @@ def _walk(writer, prefix: str, directory: str, prefixes: list[str], report: Pack
         # for what may be another name of a file with several links (see _Links).
         try:
             if entry.is_dir(follow_symlinks=False):
-                subdirs.append(path)
+                subdirs.append(base + name)
                 continue
             is_link = entry.is_symlink()
             is_file = not is_link and entry.is_file(follow_symlinks=False)
             st = entry.stat(follow_symlinks=False) if (is_file and first_links and links.must_stat(entry)) or not (
                 is_link or is_file) else None
         except OSError as e:
-            raise PrefixError(f"cannot stat {path}: {e.strerror}") from None
+            raise PrefixError(f"cannot stat {base + name}: {e.strerror}") from None
         if is_link:
-            target = os.readlink(path)
-            writer.add_symlink(_member(path), target)
+            try:
+                target = os.readlink(name, dir_fd=dirfd)
+            except OSError as e:
+                raise PrefixError(f"cannot read the symlink {base + name}: {e.strerror}") from None
+            writer.add_symlink(member_dir + name, target)
             if any(p in target for p in prefixes):
                 report.links.append(rel)
         elif is_file:
             if st is not None and (st.st_dev, st.st_ino) in first_links:
                 first = first_links[(st.st_dev, st.st_ino)]
-                writer.add_hardlink(_member(path), _member(first), spack_mode(st.st_mode))
+                writer.add_hardlink(member_dir + name, _member(first), spack_mode(st.st_mode))
                 report.hardlinks[rel] = first[cut:]
                 continue
             try:
-                scan = add_file(path.lstrip("/"), path, -1)  # -1: spack_mode of its own
+                scan = add_file_at(member_dir + name, dirfd, directory, name, -1)  # -1: spack_mode
             except NativeError as e:
                 raise PrefixError(str(e)) from None
             if scan.links > 1:
-                links.packed(entry, scan.inode, path)
+                links.packed(entry, scan.inode, base + name)
             files += 1
             nbytes += scan.size
             if scan.hits or scan.kind == "elf":
@@ -144,11 +168,10 @@ def _walk(writer, prefix: str, directory: str, prefixes: list[str], report: Pack
             mode = st.st_mode
             kind = ("fifo" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode)
                     else "device file")
-            raise PrefixError(f"{path} is a {kind}; a binary package cannot hold one. Remove it from the prefix")
+            raise PrefixError(f"{base + name} is a {kind}; a binary package cannot hold one. Remove it from the prefix")
     report.files += files
     report.bytes_in += nbytes
-    for sub in subdirs:
-        _walk(writer, prefix, sub, prefixes, report, links, tick)
+    return subdirs
 
 
 def _record(report: PackReport, rel: str, scan) -> None:

@@ -39,6 +39,10 @@ class _KeepModes:
     def add_file(self, name, path, mode):
         return self._w.add_file(name, path, stat.S_IMODE(os.lstat(path).st_mode))
 
+    def add_file_at(self, name, dirfd, directory, base, mode):
+        mode = stat.S_IMODE(os.lstat(base, dir_fd=dirfd).st_mode)
+        return self._w.add_file_at(name, dirfd, directory, base, mode)
+
     def __getattr__(self, name):
         return getattr(self._w, name)
 

@@ -196,6 +196,30 @@ def test_every_level_gives_a_valid_stream(native, tree):
             assert tf.extractfile("opt/big").read() == (tree / "big").read_bytes()
 
 
+def test_add_file_at_names_the_directory_and_entry_in_its_errors(backend, tmp_path):
+    (tmp_path / "sub").mkdir()
+    os.mkfifo(tmp_path / "fifo")
+    buf = io.BytesIO()
+    w = backend.TarWriter(buf, prefixes=[])
+    dirfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(NativeError,
+                           match=f"cannot read {tmp_path}/nope: No such file or directory"):
+            w.add_file_at("opt/nope", dirfd, str(tmp_path), "nope", -1)
+        with pytest.raises(NativeError, match=f"cannot read {tmp_path}/sub: Is a directory"):
+            w.add_file_at("opt/sub", dirfd, str(tmp_path), "sub", -1)
+        with pytest.raises(NativeError, match=f"cannot read {tmp_path}/fifo: not a regular file"):
+            w.add_file_at("opt/fifo", dirfd, str(tmp_path), "fifo", -1)
+        (tmp_path / "ok").write_bytes(b"ok")
+        w.add_file_at("opt/ok", dirfd, str(tmp_path), "ok", -1)
+    finally:
+        os.close(dirfd)
+    w.finish()
+    with tarfile.open(fileobj=io.BytesIO(buf.getvalue())) as tf:
+        assert tf.getnames() == ["opt/ok"]
+        assert tf.extractfile("opt/ok").read() == b"ok"
+
+
 def test_missing_file_and_directory_are_named_in_the_error(backend, tmp_path):
     buf = io.BytesIO()
     w = backend.TarWriter(buf, prefixes=[])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import os
 import tarfile
 
 import pytest
@@ -323,3 +324,42 @@ def test_writers_sharing_a_pool_at_once_give_the_bytes_of_a_lone_writer(streams,
         assert aresult.diff_id == presult.diff_id == hashlib.sha256(raw).hexdigest()
         assert results[i].uncompressed_size == len(raw)
         assert results[i].compressed_size == len(outs[i].getvalue())
+
+
+dir_files = st.lists(
+    st.tuples(st.text(alphabet="abcXYZ019._-\u00e9", min_size=1, max_size=30)
+              .filter(lambda n: n not in (".", "..")), small_bytes, st.booleans()),
+    min_size=1,
+    max_size=8,
+    unique_by=lambda f: f[0],
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(files=dir_files, prefixes=prefix_lists)
+def test_add_file_at_gives_the_members_of_the_file_read_by_plain_python(files, prefixes, tmp_path_factory):
+    # The walk's form (relative to an open directory) against a plain reading of each file
+    # (its bytes, Spack's mode from its owner-execute bit) through the pure twin's add_bytes.
+    top = tmp_path_factory.mktemp("dir")
+    for name, data, exe in files:
+        (top / name).write_bytes(data)
+        (top / name).chmod(0o700 if exe else 0o600)
+    outs = [io.BytesIO(), io.BytesIO(), io.BytesIO()]
+    ref = pure.TarWriter(outs[2], prefixes=prefixes)
+    writers = [native.TarWriter(outs[0], prefixes=prefixes, threads=1),
+               pure.TarWriter(outs[1], prefixes=prefixes)]
+    dirfd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name, data, exe in files:
+            expected = ref.add_bytes(f"p/{name}", (top / name).read_bytes(), 0o755 if exe else 0o644)
+            for w in writers:
+                scan = w.add_file_at(f"p/{name}", dirfd, str(top), name, -1)
+                assert (scan.kind, scan.size, scan.hits, scan.links) == (
+                    expected.kind, expected.size, expected.hits, 1)
+                assert scan.inode == (os.stat(top / name).st_dev, os.stat(top / name).st_ino)
+    finally:
+        os.close(dirfd)
+    want = ref.finish().diff_id
+    assert [w.finish().diff_id for w in writers] == [want, want]
+    raw = [gzip.decompress(o.getvalue()) for o in outs]
+    assert raw[0] == raw[1] == raw[2] and hashlib.sha256(raw[2]).hexdigest() == want
