@@ -8,8 +8,10 @@ import gzip
 import json
 import os
 import shutil
+import time
 
 from bincache import index as ix
+from bincache import index_listing
 from bincache.mirror.directory import DirectoryBackend
 from bincache.mirror.layout_v3 import (
     MT_SPEC_PREFIX,
@@ -175,3 +177,46 @@ def test_every_package_gone_with_the_spec_directory_empties_the_index(tmp_path):
     tick()
     view, _ = ix.update_index(cache)
     assert view.package_count() == 0 and _indexed(cache) == set()
+
+
+def test_pushers_writing_beside_updates_lose_nothing(tmp_path, monkeypatch):
+    """Three pushers write blobs, then (a moment later) manifests, while updates run one after
+    another: the last plain update indexes every package, whatever each update caught
+    between a push's blobs and its manifest."""
+    import random
+    import threading
+
+    # The trust: a push writes its manifest within CLOCK_SLACK of its spec blob (here 50 ms).
+    monkeypatch.setattr(index_listing, "CLOCK_SLACK", 1.0)
+
+    base = make_specs([f"base{i:03d}" for i in range(60)], chain=10 ** 9)
+    cache, _ = _mirror(tmp_path / "m", base)
+    batches = [make_specs([f"p{j}x{i:02d}" for i in range(12)], chain=10 ** 9) for j in range(3)]
+    done = threading.Event()
+
+    def push(specs, seed):
+        rnd = random.Random(seed)
+        mine = LayoutV3Cache(DirectoryBackend(cache.backend.root))
+        for s in specs:
+            tar = mine.put_blob_bytes(f"tarball of {s.name}".encode(), MT_TARBALL, "gzip")
+            rec = mine.put_blob_bytes(gzip_bytes(specfile_bytes([s])), f"{MT_SPEC_PREFIX}5+json", "gzip")
+            time.sleep(rnd.random() * 0.05)  # an update may look in between
+            mine.backend.write(mine.manifest_path(s.name, s.version, s.hash), manifest_bytes([tar, rec]))
+            time.sleep(rnd.random() * 0.02)
+
+    def update():
+        while not done.is_set():
+            ix.update_index(LayoutV3Cache(DirectoryBackend(cache.backend.root)))
+
+    updater = threading.Thread(target=update)
+    updater.start()
+    pushers = [threading.Thread(target=push, args=(b, j)) for j, b in enumerate(batches)]
+    for t in pushers:
+        t.start()
+    for t in pushers:
+        t.join()
+    done.set()
+    updater.join()
+    tick()
+    ix.update_index(cache)
+    assert _indexed(cache) == {s.hash for s in base + [s for b in batches for s in b]}
