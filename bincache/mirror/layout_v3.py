@@ -271,7 +271,11 @@ class LayoutV3Cache:
         try:
             return self.backend.read(path, max_size=MAX_MANIFEST)
         except BlobNotFound:
-            raise BlobNotFound(f"{self.url} has no package {ref.name}@{ref.version}/{ref.hash[:7]}") from None
+            # An index that still lists it: its manifest went alone (by hand), which only the
+            # full listing sees (docs/internals.md, "Finding new packages by their blobs").
+            raise BlobNotFound(f"{self.url} has no package {ref.name}@{ref.version}/{ref.hash[:7]} "
+                               f"(no {path}; if the index lists it, run bincache update-index "
+                               "--full)") from None
 
     def fetch_manifest(self, ref: PackageId) -> PackageManifest:
         """The manifest, parsed WITHOUT verifying a signature (install verifies ``raw`` first)."""

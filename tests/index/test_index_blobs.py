@@ -22,6 +22,7 @@ from bincache.mirror.layout_v3 import (
     manifest_bytes,
 )
 from bincache.spec import specfile_bytes
+from tests.conftest import run_cli
 from tests.index.conftest import tick
 from tests.index.packages import closure, make_specs, put_package
 
@@ -220,3 +221,13 @@ def test_pushers_writing_beside_updates_lose_nothing(tmp_path, monkeypatch):
     tick()
     ix.update_index(cache)
     assert _indexed(cache) == {s.hash for s in base + [s for b in batches for s in b]}
+
+
+def test_installing_a_package_whose_manifest_went_by_hand_says_what_to_run(tmp_path):
+    specs = make_specs(["zlib", "curl"], chain=9)
+    cache, _ = _mirror(tmp_path / "m", specs)
+    z = specs[0]
+    os.unlink(cache.backend._path(cache.manifest_path(z.name, z.version, z.hash)))
+    out = run_cli("--root", str(tmp_path / "root"), "install", "--unsigned", "-m", str(tmp_path / "m"), "zlib")
+    assert out.returncode == 1
+    assert "run bincache update-index --full" in out.stderr
