@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+from bincache import index as ix
+from bincache.mirror.directory import DirectoryBackend
 from bincache.mirror.layout_v3 import (
     MT_SPEC_PREFIX,
     MT_TARBALL,
@@ -16,6 +18,7 @@ from bincache.mirror.layout_v3 import (
     manifest_bytes,
 )
 from bincache.spec import Spec, make_node, specfile_bytes
+from tests.index.conftest import tick
 
 ARCH = {"platform": "linux", "platform_os": "debian12", "target": "x86_64"}
 
@@ -47,3 +50,40 @@ def put_package(cache: LayoutV3Cache, spec: Spec, by_hash: dict[str, Spec]) -> N
     rec = cache.put_blob_bytes(gzip_bytes(data), f"{MT_SPEC_PREFIX}{version}+json", "gzip")
     cache.backend.write(cache.manifest_path(spec.name, spec.version, spec.hash),
                         manifest_bytes([tar, rec]))
+
+
+class WatchedBackend(DirectoryBackend):
+    """A directory mirror that remembers what was listed and how often every per-name
+    directory was swept."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.listed: list[str] = []
+        self.swept = 0
+
+    def list(self, rel_dir):
+        self.listed.append(rel_dir)
+        return super().list(rel_dir)
+
+    def list_dirs(self, rel_dir, since=float("-inf"), clock_dir=None):
+        self.swept += 1
+        return super().list_dirs(rel_dir, since, clock_dir)
+
+
+def indexed_mirror(path, specs: list[Spec]) -> tuple[LayoutV3Cache, dict[str, Spec]]:
+    """A watched mirror holding ``specs``, indexed once (a sweep), its watch reset."""
+    cache = LayoutV3Cache(WatchedBackend(str(path)))
+    by_hash = {s.hash: s for s in specs}
+    for s in specs:
+        put_package(cache, s, by_hash)
+    tick()
+    ix.update_index(cache)
+    cache.backend.listed.clear()
+    cache.backend.swept = 0
+    return cache, by_hash
+
+
+def indexed_hashes(cache: LayoutV3Cache) -> set[str]:
+    """The hashes the mirror's index says are in the build cache."""
+    doc = json.loads(cache.read_index_bytes())["database"]["installs"]
+    return {h for h, r in doc.items() if r["in_buildcache"]}

@@ -24,43 +24,13 @@ from bincache.mirror.layout_v3 import (
 from bincache.spec import specfile_bytes
 from tests.conftest import run_cli
 from tests.index.conftest import tick
-from tests.index.packages import closure, make_specs, put_package
-
-
-class WatchedBackend(DirectoryBackend):
-    """A directory mirror that remembers what was listed and whether every per-name
-    directory was swept."""
-
-    def __init__(self, root: str) -> None:
-        super().__init__(root)
-        self.listed: list[str] = []
-        self.swept = 0
-
-    def list(self, rel_dir):
-        self.listed.append(rel_dir)
-        return super().list(rel_dir)
-
-    def list_dirs(self, rel_dir, since=float("-inf"), clock_dir=None):
-        self.swept += 1
-        return super().list_dirs(rel_dir, since, clock_dir)
+from tests.index.packages import closure, indexed_hashes, indexed_mirror, make_specs, put_package
 
 
 def _mirror(path, specs):
-    cache = LayoutV3Cache(WatchedBackend(str(path)))
-    by_hash = {s.hash: s for s in specs}
-    for s in specs:
-        put_package(cache, s, by_hash)
+    cache, by_hash = indexed_mirror(path, specs)  # the first update records the blob directories
     tick()
-    ix.update_index(cache)  # the first: a sweep, which records the blob directories
-    tick()
-    cache.backend.listed.clear()
-    cache.backend.swept = 0
     return cache, by_hash
-
-
-def _indexed(cache) -> set[str]:
-    doc = json.loads(cache.read_index_bytes())["database"]["installs"]
-    return {h for h, r in doc.items() if r["in_buildcache"]}
 
 
 def _blob(cache, rec) -> str:
@@ -77,7 +47,7 @@ def test_a_new_package_is_found_by_its_blobs_alone(tmp_path):
     assert fetched == 2 and view.package_count() == 41
     assert cache.backend.swept == 0  # no per-name directory stat'ed
     assert sorted(cache.backend.listed) == [f"{SPEC_MANIFESTS}/pkg007", f"{SPEC_MANIFESTS}/pkg039"]
-    assert _indexed(cache) == {s.hash for s in specs}
+    assert indexed_hashes(cache) == {s.hash for s in specs}
     cache.backend.listed.clear()
     tick()
     assert ix.update_index(cache)[1] == 0
@@ -97,7 +67,7 @@ def test_a_push_caught_between_its_blobs_and_its_manifest_is_indexed_once_it_lan
     tick()
     assert ix.update_index(cache)[1] == 1
     assert cache.backend.swept == 0
-    assert _indexed(cache) == {s.hash for s in specs}
+    assert indexed_hashes(cache) == {s.hash for s in specs}
 
 
 def test_a_name_directory_removed_by_hand_sends_the_update_to_the_sweep(tmp_path):
@@ -137,7 +107,7 @@ def test_blobs_another_writer_removed_or_wrote_unreadable_send_the_update_to_the
     tick()
     view, fetched = ix.update_index(cache)
     assert fetched == 1 and cache.backend.swept == 1
-    assert _indexed(cache) == {s.hash for s in specs if s is not curl}
+    assert indexed_hashes(cache) == {s.hash for s in specs if s is not curl}
 
 
 def test_a_manifest_removed_by_hand_needs_the_full_listing(tmp_path):
@@ -149,9 +119,9 @@ def test_a_manifest_removed_by_hand_needs_the_full_listing(tmp_path):
     os.unlink(cache.backend._path(cache.manifest_path(z.name, z.version, z.hash)))
     tick()
     ix.update_index(cache)
-    assert z.hash in _indexed(cache)
+    assert z.hash in indexed_hashes(cache)
     ix.update_index(cache, full=True)
-    assert _indexed(cache) == {specs[0].hash, specs[1].hash}
+    assert indexed_hashes(cache) == {specs[0].hash, specs[1].hash}
 
 
 def test_after_a_sweep_the_next_push_is_found_by_its_blobs_again(tmp_path):
@@ -168,7 +138,7 @@ def test_after_a_sweep_the_next_push_is_found_by_its_blobs_again(tmp_path):
     tick()
     assert ix.update_index(cache)[1] == 1
     assert cache.backend.swept == 0
-    assert _indexed(cache) == {s.hash for s in specs if s is not specs[1]}
+    assert indexed_hashes(cache) == {s.hash for s in specs if s is not specs[1]}
 
 
 def test_every_package_gone_with_the_spec_directory_empties_the_index(tmp_path):
@@ -177,7 +147,7 @@ def test_every_package_gone_with_the_spec_directory_empties_the_index(tmp_path):
     shutil.rmtree(cache.backend._path(SPEC_MANIFESTS))
     tick()
     view, _ = ix.update_index(cache)
-    assert view.package_count() == 0 and _indexed(cache) == set()
+    assert view.package_count() == 0 and indexed_hashes(cache) == set()
 
 
 def test_pushers_writing_beside_updates_lose_nothing(tmp_path, monkeypatch):
@@ -220,7 +190,7 @@ def test_pushers_writing_beside_updates_lose_nothing(tmp_path, monkeypatch):
     updater.join()
     tick()
     ix.update_index(cache)
-    assert _indexed(cache) == {s.hash for s in base + [s for b in batches for s in b]}
+    assert indexed_hashes(cache) == {s.hash for s in base + [s for b in batches for s in b]}
 
 
 def test_installing_a_package_whose_manifest_went_by_hand_says_what_to_run(tmp_path):
