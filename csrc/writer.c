@@ -434,32 +434,34 @@ static int open_member(bc_writer *w, int dirfd, const char *path)
     return openat(dirfd, path, flags);
 }
 
-int bc_writer_add_file(bc_writer *w, const char *name, size_t name_len, const char *path,
-                       int mode, bc_filescan *out)
+/* The member `name` from the file `path` opened relative to dirfd, named in messages as dir,
+ * sep, base (bc_writer_add_file: the path itself; bc_writer_add_file_at: directory/entry). */
+static int add_file_from(bc_writer *w, const char *name, size_t name_len, int dirfd,
+                         const char *path, const char *dir, const char *sep, const char *base,
+                         int mode, bc_filescan *out)
 {
     int rc = ready(w);
     if (rc)
         return rc;
-    int fd = open_member(w, AT_FDCWD, path);
+    int fd = open_member(w, dirfd, path);
     if (fd < 0) {
         int se = errno;
-        return bc__fail(&w->err, BC_EIO, se, "cannot read %s: %s", path, strerror(se));
+        return bc__fail(&w->err, BC_EIO, se, "cannot read %s%s%s: %s", dir, sep, base,
+                        strerror(se));
     }
-    return add_open_file(w, name, name_len, fd, path, "", "", mode, out);
+    return add_open_file(w, name, name_len, fd, dir, sep, base, mode, out);
+}
+
+int bc_writer_add_file(bc_writer *w, const char *name, size_t name_len, const char *path,
+                       int mode, bc_filescan *out)
+{
+    return add_file_from(w, name, name_len, AT_FDCWD, path, path, "", "", mode, out);
 }
 
 int bc_writer_add_file_at(bc_writer *w, const char *name, size_t name_len, int dirfd,
                           const char *dir, const char *base, int mode, bc_filescan *out)
 {
-    int rc = ready(w);
-    if (rc)
-        return rc;
-    int fd = open_member(w, dirfd, base);
-    if (fd < 0) {
-        int se = errno;
-        return bc__fail(&w->err, BC_EIO, se, "cannot read %s/%s: %s", dir, base, strerror(se));
-    }
-    return add_open_file(w, name, name_len, fd, dir, "/", base, mode, out);
+    return add_file_from(w, name, name_len, dirfd, base, dir, "/", base, mode, out);
 }
 
 int bc_writer_take_output(bc_writer *w, const unsigned char **data, size_t *len)
