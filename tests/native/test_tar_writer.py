@@ -11,6 +11,8 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -85,6 +87,36 @@ def written(native, tree):
     buf = io.BytesIO()
     result, scans = write_all(native, buf, tree, threads=2)
     return buf.getvalue(), result, scans
+
+
+def core_threads(name: str = "bc-") -> set[str]:
+    """The ids of this process's threads the C core started (it names them), by name prefix.
+
+    Counting every thread in the process would also count threads other tests left winding
+    down (seen: one flaky failure in a full run).
+    """
+    found = set()
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            if Path(f"/proc/self/task/{tid}/comm").read_text().startswith(name):
+                found.add(tid)
+    return found
+
+
+def settles(condition: Callable[[], bool], within: float = 5.0) -> bool:
+    """True once `condition()` holds, polled for up to `within` seconds.
+
+    For what /proc/self/task shows of the core's threads, which lags the C side both ways: a
+    new thread is listed under the parent's name until it has named itself, and pthread_join
+    returns when the thread's exit clears its tid, a moment before the kernel takes it out of
+    the list (seen in CI: 3 threads listed right after a join of 2 of them).
+    """
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def test_tarfile_reads_back_every_member_exactly(written, tree):
@@ -287,17 +319,14 @@ def test_a_writer_broken_by_a_write_error_refuses_more_work(native, tree):
 
 
 def test_an_abandoned_writer_stops_its_threads(native, tree):
-    def os_threads() -> int:
-        return len(os.listdir("/proc/self/task"))
-
-    before = os_threads()
+    before = core_threads()
     w = native.TarWriter(io.BytesIO(), prefixes=[], threads=2)
     w.add_file("opt/big", str(tree / "big"), 0o644)  # more than a chunk: workers started
-    assert os_threads() == before + 2
+    assert settles(lambda: len(core_threads() - before) == 2)
     del w
     # the C threads are joined when the handle is freed; a process that never finishes its
     # writer still exits cleanly
-    assert os_threads() == before
+    assert settles(lambda: core_threads() == before)
     out = subprocess.run(
         [
             "python",
@@ -351,25 +380,16 @@ def test_a_shared_pool_starts_its_threads_once_and_outlives_an_abandoned_writer(
                                                                                 written):
     data, _, _ = written
 
-    def pool_threads() -> set[str]:
-        # The core names its threads; counting all of the process's would also count threads
-        # other tests left winding down (seen: one flaky failure in a full run).
-        found = set()
-        for tid in os.listdir("/proc/self/task"):
-            with contextlib.suppress(FileNotFoundError):
-                if Path(f"/proc/self/task/{tid}/comm").read_text().strip() == "bc-deflate":
-                    found.add(tid)
-        return found
-
-    before = pool_threads()
+    before = core_threads("bc-deflate")
     pool = native.CompressPool(2)
-    assert pool_threads() == before  # threads start with the first piece, not before
+    assert core_threads("bc-deflate") == before  # threads start with the first piece, not before
     started = None
     for _ in range(3):
         buf = io.BytesIO()
         write_all(native, buf, tree, pool=pool)
         assert buf.getvalue() == data
-        now = pool_threads() - before
+        assert settles(lambda: len(core_threads("bc-deflate") - before) == 2)
+        now = core_threads("bc-deflate") - before
         assert len(now) == 2 and (started is None or now == started)  # the same two threads
         started = now
     # A writer dropped with pieces still queued: they are taken back, the pool carries on.
@@ -381,7 +401,7 @@ def test_a_shared_pool_starts_its_threads_once_and_outlives_an_abandoned_writer(
     write_all(native, buf, tree, pool=pool)
     assert buf.getvalue() == data
     pool.close()
-    assert pool_threads() == before
+    assert settles(lambda: core_threads("bc-deflate") == before)
     with pytest.raises(NativeError, match="pool is closed"):
         native.TarWriter(io.BytesIO(), prefixes=[], pool=pool)
 
