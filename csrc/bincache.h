@@ -16,7 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define BC_ABI_VERSION 10
+#define BC_ABI_VERSION 11
 
 /* BC_CDEF_BEGIN */
 enum {
@@ -78,6 +78,33 @@ typedef struct bc_filescan {
     uint64_t ino;
 } bc_filescan;
 
+/* One entry of a directory packed by bc_writer_add_entries that its caller has to know of:
+ * a subdirectory (not packed: the caller walks it next), a file that is ELF or holds a prefix
+ * (kind, size, hits[hit .. hit + nhits) of bc_dirwalk.hits), a symlink whose target holds a
+ * prefix, or a hard link (target: the member name of the file first packed). Names are the
+ * entries' own, NUL-terminated. */
+enum { BC_ENTRY_DIR = 0, BC_ENTRY_FILE = 1, BC_ENTRY_SYMLINK = 2, BC_ENTRY_HARDLINK = 3 };
+
+typedef struct bc_entry {
+    int what;
+    int kind;
+    const char *name;
+    const char *target;
+    uint64_t size;
+    size_t hit;
+    size_t nhits;
+} bc_entry;
+
+/* What bc_writer_add_entries found; points into the writer, valid until its next call on it.
+ * files, bytes: the regular files packed with their contents (hard links not counted). */
+typedef struct bc_dirwalk {
+    const bc_entry *entries;
+    size_t nentries;
+    const bc_hit *hits;
+    uint64_t files;
+    uint64_t bytes;
+} bc_dirwalk;
+
 typedef struct bc_result {
     char diff_id[65]; /* sha256 hex of the uncompressed tar stream */
     char digest[65];  /* sha256 hex of the gzip stream */
@@ -135,6 +162,13 @@ int bc_writer_add_file_at(bc_writer *w, const char *name, size_t name_len, int d
                           const char *dir, const char *base, int mode, bc_filescan *scan);
 int bc_writer_add_bytes(bc_writer *w, const char *name, size_t name_len,
                         const unsigned char *data, size_t len, int mode, bc_filescan *scan);
+/* One directory of a prefix, open as dirfd (dir: its path, for messages): its header (member_dir, ending in "/", mode 0755), then its other entries in the
+ * byte order of their names: files (mode from the owner's execute bit), symlinks, and hard
+ * links to a file with several links packed before by this writer; an entry named skip (NULL:
+ * none) is left out, and a fifo, socket or device is an error (BC_EINVAL). Subdirectories are
+ * listed in *out for the caller to walk after, as Spack's walk does. */
+int bc_writer_add_entries(bc_writer *w, int dirfd, const char *dir, const char *member_dir,
+                          size_t member_dir_len, const char *skip, bc_dirwalk *out);
 /* Output produced since the last call (fd == -1 only); valid until the next call on w. */
 int bc_writer_take_output(bc_writer *w, const unsigned char **data, size_t *len);
 int bc_writer_finish(bc_writer *w, bc_result *result);

@@ -4,6 +4,7 @@
 #define BINCACHE_INTERNAL_H
 
 #include <pthread.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -312,5 +313,29 @@ BC_HIDDEN void bc__scanner_reset(bc_scanner *s);
 BC_HIDDEN int bc__scanner_feed(bc_scanner *s, const unsigned char *data, size_t n, bc_err *e);
 BC_HIDDEN int bc__scanner_finish(bc_scanner *s, bc_err *e);
 BC_HIDDEN void bc__scanner_free(bc_scanner *s);
+
+/* ---- the tar writer (writer.c), shared with the directory walk (walk.c) ---- */
+
+typedef struct bc__walk bc__walk;
+
+struct bc_writer {
+    bc_gz gz;
+    bc_scanner scan;
+    bc_err err;
+    int finished;
+    int broken;
+    volatile sig_atomic_t cancelled; /* set by bc_writer_cancel from another thread */
+    char first_err[1024]; /* what broke it */
+    uint64_t usize;
+    unsigned char *hdr;
+    size_t hdr_len;
+    size_t hdr_cap;
+    unsigned char *name;
+    size_t name_cap;
+    int atime_kept; /* O_NOATIME was refused (EPERM: not the files' owner): open without it */
+    bc__walk *walk; /* bc_writer_add_entries' state (walk.c), made by its first call */
+};
+
+BC_HIDDEN void bc__walk_free(bc__walk *walk);
 
 #endif

@@ -24,23 +24,6 @@
 #define BLOCK 512
 #define READ_PIECE ((size_t)256 << 10)
 
-struct bc_writer {
-    bc_gz gz;
-    bc_scanner scan;
-    bc_err err;
-    int finished;
-    int broken;
-    volatile sig_atomic_t cancelled; /* set by bc_writer_cancel from another thread */
-    char first_err[1024]; /* what broke it */
-    uint64_t usize;
-    unsigned char *hdr;
-    size_t hdr_len;
-    size_t hdr_cap;
-    unsigned char *name;
-    size_t name_cap;
-    int atime_kept; /* O_NOATIME was refused (EPERM: not the files' owner): open without it */
-};
-
 static const unsigned char zeros[2 * BLOCK];
 
 static int fail_state(bc_writer *w)
@@ -535,6 +518,7 @@ int bc_writer_free(bc_writer *w)
         return BC_OK;
     bc__gz_close(&w->gz);
     bc__scanner_free(&w->scan);
+    bc__walk_free(w->walk);
     free(w->hdr);
     free(w->name);
     free(w);

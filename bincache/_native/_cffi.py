@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno as _errno
 import math
 import os
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from ..errors import CannotGrowString, IntegrityError, NativeError, NoSpaceError
@@ -21,7 +22,7 @@ else:
     from ._lib import ffi, lib
 from ._pure import KIND_BINARY, KIND_ELF, KIND_TEXT, FileScan, TarResult, check_direct_io
 
-_ABI_VERSION = 10
+_ABI_VERSION = 11
 if lib.bc_abi_version() != _ABI_VERSION:
     raise NativeError(
         f"the compiled C core is stale (ABI {lib.bc_abi_version()}, this code needs "
@@ -137,6 +138,22 @@ class CompressPool:
         self.close()
 
 
+@dataclass
+class DirEntries:
+    """What :meth:`TarWriter.add_entries` packed of one directory that its caller records:
+    the subdirectories to walk next (names, in order), the files that are ELF or hold a prefix
+    (name and scan), the symlinks whose target holds one, and the hard links (name, and the
+    member name of the file first packed). ``files`` and ``bytes``: the regular files packed
+    with their contents."""
+
+    files: int
+    bytes: int
+    subdirs: list[str] = field(default_factory=list)
+    files_of_note: list[tuple[str, FileScan]] = field(default_factory=list)
+    symlinks_to_prefixes: list[str] = field(default_factory=list)
+    hardlinks: list[tuple[str, str]] = field(default_factory=list)
+
+
 class TarWriter:
     """Streaming deterministic tar -> gzip writer, hashing and scanning in the same pass.
 
@@ -192,6 +209,7 @@ class TarWriter:
         self._w = ffi.gc(handle[0], lib.bc_writer_free)
         self._pool = pool  # freed after this writer
         self._scan = ffi.new("bc_filescan *")
+        self._walk = ffi.new("bc_dirwalk *")
         self._data = ffi.new("const unsigned char **")
         self._len = ffi.new("size_t *")
         self._drain()
@@ -272,6 +290,41 @@ class TarWriter:
         nhits = s.nhits
         return FileScan(_KINDS[s.kind], s.size, _hits(s.hits, nhits) if nhits else [], s.links,
                         (s.dev, s.ino))
+
+    def add_entries(self, member_dir: str, dirfd: int, directory: str,
+                    skip: str | None) -> DirEntries:
+        """One directory open as ``dirfd``: its header (``member_dir`` ends in "/"), then its
+        other entries, sorted by name as bytes (a file with several links already packed by
+        this writer becomes a hard link to it; ``skip`` is left out). ``directory`` names it in
+        messages. What the caller must record comes back: see :class:`DirEntries`."""
+        n = _name(member_dir)
+        d = _name(directory)
+        if b"\0" in d:
+            raise NativeError(f"cannot read directory {directory!r}: the path holds a NUL byte")
+        out = self._walk
+        rc = lib.bc_writer_add_entries(self._w, dirfd, d, n, len(n),
+                                       _name(skip) if skip is not None else ffi.NULL, out)
+        if rc:
+            self._check(rc)
+        if self._out is not None:
+            self._drain()
+        found = DirEntries(int(out.files), int(out.bytes))
+        entries, hits = out.entries, out.hits
+        for i in range(out.nentries):
+            e = entries[i]
+            name = ffi.string(e.name).decode("utf-8", "surrogateescape")
+            what = e.what
+            if what == lib.BC_ENTRY_DIR:
+                found.subdirs.append(name)
+            elif what == lib.BC_ENTRY_FILE:
+                found.files_of_note.append(
+                    (name, FileScan(_KINDS[e.kind], int(e.size), _hits(hits + e.hit, e.nhits))))
+            elif what == lib.BC_ENTRY_SYMLINK:
+                found.symlinks_to_prefixes.append(name)
+            else:
+                found.hardlinks.append(
+                    (name, ffi.string(e.target).decode("utf-8", "surrogateescape")))
+        return found
 
     def cancel(self) -> None:
         """From any thread: a running ``add_file`` stops after the block it reads (NativeError)."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from ..errors import NativeError, PrefixError
 
 BUILDINFO = ".spack/binary_distribution"
+_BUILDINFO_DIR, _BUILDINFO_NAME = ".spack/", "binary_distribution"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
@@ -56,8 +57,44 @@ def pack_prefix(writer, prefix: str, prefixes: list[str], tick: Callable[[int], 
         writer.add_dir(parent, 0o755)
     if not os.path.isdir(prefix):
         raise PrefixError(f"prefix {prefix} does not exist or is not a directory")
-    _walk(writer, prefix, prefix, prefixes, report, _Links(), tick or (lambda _n: None))
+    tick = tick or (lambda _n: None)
+    if hasattr(writer, "add_entries"):
+        _walk_native(writer, prefix, prefix, report, tick)
+    else:
+        _walk(writer, prefix, prefix, prefixes, report, _Links(), tick)
     return report
+
+
+def _walk_native(writer, prefix: str, directory: str, report: PackReport,
+                 tick: Callable[[int], None]) -> None:
+    """The C core's walk (TarWriter.add_entries, one call per directory), the same tarball as
+    _walk's: the 415 MB benchmark tree's 20,000 files go through Python no longer one by one."""
+    try:
+        dirfd = os.open(directory, _DIR_FLAGS)
+    except OSError as e:
+        raise PrefixError(f"cannot read directory {directory}: {e.strerror}") from None
+    base = directory if directory.endswith("/") else directory + "/"
+    rel_dir = base[len(prefix) + 1:]  # "" for the prefix itself
+    try:
+        found = writer.add_entries(_member(base), dirfd, directory,
+                                   _BUILDINFO_NAME if rel_dir == _BUILDINFO_DIR else None)
+    except NativeError as e:
+        raise PrefixError(str(e)) from None
+    finally:
+        os.close(dirfd)  # before the subdirectories: a deep tree holds one descriptor at a time
+    for name, scan in found.files_of_note:
+        _record(report, rel_dir + name, scan)
+    for name in found.symlinks_to_prefixes:
+        report.links.append(rel_dir + name)
+    if found.hardlinks:
+        cut = len(_member(prefix)) + 1
+        for name, first in found.hardlinks:
+            report.hardlinks[rel_dir + name] = first[cut:]
+    report.files += found.files
+    report.bytes_in += found.bytes
+    tick(found.bytes)
+    for sub in found.subdirs:
+        _walk_native(writer, prefix, base + sub, report, tick)
 
 
 class _Links:

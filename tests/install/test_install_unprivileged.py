@@ -44,6 +44,8 @@ class _KeepModes:
         return self._w.add_file_at(name, dirfd, directory, base, mode)
 
     def __getattr__(self, name):
+        if name == "add_entries":  # the C walk's modes are Spack's: pack file by file
+            raise AttributeError(name)
         return getattr(self._w, name)
 
 

@@ -350,7 +350,7 @@ def test_add_file_at_gives_the_members_of_the_file_read_by_plain_python(files, p
                pure.TarWriter(outs[1], prefixes=prefixes)]
     dirfd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        for name, data, exe in files:
+        for name, _data, exe in files:
             expected = ref.add_bytes(f"p/{name}", (top / name).read_bytes(), 0o755 if exe else 0o644)
             for w in writers:
                 scan = w.add_file_at(f"p/{name}", dirfd, str(top), name, -1)
