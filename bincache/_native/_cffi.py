@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno as _errno
 import math
 import os
-from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from ..errors import CannotGrowString, IntegrityError, NativeError, NoSpaceError
@@ -20,7 +19,15 @@ if os.environ.get("BINCACHE_SANITIZE", "") not in ("", "0"):
     from ._lib_asan import ffi, lib
 else:
     from ._lib import ffi, lib
-from ._pure import KIND_BINARY, KIND_ELF, KIND_TEXT, FileScan, TarResult, check_direct_io
+from ._records import (
+    KIND_BINARY,
+    KIND_ELF,
+    KIND_TEXT,
+    DirEntries,
+    FileScan,
+    TarResult,
+    check_direct_io,
+)
 
 _ABI_VERSION = 11
 if lib.bc_abi_version() != _ABI_VERSION:
@@ -136,22 +143,6 @@ class CompressPool:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-@dataclass
-class DirEntries:
-    """What :meth:`TarWriter.add_entries` packed of one directory that its caller records:
-    the subdirectories to walk next (names, in order), the files that are ELF or hold a prefix
-    (name and scan), the symlinks whose target holds one, and the hard links (name, and the
-    member name of the file first packed). ``files`` and ``bytes``: the regular files packed
-    with their contents."""
-
-    files: int
-    bytes: int
-    subdirs: list[str] = field(default_factory=list)
-    files_of_note: list[tuple[str, FileScan]] = field(default_factory=list)
-    symlinks_to_prefixes: list[str] = field(default_factory=list)
-    hardlinks: list[tuple[str, str]] = field(default_factory=list)
 
 
 class TarWriter:

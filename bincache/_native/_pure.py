@@ -13,15 +13,21 @@ import re
 import stat
 import struct
 import zlib
-from dataclasses import dataclass, field
 
 from ..errors import CannotGrowString, IntegrityError, NativeError
+from ._records import (  # noqa: F401  (the twin exposes the same names as the C core)
+    DIRECT_IO,
+    KIND_BINARY,
+    KIND_ELF,
+    KIND_TEXT,
+    DirEntries,
+    FileScan,
+    TarResult,
+    check_direct_io,
+)
 
 _O_NOATIME = getattr(os, "O_NOATIME", 0)  # Linux only; elsewhere the open goes without it
 
-KIND_TEXT = "text"
-KIND_BINARY = "binary"
-KIND_ELF = "elf"
 
 BACKEND = "python-zlib"
 DEFAULT_LEVEL = 6
@@ -58,26 +64,6 @@ class _Zstd:
 
     def flush(self) -> bytes:
         return self._c.flush()
-
-
-@dataclass
-class FileScan:
-    """What the packer learned about one member while writing it."""
-
-    kind: str  # "text", "binary" or "elf"
-    size: int
-    hits: list = field(default_factory=list)  # [(prefix_index, offset)], ascending offsets
-    links: int = 1  # a file's link count, and its (st_dev, st_ino); (0, 0) for bytes
-    inode: tuple[int, int] = (0, 0)
-
-
-@dataclass
-class TarResult:
-    diff_id: str  # sha256 hex of the uncompressed tar stream
-    digest: str  # sha256 hex of the gzip stream
-    compressed_size: int
-    uncompressed_size: int
-    direct_bytes: int = 0  # of compressed_size, written around the page cache (O_DIRECT)
 
 
 def classify(data: bytes) -> str:
@@ -269,16 +255,6 @@ def _raw_header(
     chk = sum(h)
     h[148:156] = b"%06o\0 " % chk
     return bytes(h)
-
-
-#: TarWriter(direct_io=...): write a descriptor's output with O_DIRECT never, on a local disk
-#: file system only (ext2/3/4, xfs, btrfs), or on any file system that takes it.
-DIRECT_IO = ("never", "local", "any")
-
-
-def check_direct_io(direct_io: str) -> None:
-    if direct_io not in DIRECT_IO:
-        raise NativeError(f"direct_io must be one of {', '.join(DIRECT_IO)}, not {direct_io!r}")
 
 
 class CompressPool:
