@@ -482,18 +482,22 @@ def run(root: str, work: str, keep_mirror: str | None = None, skip: tuple[str, .
                                           "gzip_6", n)),
         ("ceiling", lambda: bench_ceiling(root, default_level, backend, n)),
     ]
-    rows = []
     load_before = os.getloadavg()
-    for key, fn in plan:
-        if key in skip:
-            continue
-        # Best of `repeat`: other work on the machine only ever makes a run slower. A run of
-        # over a minute already averages out bursts of other work, and repeating it is costly.
-        tries = [fn()]
-        while len(tries) < repeat and (tries[0].seconds or 0) < LONG_RUN:
-            tries.append(fn())
-        ok = [r for r in tries if not r.error and r.seconds]
-        row = min(ok, key=lambda r: r.seconds) if ok else tries[-1]
+    plan = [(key, fn) for key, fn in plan if key not in skip]
+    tries: dict[str, list[Row]] = {key: [] for key, _ in plan}
+    # Best of `repeat`: other work on the machine only ever makes a run slower. The repeats go
+    # round by round, every variant once a round: a slow spell of a shared machine (seen: 20%
+    # for minutes on this VM) then falls on all of them alike, and a ratio of two rows (create
+    # to the ceiling) compares runs made at about the same time. A run of over a minute
+    # already averages out bursts of other work, and repeating it is costly.
+    for round_ in range(max(1, repeat)):
+        for key, fn in plan:
+            if round_ == 0 or (tries[key][0].seconds or 0) < LONG_RUN:
+                tries[key].append(fn())
+    rows = []
+    for key, _ in plan:
+        ok = [r for r in tries[key] if not r.error and r.seconds]
+        row = min(ok, key=lambda r: r.seconds) if ok else tries[key][-1]
         rows.append(row)
         state = row.error or f"{_fmt(row.mb_s, '.1f')} MB/s"
         log(f"  {row.variant}: {state}")
@@ -542,7 +546,7 @@ def render(result: dict) -> str:
              f"{info.get('backend')} (native={info.get('native')})")
     load = result["machine"].get("loadavg_before")
     after = result["machine"].get("loadavg_after")
-    note = f"best of {result.get('repeat', 1)} runs each"
+    note = f"best of {result.get('repeat', 1)} runs each, in rounds of one run of every row"
     if load:
         note += f"; load average before: {load[0]:.2f}"
     if after:
