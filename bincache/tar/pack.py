@@ -48,8 +48,11 @@ def pack_prefix(writer, prefix: str, prefixes: list[str], tick: Callable[[int], 
     """Add the parent directories, then the prefix, to ``writer``; return what the scan found.
 
     ``prefixes`` are the old prefixes (the writer was created with them, same order): a symlink
-    whose target contains one of them is listed for relocation. ``tick`` is called with each
-    file's size after it is added (progress; it may raise to stop the walk).
+    whose target contains one of them is listed for relocation. ``tick`` is called with the
+    bytes of each directory's files once they are added (progress; it may raise to stop the
+    walk). A writer with ``add_entries`` (the C core's) packs each directory in one call; the
+    others get ``add_file_at`` per file, so a wrapper that changes what that does must not
+    pass ``add_entries`` through.
     """
     prefix = os.path.abspath(prefix)
     report = PackReport()
