@@ -5,6 +5,7 @@
 
 #include <pthread.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -180,6 +181,9 @@ BC_HIDDEN int bc__pool_init(bc_pool *p, int threads, bc_err *e);
 BC_HIDDEN int bc__sync_init(pthread_mutex_t *mu, pthread_cond_t *cv, bc_err *e);
 /* What "0 threads" means everywhere in the core: one per online CPU (at least 1). */
 BC_HIDDEN int bc__online_cpus(void);
+/* An array of *cap items of unit bytes made to hold need (doubling from first); BC_ENOMEM
+ * leaves it as it was. */
+BC_HIDDEN int bc__grow(void **p, size_t *cap, size_t need, size_t unit, size_t first);
 /* Best effort (Linux: 15 characters), never fails. */
 BC_HIDDEN void bc__name_thread(const char *name);
 BC_HIDDEN void bc__pool_destroy(bc_pool *p);
@@ -337,5 +341,13 @@ struct bc_writer {
 };
 
 BC_HIDDEN void bc__walk_free(bc__walk *walk);
+/* BC_OK, or the error of a finished writer or one broken by an earlier error. */
+BC_HIDDEN int bc__writer_ready(bc_writer *w);
+
+/* A file's mode in the tarball as Spack writes it: 0755 when its owner may execute it. */
+static inline int bc__spack_mode(mode_t st_mode)
+{
+    return (st_mode & S_IXUSR) ? 0755 : 0644;
+}
 
 #endif

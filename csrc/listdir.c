@@ -31,26 +31,11 @@ typedef struct names_buf {
     size_t count, at_cap;
 } names_buf;
 
-static int grow(void **p, size_t *cap, size_t need, size_t unit, size_t first)
-{
-    if (need <= *cap)
-        return BC_OK;
-    size_t cap2 = *cap ? *cap : first;
-    while (cap2 < need)
-        cap2 *= 2;
-    void *q = realloc(*p, cap2 * unit);
-    if (q == NULL)
-        return BC_ENOMEM;
-    *p = q;
-    *cap = cap2;
-    return BC_OK;
-}
-
 static int names_add(names_buf *b, const char *name)
 {
     size_t n = strlen(name) + 1;
-    if (grow((void **)&b->text, &b->cap, b->len + n, 1, 4096) != BC_OK
-        || grow((void **)&b->at, &b->at_cap, b->count + 1, sizeof *b->at, 256) != BC_OK)
+    if (bc__grow((void **)&b->text, &b->cap, b->len + n, 1, 4096) != BC_OK
+        || bc__grow((void **)&b->at, &b->at_cap, b->count + 1, sizeof *b->at, 256) != BC_OK)
         return BC_ENOMEM;
     memcpy(b->text + b->len, name, n);
     b->at[b->count++] = b->len;

@@ -34,6 +34,21 @@ void bc__name_thread(const char *name)
 #endif
 }
 
+int bc__grow(void **p, size_t *cap, size_t need, size_t unit, size_t first)
+{
+    if (need <= *cap)
+        return BC_OK;
+    size_t cap2 = *cap ? *cap : first;
+    while (cap2 < need)
+        cap2 *= 2;
+    void *q = realloc(*p, cap2 * unit);
+    if (q == NULL)
+        return BC_ENOMEM;
+    *p = q;
+    *cap = cap2;
+    return BC_OK;
+}
+
 int bc__online_cpus(void)
 {
     long n = sysconf(_SC_NPROCESSORS_ONLN);

@@ -40,9 +40,9 @@ struct bc__walk {
     size_t nents, ents_cap;
     bc_entry *out;
     size_t nout, out_cap;
-    size_t *out_name; /* where each out entry's name is: in names, or (hard links) */
-    size_t *out_target; /* the member name first packed, in arena */
-    size_t out_names_cap;
+    size_t *out_target; /* hard links: the member name first packed, in arena (it may move
+                         * until the directory is done) */
+    size_t out_target_cap;
     bc_hit *hits;
     size_t nhits, hits_cap;
     char *member; /* member_dir + an entry's name */
@@ -56,18 +56,11 @@ struct bc__walk {
     int ino_differs; /* a file system whose d_ino is not st_ino: every file is stat'ed */
 };
 
+/* bc__grow, failing with a message. */
 static int reserve(void **p, size_t *cap, size_t need, size_t unit, bc_err *e)
 {
-    if (need <= *cap)
-        return BC_OK;
-    size_t ncap = *cap ? *cap : 64;
-    while (ncap < need)
-        ncap *= 2;
-    void *q = realloc(*p, ncap * unit);
-    if (q == NULL)
+    if (bc__grow(p, cap, need, unit, 64) != BC_OK)
         return bc__fail(e, BC_ENOMEM, ENOMEM, "out of memory");
-    *p = q;
-    *cap = ncap;
     return BC_OK;
 }
 
@@ -78,7 +71,6 @@ void bc__walk_free(bc__walk *k)
     free(k->names);
     free(k->ents);
     free(k->out);
-    free(k->out_name);
     free(k->out_target);
     free(k->hits);
     free(k->member);
@@ -215,25 +207,16 @@ static int read_dir(bc__walk *k, int dirfd, const char *dir, bc_err *e)
     return BC_OK;
 }
 
-static int push_out(bc__walk *k, int what, size_t name_at, bc_err *e)
+static int push_out(bc__walk *k, int what, const char *name, bc_err *e)
 {
-    int rc = reserve((void **)&k->out, &k->out_cap, k->nout + 1, sizeof *k->out, e);
-    if (rc == BC_OK && k->out_names_cap < k->out_cap) {
-        size_t *a = realloc(k->out_name, k->out_cap * sizeof *a);
-        if (a != NULL)
-            k->out_name = a;
-        size_t *b = a ? realloc(k->out_target, k->out_cap * sizeof *b) : NULL;
-        if (b != NULL)
-            k->out_target = b;
-        if (a == NULL || b == NULL)
-            return bc__fail(e, BC_ENOMEM, ENOMEM, "out of memory");
-        k->out_names_cap = k->out_cap;
-    }
-    if (rc)
+    int rc;
+    if ((rc = reserve((void **)&k->out, &k->out_cap, k->nout + 1, sizeof *k->out, e)) ||
+        (rc = reserve((void **)&k->out_target, &k->out_target_cap, k->nout + 1,
+                      sizeof *k->out_target, e)))
         return rc;
     memset(&k->out[k->nout], 0, sizeof k->out[k->nout]);
     k->out[k->nout].what = what;
-    k->out_name[k->nout] = name_at;
+    k->out[k->nout].name = name;
     k->out_target[k->nout] = 0;
     k->nout++;
     return BC_OK;
@@ -316,7 +299,7 @@ static int walk_entries(bc_writer *w, bc__walk *k, int dirfd, const char *dir,
             type = type_of(st.st_mode);
         }
         if (type == DT_DIR) {
-            if ((rc = push_out(k, BC_ENTRY_DIR, r->at, e)))
+            if ((rc = push_out(k, BC_ENTRY_DIR, name, e)))
                 return rc;
             continue;
         }
@@ -339,7 +322,7 @@ static int walk_entries(bc_writer *w, bc__walk *k, int dirfd, const char *dir,
                 (rc = bc_writer_add_symlink(w, k->member, mlen + nlen, k->target, tlen)))
                 return rc;
             if (names_a_prefix(&w->scan, k->target, tlen) &&
-                (rc = push_out(k, BC_ENTRY_SYMLINK, r->at, e)))
+                (rc = push_out(k, BC_ENTRY_SYMLINK, name, e)))
                 return rc;
             continue;
         }
@@ -352,10 +335,10 @@ static int walk_entries(bc_writer *w, bc__walk *k, int dirfd, const char *dir,
             const link_rec *first = link_find(k, (uint64_t)st.st_dev, (uint64_t)st.st_ino);
             if (first != NULL && S_ISREG(st.st_mode)) {
                 const char *target = k->arena + first->member;
-                int mode = (st.st_mode & S_IXUSR) ? 0755 : 0644;
                 if ((rc = bc_writer_add_hardlink(w, k->member, mlen + nlen, target,
-                                                 strlen(target), mode)) ||
-                    (rc = push_out(k, BC_ENTRY_HARDLINK, r->at, e)))
+                                                 strlen(target),
+                                                 bc__spack_mode(st.st_mode))) ||
+                    (rc = push_out(k, BC_ENTRY_HARDLINK, name, e)))
                     return rc;
                 k->out_target[k->nout - 1] = first->member;
                 continue;
@@ -375,7 +358,7 @@ static int walk_entries(bc_writer *w, bc__walk *k, int dirfd, const char *dir,
         out->bytes += scan.size;
         if (scan.nhits == 0 && scan.kind != BC_KIND_ELF)
             continue;
-        if ((rc = push_out(k, BC_ENTRY_FILE, r->at, e)) ||
+        if ((rc = push_out(k, BC_ENTRY_FILE, name, e)) ||
             (rc = reserve((void **)&k->hits, &k->hits_cap, k->nhits + scan.nhits,
                           sizeof *k->hits, e)))
             return rc;
@@ -394,8 +377,9 @@ int bc_writer_add_entries(bc_writer *w, int dirfd, const char *dir, const char *
                           size_t member_dir_len, const char *skip, bc_dirwalk *out)
 {
     memset(out, 0, sizeof *out);
-    if (w->finished || w->broken)
-        return bc_writer_add_dir(w, member_dir, member_dir_len, 0755); /* its state error */
+    int rc = bc__writer_ready(w);
+    if (rc)
+        return rc;
     if (member_dir_len == 0 || member_dir[member_dir_len - 1] != '/')
         return bc__fail(&w->err, BC_EINVAL, 0, "a directory's member name must end in '/'");
     if (w->walk == NULL) {
@@ -405,14 +389,12 @@ int bc_writer_add_entries(bc_writer *w, int dirfd, const char *dir, const char *
     }
     bc__walk *k = w->walk;
     k->nout = k->nhits = 0;
-    int rc = walk_entries(w, k, dirfd, dir, member_dir, member_dir_len, skip, out);
+    rc = walk_entries(w, k, dirfd, dir, member_dir, member_dir_len, skip, out);
     if (rc)
         return rc;
-    for (size_t i = 0; i < k->nout; i++) {
-        k->out[i].name = k->names + k->out_name[i];
-        k->out[i].target = k->out[i].what == BC_ENTRY_HARDLINK ? k->arena + k->out_target[i]
-                                                                : NULL;
-    }
+    for (size_t i = 0; i < k->nout; i++)
+        if (k->out[i].what == BC_ENTRY_HARDLINK)
+            k->out[i].target = k->arena + k->out_target[i];
     out->entries = k->out;
     out->nentries = k->nout;
     out->hits = k->hits;

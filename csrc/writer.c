@@ -206,7 +206,7 @@ static int put(bc_writer *w, const unsigned char *p, size_t n)
     return BC_OK;
 }
 
-static int ready(bc_writer *w)
+int bc__writer_ready(bc_writer *w)
 {
     if (w->finished || w->broken)
         return fail_state(w);
@@ -226,7 +226,7 @@ static int broke(bc_writer *w, int rc)
 static int add_header_only(bc_writer *w, const char *name, size_t nlen, char type, int mode,
                            const char *link, size_t llen)
 {
-    int rc = ready(w);
+    int rc = bc__writer_ready(w);
     if (rc)
         return rc;
     rc = build_header(w, (const unsigned char *)name, nlen, type, mode, 0,
@@ -278,7 +278,7 @@ static void scan_result(bc_writer *w, int kind, uint64_t size, bc_filescan *out)
 int bc_writer_add_bytes(bc_writer *w, const char *name, size_t name_len,
                         const unsigned char *data, size_t len, int mode, bc_filescan *out)
 {
-    int rc = ready(w);
+    int rc = bc__writer_ready(w);
     if (rc)
         return rc;
     rc = build_header(w, (const unsigned char *)name, name_len, '0', mode, len, NULL, 0);
@@ -325,7 +325,7 @@ static int add_open_file(bc_writer *w, const char *name, size_t name_len, int fd
     }
     uint64_t size = (uint64_t)st.st_size;
     if (mode < 0)
-        mode = (st.st_mode & S_IXUSR) ? 0755 : 0644;
+        mode = bc__spack_mode(st.st_mode);
     int rc = build_header(w, (const unsigned char *)name, name_len, '0', mode, size, NULL, 0);
     if (rc) {
         close(fd);
@@ -423,7 +423,7 @@ static int add_file_from(bc_writer *w, const char *name, size_t name_len, int di
                          const char *path, const char *dir, const char *sep, const char *base,
                          int mode, bc_filescan *out)
 {
-    int rc = ready(w);
+    int rc = bc__writer_ready(w);
     if (rc)
         return rc;
     int fd = open_member(w, dirfd, path);
@@ -458,7 +458,7 @@ int bc_writer_take_output(bc_writer *w, const unsigned char **data, size_t *len)
 
 int bc_writer_finish(bc_writer *w, bc_result *res)
 {
-    int rc = ready(w);
+    int rc = bc__writer_ready(w);
     if (rc)
         return rc;
     rc = put(w, zeros, sizeof zeros);
