@@ -15,16 +15,7 @@ import struct
 import zlib
 
 from ..errors import CannotGrowString, IntegrityError, NativeError
-from ._records import (  # noqa: F401  (the twin exposes the same names as the C core)
-    DIRECT_IO,
-    KIND_BINARY,
-    KIND_ELF,
-    KIND_TEXT,
-    DirEntries,
-    FileScan,
-    TarResult,
-    check_direct_io,
-)
+from ._records import KIND_BINARY, KIND_ELF, KIND_TEXT, FileScan, TarResult, check_direct_io
 
 _O_NOATIME = getattr(os, "O_NOATIME", 0)  # Linux only; elsewhere the open goes without it
 

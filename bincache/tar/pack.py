@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from ..errors import NativeError, PrefixError
 
 BUILDINFO = ".spack/binary_distribution"
-_BUILDINFO_DIR, _BUILDINFO_NAME = ".spack/", "binary_distribution"
+_BUILDINFO_DIR, _BUILDINFO_NAME = BUILDINFO.rsplit("/", 1)  # the native walk skips it by name
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
@@ -68,19 +68,23 @@ def pack_prefix(writer, prefix: str, prefixes: list[str], tick: Callable[[int], 
     return report
 
 
+def _open_dir(directory: str) -> int:
+    try:
+        return os.open(directory, _DIR_FLAGS)
+    except OSError as e:
+        raise PrefixError(f"cannot read directory {directory}: {e.strerror}") from None
+
+
 def _walk_native(writer, prefix: str, directory: str, report: PackReport,
                  tick: Callable[[int], None]) -> None:
     """The C core's walk (TarWriter.add_entries, one call per directory), the same tarball as
     _walk's: the 415 MB benchmark tree's 20,000 files go through Python no longer one by one."""
-    try:
-        dirfd = os.open(directory, _DIR_FLAGS)
-    except OSError as e:
-        raise PrefixError(f"cannot read directory {directory}: {e.strerror}") from None
+    dirfd = _open_dir(directory)
     base = directory if directory.endswith("/") else directory + "/"
     rel_dir = base[len(prefix) + 1:]  # "" for the prefix itself
     try:
         found = writer.add_entries(_member(base), dirfd, directory,
-                                   _BUILDINFO_NAME if rel_dir == _BUILDINFO_DIR else None)
+                                   _BUILDINFO_NAME if rel_dir == _BUILDINFO_DIR + "/" else None)
     except NativeError as e:
         raise PrefixError(str(e)) from None
     finally:
@@ -135,10 +139,7 @@ def _walk(writer, prefix: str, directory: str, prefixes: list[str], report: Pack
     # The directory is opened once and its entries are read, stat'ed and opened relative to
     # it: the kernel no longer looks up every component of every file's whole path (20,000
     # files in the 415 MB benchmark tree), nor does this loop build a path per file.
-    try:
-        dirfd = os.open(directory, _DIR_FLAGS)
-    except OSError as e:
-        raise PrefixError(f"cannot read directory {directory}: {e.strerror}") from None
+    dirfd = _open_dir(directory)
     try:
         subdirs = _walk_entries(writer, prefix, directory, dirfd, prefixes, report, links, tick)
     finally:
