@@ -184,6 +184,8 @@ def row_update_index_one(ctx: Ctx) -> list[Result]:
 
 def row_list_name(ctx: Ctx) -> list[Result]:
     name = scale_data.package_name(ctx.n // 2)
+    # Cold: the local index cache an earlier repeat (or row) filled goes first.
+    shutil.rmtree(ctx.env["BINCACHE_CACHE_DIR"], ignore_errors=True)
     first = ctx.cli("list", ctx.mirror, name)
     again = ctx.cli("list", ctx.mirror, name)
     return [result(ctx, "list-name", first), result(ctx, "list-name-again", again)]
@@ -219,6 +221,19 @@ def row_install_into_tree(ctx: Ctx) -> list[Result]:
         shutil.rmtree(db)
         shutil.move(backup, db)
     return [result(ctx, "install-into-tree", run)]
+
+
+def best_of(fn: Callable[[Ctx], list[Result]], ctx: Ctx, repeat: int) -> list[Result]:
+    """Each of the row's results from the run of least wall time of ``repeat`` runs (a failed
+    run's, if any failed). A command of 0.1 s on a shared VM varies by 2x from run to run
+    (update-index-one at N = 1,000 measured 0.07-0.15 s in a row), more than the growth the
+    rows are there to show; the least time is the command's cost with the least interference."""
+    runs = [fn(ctx) for _ in range(max(1, repeat))]
+    out = []
+    for group in zip(*runs):
+        failed = [r for r in group if r.error]
+        out.append(failed[0] if failed else min(group, key=lambda r: r.seconds))
+    return out
 
 
 ROWS: dict[str, Callable[[Ctx], list[Result]]] = {
@@ -404,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", help="comma-separated N (default 1000,10000,50000)")
     ap.add_argument("--rows", help=f"rows to run (default all: {', '.join(ROWS)}, requests, "
                     "oci-update-index)")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="runs of each row per N; the least wall time is reported (default 3)")
     ap.add_argument("--work-dir", default="/tmp/bincache-bench/scale")
     ap.add_argument("--json", help="where to write the results (default benchmarks/results/)")
     args = ap.parse_args(argv)
@@ -420,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t_start = time.perf_counter()
     log(f"scale benchmark: N = {sizes}; {platform.node()}, {os.cpu_count()} cores, "
-        f"load {os.getloadavg()[0]:.2f}")
+        f"load {os.getloadavg()[0]:.2f}; each row best of {max(1, args.repeat)}")
     results: list[Result] = []
     for n in sizes:
         paths = _generate(args.work_dir, n, log)
@@ -432,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for name, fn in ROWS.items():
                 if name in wanted:
-                    for r in fn(ctx):
+                    for r in best_of(fn, ctx, args.repeat):
                         results.append(r)
                         log(f"  N={n:<6d} {r.row:20s} {r.seconds:7.2f} s {r.cpu:6.2f} CPU-s {r.rss_mb:6.0f} MB"
                             + (f"  ERROR {r.error}" if r.error else ""))
@@ -451,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.json or os.path.join(HERE, "results", f"scale-{'quick' if args.quick else 'full'}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
-        json.dump({"sizes": sizes, "rows": [asdict(r) for r in results], "requests": counts,
+        json.dump({"sizes": sizes, "repeat": max(1, args.repeat), "rows": [asdict(r) for r in results], "requests": counts,
                    "oci_update_index": oci_index, "seconds": round(seconds, 1),
                    "machine": {"node": platform.node(), "cpus": os.cpu_count(),
                                "python": platform.python_version()}}, f, indent=1)
