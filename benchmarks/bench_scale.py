@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -223,16 +224,21 @@ def row_install_into_tree(ctx: Ctx) -> list[Result]:
     return [result(ctx, "install-into-tree", run)]
 
 
-def best_of(fn: Callable[[Ctx], list[Result]], ctx: Ctx, repeat: int) -> list[Result]:
-    """Each of the row's results from the run of least wall time of ``repeat`` runs (a failed
-    run's, if any failed). A command of 0.1 s on a shared VM varies by 2x from run to run
-    (update-index-one at N = 1,000 measured 0.07-0.15 s in a row), more than the growth the
-    rows are there to show; the least time is the command's cost with the least interference."""
-    runs = [fn(ctx) for _ in range(max(1, repeat))]
+def best(runs: list[list[Result]]) -> list[Result]:
+    """Each of a row's results from its run of least wall time (a failed run's, if any
+    failed). A command of 0.1 s on a shared VM varies by 2x from run to run (update-index-one
+    at N = 1,000 measured 0.07-0.15 s in a row), more than the growth the rows are there to
+    show; the least time is the command's cost with the least interference. The peak RSS is
+    the least of the runs': a child's counts this process's own at the fork (see _generate),
+    which grows with the rows run before it, so only the least is the command's own."""
     out = []
     for group in zip(*runs):
         failed = [r for r in group if r.error]
-        out.append(failed[0] if failed else min(group, key=lambda r: r.seconds))
+        if failed:
+            out.append(failed[0])
+        else:
+            out.append(dataclasses.replace(min(group, key=lambda r: r.seconds),
+                                           rss_mb=min(r.rss_mb for r in group)))
     return out
 
 
@@ -420,7 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", help=f"rows to run (default all: {', '.join(ROWS)}, requests, "
                     "oci-update-index)")
     ap.add_argument("--repeat", type=int, default=3,
-                    help="runs of each row per N; the least wall time is reported (default 3)")
+                    help="rounds of every row at every N; each row's least wall time is reported "
+                    "(default 3)")
     ap.add_argument("--work-dir", default="/tmp/bincache-bench/scale")
     ap.add_argument("--json", help="where to write the results (default benchmarks/results/)")
     args = ap.parse_args(argv)
@@ -439,22 +446,31 @@ def main(argv: list[str] | None = None) -> int:
     log(f"scale benchmark: N = {sizes}; {platform.node()}, {os.cpu_count()} cores, "
         f"load {os.getloadavg()[0]:.2f}; each row best of {max(1, args.repeat)}")
     results: list[Result] = []
+    ctxs: list[Ctx] = []
     for n in sizes:
         paths = _generate(args.work_dir, n, log)
         in_place.record_listing_in_child(paths["mirror"])  # once per cached mirror
         work = tempfile.mkdtemp(prefix=f"run-{n}-", dir=args.work_dir)
         home = os.path.join(work, "home")
         os.makedirs(home)
-        ctx = Ctx(n, paths, work, env={"HOME": home, "BINCACHE_CACHE_DIR": os.path.join(home, "cache")})
-        try:
-            for name, fn in ROWS.items():
-                if name in wanted:
-                    for r in best_of(fn, ctx, args.repeat):
-                        results.append(r)
-                        log(f"  N={n:<6d} {r.row:20s} {r.seconds:7.2f} s {r.cpu:6.2f} CPU-s {r.rss_mb:6.0f} MB"
-                            + (f"  ERROR {r.error}" if r.error else ""))
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        ctxs.append(Ctx(n, paths, work, env={"HOME": home, "BINCACHE_CACHE_DIR": os.path.join(home, "cache")}))
+    # In rounds, every N once per round (as bench_create's rows): a slow spell of the host
+    # then lands on every N alike instead of on the one N whose rows ran during it.
+    runs: dict[tuple[int, str], list[list[Result]]] = {}
+    try:
+        for _ in range(max(1, args.repeat)):
+            for ctx in ctxs:
+                for name, fn in ROWS.items():
+                    if name in wanted:
+                        runs.setdefault((ctx.n, name), []).append(fn(ctx))
+    finally:
+        for ctx in ctxs:
+            shutil.rmtree(ctx.work, ignore_errors=True)
+    for (n, _name), row_runs in runs.items():
+        for r in best(row_runs):
+            results.append(r)
+            log(f"  N={n:<6d} {r.row:20s} {r.seconds:7.2f} s {r.cpu:6.2f} CPU-s {r.rss_mb:6.0f} MB"
+                + (f"  ERROR {r.error}" if r.error else ""))
     print_growth(results, sizes, log)
     counts, oci_index = {}, {}
     if "requests" in wanted:
