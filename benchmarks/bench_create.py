@@ -299,23 +299,23 @@ def _tree_files(root: str) -> list[str]:
     return paths
 
 
-def _tree_bytes(root: str) -> bytes:
-    """The content of every distinct regular file in the tree, concatenated in walk order."""
+def _tree_bytes(paths: list[str]) -> bytes:
+    """The content of the files, concatenated in order."""
     parts = []
-    for path in _tree_files(root):
+    for path in paths:
         with open(path, "rb") as f:
             parts.append(f.read())
     return b"".join(parts)
 
 
-def work_floor(root: str, data: bytes, deflate_mb_per_cpu_s: float, compressed: int,
+def work_floor(paths: list[str], data: bytes, deflate_mb_per_cpu_s: float, compressed: int,
                cores: int, timed) -> float:
     """MB/s (MiB) of the work every create must do, on ``cores`` fully busy: deflate (1-thread
     CPU per byte, from the ceiling), SHA-256 of the compressed output (Spack's checksum), and
     reading the files (read(2) into one reused buffer, as the core does). The ceiling counts
     the first alone: this says how close to it a create that wasted nothing could come.
-    ``timed(fn)`` is bench_native's: (best wall seconds, CPU seconds of that run)."""
-    paths = _tree_files(root)
+    ``paths``: the files ``data`` holds. ``timed(fn)`` is bench_native's: (best wall seconds,
+    CPU seconds of that run)."""
     buf = memoryview(bytearray(1 << 20))
 
     def read_all() -> None:
@@ -336,7 +336,8 @@ def work_floor(root: str, data: bytes, deflate_mb_per_cpu_s: float, compressed: 
 
 def ceiling_child(root: str, level: int) -> dict:
     """Compress the tree's bytes in memory with the native engine on every core; time only that."""
-    data = _tree_bytes(root)
+    paths = _tree_files(root)  # one walk, for the bytes and the floor's reads
+    data = _tree_bytes(paths)
     threads = os.cpu_count() or 1
     try:
         from bench_native import _timed, ceiling  # written by the native core's engineer
@@ -346,7 +347,7 @@ def ceiling_child(root: str, level: int) -> dict:
         res = dict(ceiling(data, level))
         floor = None
         if res.get("mb_per_cpu_second") and res.get("compressed_bytes"):
-            floor = work_floor(root, data, res["mb_per_cpu_second"], res["compressed_bytes"],
+            floor = work_floor(paths, data, res["mb_per_cpu_second"], res["compressed_bytes"],
                                threads, _timed)
         # It reports MB/s with MB = 10**6 per thread count ("mbps_1", "mbps_2", ...); take the
         # figure for every core of this machine.
@@ -455,7 +456,7 @@ def summarize(rows: list[Row]) -> tuple[list[list[str]], list[dict]]:
     if ceil and ceil.floor_mb_s and ceil.mb_s:
         targets.append({"target": "work floor / ceiling; default create / work floor",
                         "value": ceil.floor_mb_s / ceil.mb_s, "goal": "report", "met": None,
-                        "speed": d.mb_s / ceil.floor_mb_s if d and d.mb_s else 0.0})
+                        "speed": d.mb_s / ceil.floor_mb_s if d and d.mb_s else None})
     z = by.get("bincache_zstd")
     if z and d and z.compressed_bytes and d.compressed_bytes and z.mb_s and d.mb_s:
         targets.append({"target": "zstd vs default gzip: size ratio / speed ratio",
@@ -469,7 +470,8 @@ def format_targets(targets: list[dict]) -> str:
     for t in targets:
         v = "-" if t["value"] is None else f"{t['value']:.2f}"
         if t["goal"] == "report":
-            lines.append(f"  {t['target']:<52} {v} / {t['speed']:.2f}")
+            speed = "-" if t["speed"] is None else f"{t['speed']:.2f}"
+            lines.append(f"  {t['target']:<52} {v} / {speed}")
             continue
         verdict = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
         lines.append(f"  {t['target']:<52} {v:>7}  (goal {t['goal']})  {verdict}")
