@@ -431,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work-dir", default="/tmp/bincache-bench/scale")
     ap.add_argument("--json", help="where to write the results (default benchmarks/results/)")
     args = ap.parse_args(argv)
+    repeat = max(1, args.repeat)
     sizes = [int(x) for x in args.sizes.split(",")] if args.sizes else list(
         QUICK_SIZES if args.quick else FULL_SIZES)
     wanted = args.rows.split(",") if args.rows else [*ROWS, "requests", "oci-update-index"]
@@ -444,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t_start = time.perf_counter()
     log(f"scale benchmark: N = {sizes}; {platform.node()}, {os.cpu_count()} cores, "
-        f"load {os.getloadavg()[0]:.2f}; each row best of {max(1, args.repeat)}")
+        f"load {os.getloadavg()[0]:.2f}; each row best of {repeat}")
     results: list[Result] = []
     ctxs: list[Ctx] = []
     for n in sizes:
@@ -458,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     # then lands on every N alike instead of on the one N whose rows ran during it.
     runs: dict[tuple[int, str], list[list[Result]]] = {}
     try:
-        for _ in range(max(1, args.repeat)):
+        for _ in range(repeat):
             for ctx in ctxs:
                 for name, fn in ROWS.items():
                     if name in wanted:
@@ -484,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.json or os.path.join(HERE, "results", f"scale-{'quick' if args.quick else 'full'}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
-        json.dump({"sizes": sizes, "repeat": max(1, args.repeat), "rows": [asdict(r) for r in results], "requests": counts,
+        json.dump({"sizes": sizes, "repeat": repeat, "rows": [asdict(r) for r in results], "requests": counts,
                    "oci_update_index": oci_index, "seconds": round(seconds, 1),
                    "machine": {"node": platform.node(), "cpus": os.cpu_count(),
                                "python": platform.python_version()}}, f, indent=1)
